@@ -1,0 +1,16 @@
+//! Compiles `proto/spaceraft/v1/*.proto` with protox (a pure-Rust protobuf
+//! compiler), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/spaceraft/v1/client.proto",
+        "proto/spaceraft/v1/admin.proto",
+        "proto/spaceraft/v1/raft.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let file_descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(file_descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! `spaceraft bench`: load generators that print figures.
+//!
+//! `bench post` runs N concurrent clients for S seconds, each posting
+//! BYTES-byte messages with idempotency keys to a fresh space, one request
+//! at a time per client, and prints throughput and commit latency
+//! percentiles (HdrHistogram, microseconds).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+use crate::pb;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostBenchArgs {
+    /// Node gRPC addresses; the bench sends to the leader.
+    #[arg(long, env = "SPACERAFT_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    pub endpoints: Vec<String>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Message body size.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// How long to post.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// HTTP/2 connections shared by the clients.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Send to any endpoint (exercising forwarding) instead of the leader.
+    #[arg(long)]
+    pub any_node: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PostBenchReport {
+    pub clients: usize,
+    pub size_bytes: usize,
+    pub secs: f64,
+    pub posts_ok: u64,
+    pub posts_failed: u64,
+    pub posts_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
+    for addr in endpoints {
+        let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
+        let Ok(channel) = endpoint.connect().await else { continue };
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let Ok(status) = admin.cluster_status(pb::ClusterStatusRequest {}).await else { continue };
+        let replicas = status.into_inner().replicas;
+        if let Some(leader) = replicas.iter().find(|r| r.role == "leader") {
+            return Ok(leader.grpc_addr.clone());
+        }
+    }
+    anyhow::bail!("no leader found among {}", endpoints.join(","))
+}
+
+pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
+    let target = if args.any_node { args.endpoints[0].clone() } else { find_leader(&args.endpoints).await? };
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let endpoint = crate::raft::network::endpoint(&target, &Default::default())?;
+        channels.push(endpoint.connect().await.with_context(|| format!("connecting to {target}"))?);
+    }
+    let space = format!("bench-{:08x}", rand::random::<u32>());
+    let mut client = pb::client_client::ClientClient::new(channels[0].clone());
+    client
+        .create_space(pb::CreateSpaceRequest { name: space.clone(), members: vec!["bench".into()], attrs: Default::default() })
+        .await
+        .context("creating the bench space")?;
+    let body: String = "x".repeat(args.size.max(1));
+    eprintln!(
+        "bench post: {} clients, {} B bodies, {} s, to {} ({}), space {}",
+        args.clients,
+        args.size,
+        args.secs,
+        target,
+        if args.any_node { "any node" } else { "leader" },
+        space
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let started = Instant::now();
+    let body = Arc::new(body);
+    let mut tasks = Vec::new();
+    for client_number in 0..args.clients {
+        let channel: Channel = channels[client_number % channels.len()].clone();
+        let space = space.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pb::client_client::ClientClient::new(channel);
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut failed = 0u64;
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let request = pb::PostRequest {
+                    space: space.clone(),
+                    author: "bench".into(),
+                    body: body.as_str().to_owned(),
+                    idempotency_key: format!("c{client_number}-{sequence}"),
+                };
+                let sent = Instant::now();
+                match client.post(request).await {
+                    Ok(_) => {
+                        let _ = histogram.record(sent.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (histogram, failed)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut failed = 0;
+    for task in tasks {
+        let (one, one_failed) = task.await?;
+        histogram.add(&one)?;
+        failed += one_failed;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let report = PostBenchReport {
+        clients: args.clients,
+        size_bytes: args.size,
+        secs,
+        posts_ok: histogram.len(),
+        posts_failed: failed,
+        posts_per_sec: histogram.len() as f64 / secs,
+        p50_us: histogram.value_at_quantile(0.50),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+        max_us: histogram.max(),
+    };
+    Ok(report)
+}
+
+pub fn print_post_report(report: &PostBenchReport) {
+    println!(
+        "posts: {} ok, {} failed in {:.1} s = {:.0} posts/s",
+        report.posts_ok, report.posts_failed, report.secs, report.posts_per_sec
+    );
+    println!(
+        "commit latency: p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        report.p50_us as f64 / 1000.0,
+        report.p99_us as f64 / 1000.0,
+        report.p999_us as f64 / 1000.0,
+        report.max_us as f64 / 1000.0
+    );
+}

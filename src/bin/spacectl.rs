@@ -1,0 +1,5 @@
+//! `spacectl`: see [`spaceraft::ctl`].
+
+fn main() -> std::process::ExitCode {
+    spaceraft::ctl::main()
+}

@@ -1,0 +1,113 @@
+//! `spaceraft`: the node process, the local dev cluster and the benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spaceraft::config::{parse_peer, FlagOverrides, NodeConfig, PeerConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "spaceraft", version, about = "Geo-replicated, strongly consistent message store for chat spaces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node.
+    Node(NodeArgs),
+    /// Run a local multi-region cluster (one process per node).
+    Dev(spaceraft::dev::DevArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Concurrent posters; throughput and commit latency.
+    Post {
+        #[command(flatten)]
+        args: spaceraft::bench::PostBenchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// TOML config file; env SPACERAFT_* and these flags override it.
+    #[arg(long, env = "SPACERAFT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    #[arg(long)]
+    region: Option<String>,
+    /// host:port to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// host:port peers and clients use to reach this node.
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initialize the space cluster with the peers if it is new (idempotent).
+    #[arg(long)]
+    bootstrap: bool,
+    /// A voter of the space cluster, as ID=REGION@HOST:PORT; repeatable.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<PeerConfig>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPACERAFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Node(args) => run_node(args).await,
+            Command::Dev(args) => spaceraft::dev::run(args).await,
+            Command::Bench(BenchCommand::Post { args, json }) => {
+                let report = spaceraft::bench::post(args).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    spaceraft::bench::print_post_report(&report);
+                }
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let flags = FlagOverrides {
+        node_id: args.node_id,
+        region: args.region,
+        listen_addr: args.listen,
+        advertise_addr: args.advertise,
+        data_dir: args.data_dir,
+        bootstrap: args.bootstrap.then_some(true),
+        peers: (!args.peers.is_empty()).then_some(args.peers),
+    };
+    let config = NodeConfig::load(args.config.as_deref(), &flags)?;
+    let node = spaceraft::node::server::start(config).await?;
+    spaceraft::dev::shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.stop().await
+}

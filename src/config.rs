@@ -1,0 +1,353 @@
+//! Node configuration: a TOML file, overridden by `SPACERAFT_*` environment
+//! variables, overridden by command-line flags, in that order.
+//!
+//! Every bound lives here with a default and its unit last in its name. A bad
+//! value is reported with its key and the source it came from (the file, the
+//! environment or a flag), e.g.
+//! `invalid type: found string "x", expected u64 for key "raft.heartbeat_interval_ms" in TOML file node.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::space::validate::Limits;
+
+/// The id of a node; unique in a deployment, never reused.
+pub type NodeId = u64;
+
+/// The space cluster (Raft group) this release runs; the placement work adds more.
+pub const DEFAULT_CLUSTER_ID: u64 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub region: String,
+    /// Where the gRPC server listens.
+    pub listen_addr: SocketAddr,
+    /// Where peers and clients reach this node; defaults to `listen_addr`.
+    #[serde(default)]
+    pub advertise_addr: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// Initialize the space cluster with `peers` as its voters when this
+    /// node's log is empty. Idempotent: an initialized cluster ignores it.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// The voters of the space cluster at bootstrap, this node included.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub space: SpaceConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: NodeId,
+    pub region: String,
+    pub addr: String,
+}
+
+/// Raft timing and batching. The defaults suit links between regions (tens
+/// to a hundred milliseconds one way), not a LAN.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A whole snapshot transfer must finish within this.
+    pub install_snapshot_timeout_ms: u64,
+    /// Entries per AppendEntries request.
+    pub append_entries_len_max: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot, so lagging followers catch
+    /// up from the log instead of a snapshot.
+    pub snapshot_logs_kept_len: u64,
+    /// Posts batched into one Raft entry by the leader's proposer.
+    pub propose_batch_len_max: usize,
+    /// Proposal batches in flight at once on the leader.
+    pub propose_inflight_max: usize,
+    /// How long a request waits for a leader to be known before failing.
+    pub leader_wait_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            install_snapshot_timeout_ms: 120_000,
+            append_entries_len_max: 4_096,
+            snapshot_logs_since_last: 50_000,
+            snapshot_logs_kept_len: 10_000,
+            propose_batch_len_max: 1_024,
+            propose_inflight_max: 16,
+            leader_wait_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub body_bytes_max: usize,
+    pub name_len_max: usize,
+    pub members_len_max: usize,
+    pub idempotency_key_len_max: usize,
+    /// Messages a History call returns at most.
+    pub history_len_max: u32,
+    /// Messages buffered per subscriber before the stream is ended.
+    pub subscribe_queue_len_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        LimitsConfig {
+            body_bytes_max: limits.body_bytes_max,
+            name_len_max: limits.name_len_max,
+            members_len_max: limits.members_len_max,
+            idempotency_key_len_max: limits.idempotency_key_len_max,
+            history_len_max: 1_000,
+            subscribe_queue_len_max: 1_024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn request_limits(&self) -> Limits {
+        Limits {
+            body_bytes_max: self.body_bytes_max,
+            name_len_max: self.name_len_max,
+            members_len_max: self.members_len_max,
+            idempotency_key_len_max: self.idempotency_key_len_max,
+        }
+    }
+}
+
+/// Rules stamped into a space when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpaceConfig {
+    /// How many of a space's newest messages remember their idempotency key.
+    pub dedup_window_len: u64,
+    /// How many of a space's newest messages are kept; 0 keeps all.
+    pub retain_messages_max: u64,
+}
+
+impl Default for SpaceConfig {
+    fn default() -> Self {
+        SpaceConfig { dedup_window_len: 100_000, retain_messages_max: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// How often the process-wide flusher writes the state machine (sled) out.
+    pub sm_flush_interval_ms: u64,
+    /// Appends waiting for one shared fsync of the Raft log at most.
+    pub log_sync_batch_len_max: usize,
+    /// sled's page cache.
+    pub sm_cache_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { sm_flush_interval_ms: 500, log_sync_batch_len_max: 4_096, sm_cache_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub connect_timeout_ms: u64,
+    /// Timeout of one Raft RPC (vote, one append batch).
+    pub raft_rpc_timeout_ms: u64,
+    /// Timeout of a forwarded client request.
+    pub forward_timeout_ms: u64,
+    /// HTTP/2 flow-control windows: large, so one shared connection is not
+    /// capped at ~1 MiB per round trip across regions.
+    pub http2_stream_window_bytes: u32,
+    pub http2_connection_window_bytes: u32,
+    /// AppendEntries requests in flight on one replication stream.
+    pub append_pipeline_len_max: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            connect_timeout_ms: 2_000,
+            raft_rpc_timeout_ms: 5_000,
+            forward_timeout_ms: 10_000,
+            http2_stream_window_bytes: 16 * 1024 * 1024,
+            http2_connection_window_bytes: 64 * 1024 * 1024,
+            append_pipeline_len_max: 64,
+        }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerConfig>>,
+}
+
+/// Environment variables that belong to the tools, not to a node's config.
+const ENV_NOT_CONFIG: &[&str] = &["endpoints", "output", "log"];
+
+impl NodeConfig {
+    /// Loads the layers: `file` (if given), then `SPACERAFT_*` variables
+    /// (nested keys joined by `__`, e.g. `SPACERAFT_RAFT__HEARTBEAT_INTERVAL_MS`),
+    /// then `flags`.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<NodeConfig, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment
+            .merge(
+                Env::prefixed("SPACERAFT_")
+                    .split("__")
+                    .filter(|key| !ENV_NOT_CONFIG.contains(&key.as_str().to_ascii_lowercase().as_str())),
+            )
+            .merge(Serialized::globals(flags));
+        let config: NodeConfig = figment.extract().map_err(|error| {
+            let messages: Vec<String> = error.into_iter().map(|one| one.to_string()).collect();
+            ConfigError(messages.join("; "))
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.advertise_addr.unwrap_or(self.listen_addr)
+    }
+
+    /// Checks relations between keys that serde cannot.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid value for key \"{key}\": {why}")));
+        if self.node_id == 0 {
+            return bad("node_id", "node ids start at 1");
+        }
+        if self.region.is_empty() {
+            return bad("region", "must not be empty");
+        }
+        if self.bootstrap && !self.peers.iter().any(|peer| peer.id == self.node_id) {
+            return bad("peers", "bootstrap needs this node among the peers");
+        }
+        let mut ids: Vec<NodeId> = self.peers.iter().map(|peer| peer.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return bad("peers", "two peers have the same id");
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+            return bad("raft.election_timeout_min_ms", "must be larger than raft.heartbeat_interval_ms (and that above 0)");
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return bad("raft.election_timeout_max_ms", "must be larger than raft.election_timeout_min_ms");
+        }
+        if raft.propose_batch_len_max == 0 || raft.propose_inflight_max == 0 {
+            return bad("raft.propose_batch_len_max", "batch and in-flight bounds must be at least 1");
+        }
+        if self.limits.body_bytes_max == 0 {
+            return bad("limits.body_bytes_max", "must be at least 1");
+        }
+        if self.space.dedup_window_len == 0 {
+            return bad("space.dedup_window_len", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Parses `ID=REGION@HOST:PORT` as used by `--peer`.
+pub fn parse_peer(text: &str) -> Result<PeerConfig, String> {
+    let (id, rest) = text.split_once('=').ok_or_else(|| format!("peer {text:?} is not ID=REGION@HOST:PORT"))?;
+    let (region, addr) = rest.split_once('@').ok_or_else(|| format!("peer {text:?} is not ID=REGION@HOST:PORT"))?;
+    let id: NodeId = id.parse().map_err(|_| format!("peer {text:?}: {id:?} is not a node id"))?;
+    Ok(PeerConfig { id, region: region.to_string(), addr: addr.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = "node_id = 1\nregion = \"us-east\"\nlisten_addr = \"127.0.0.1:7001\"\ndata_dir = \"d\"\n";
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), MINIMAL);
+        let flags = FlagOverrides { region: Some("eu-west".into()), ..Default::default() };
+        let config = NodeConfig::load(Some(&path), &flags).unwrap();
+        assert_eq!(config.region, "eu-west");
+        assert_eq!(config.raft, RaftConfig::default());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("{MINIMAL}[raft]\nheartbeat_interval_ms = \"fast\"\n"));
+        let error = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap_err().to_string();
+        assert!(error.contains("raft.heartbeat_interval_ms"), "{error}");
+        assert!(error.contains("node.toml"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("{MINIMAL}[raft]\nheartbeat_ms = 5\n"));
+        let error = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap_err().to_string();
+        assert!(error.contains("heartbeat_ms"), "{error}");
+    }
+
+    #[test]
+    fn peers_parse_from_flags() {
+        assert_eq!(
+            parse_peer("2=eu-west@127.0.0.1:7002").unwrap(),
+            PeerConfig { id: 2, region: "eu-west".into(), addr: "127.0.0.1:7002".into() }
+        );
+        assert!(parse_peer("eu-west@127.0.0.1:7002").is_err());
+    }
+}

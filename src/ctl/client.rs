@@ -1,0 +1,241 @@
+//! How spacectl talks to a cluster: try the endpoints in turn, retry what is
+//! safe to retry, and turn gRPC statuses into documented exit codes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use super::GlobalArgs;
+use crate::config::NetworkConfig;
+use crate::pb;
+
+/// A failed command and its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    NoLeader(String),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Failed(_) => 1,
+            CtlError::Usage(_) => 2,
+            CtlError::Unreachable(_) => 3,
+            CtlError::Denied(_) => 4,
+            CtlError::NoLeader(_) => 5,
+        }
+    }
+
+    fn from_status(endpoint: &str, status: &tonic::Status) -> CtlError {
+        let message = format!("{}: {}", endpoint, status.message());
+        match status.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CtlError::Denied(message),
+            tonic::Code::Unavailable if status.message().contains("leader") => CtlError::NoLeader(message),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                CtlError::Unreachable(message)
+            }
+            _ => CtlError::Failed(message),
+        }
+    }
+
+    /// Worth trying another endpoint.
+    fn is_retryable(&self) -> bool {
+        matches!(self, CtlError::Unreachable(_) | CtlError::NoLeader(_))
+    }
+}
+
+pub struct Endpoints {
+    addrs: Vec<String>,
+    dial_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Endpoints {
+    pub fn new(global: &GlobalArgs) -> Result<Endpoints, CtlError> {
+        let addrs: Vec<String> = global.endpoints.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        if addrs.is_empty() {
+            return Err(CtlError::Usage("no endpoints given (--endpoints or SPACERAFT_ENDPOINTS)".into()));
+        }
+        Ok(Endpoints { addrs, dial_timeout: global.dial_timeout, command_timeout: global.command_timeout })
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Channel, CtlError> {
+        let config = NetworkConfig { connect_timeout_ms: self.dial_timeout.as_millis() as u64, ..Default::default() };
+        let endpoint = crate::raft::network::endpoint(addr, &config)
+            .map_err(|e| CtlError::Usage(format!("bad endpoint {addr:?}: {e}")))?
+            .timeout(self.command_timeout);
+        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(error)) => Err(CtlError::Unreachable(format!("{addr}: cannot connect: {error}"))),
+            Err(_) => Err(CtlError::Unreachable(format!("{addr}: no connection within {:?}", self.dial_timeout))),
+        }
+    }
+
+    /// Runs `call` on each endpoint in turn (and again, until the command
+    /// timeout) while the failure is one another endpoint may not have.
+    async fn each<T, F, Fut>(&self, mut call: F) -> Result<T, CtlError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let mut last_error = CtlError::Unreachable("no endpoint answered".into());
+        let mut round = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            for addr in &self.addrs {
+                let channel = match self.connect(addr).await {
+                    Ok(channel) => channel,
+                    Err(error) => {
+                        last_error = error;
+                        continue;
+                    }
+                };
+                match tokio::time::timeout_at(deadline, call(channel)).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(status)) => {
+                        let error = CtlError::from_status(addr, &status);
+                        if !error.is_retryable() {
+                            return Err(error);
+                        }
+                        last_error = error;
+                    }
+                    Err(_) => {
+                        return Err(CtlError::Unreachable(format!("{addr}: no answer within {:?}", self.command_timeout)))
+                    }
+                }
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis((100 * round as u64).min(1_000))).await;
+        }
+        Err(last_error)
+    }
+
+    pub async fn create_space(
+        &self,
+        name: String,
+        members: Vec<String>,
+        attrs: HashMap<String, String>,
+    ) -> Result<pb::CreateSpaceResponse, CtlError> {
+        let request = pb::CreateSpaceRequest { name, members, attrs };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).create_space(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn get_space(&self, name: String) -> Result<pb::SpaceInfo, CtlError> {
+        let request = pb::GetSpaceRequest { name };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).get_space(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn post(&self, space: String, author: String, body: String, key: String) -> Result<pb::PostResponse, CtlError> {
+        let request = pb::PostRequest { space, author, body, idempotency_key: key };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).post(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn history(
+        &self,
+        space: String,
+        user: String,
+        from_seq: u64,
+        limit: u32,
+        linearizable: bool,
+    ) -> Result<pb::HistoryResponse, CtlError> {
+        let request = pb::HistoryRequest { space, user, from_seq, limit, linearizable };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).history(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, CtlError> {
+        self.each(|channel| async move {
+            Ok(pb::admin_client::AdminClient::new(channel).cluster_status(pb::ClusterStatusRequest {}).await?.into_inner())
+        })
+        .await
+    }
+
+    /// Follows a space until interrupted; when a node fails, resumes on
+    /// another endpoint from the next seq, so nothing is skipped or repeated.
+    pub async fn tail(
+        &self,
+        space: String,
+        user: String,
+        from_seq: u64,
+        mut on_message: impl FnMut(&pb::Message),
+    ) -> Result<(), CtlError> {
+        let mut next_seq = from_seq;
+        let mut failures = 0u32;
+        loop {
+            for addr in &self.addrs {
+                let channel = match self.connect(addr).await {
+                    Ok(channel) => channel,
+                    Err(error) => {
+                        eprintln!("tail: {error}");
+                        continue;
+                    }
+                };
+                let mut client = pb::client_client::ClientClient::new(channel);
+                let request = pb::SubscribeRequest { space: space.clone(), user: user.clone(), from_seq: next_seq };
+                // A stream has no overall deadline.
+                let mut stream = match client.subscribe(tonic::Request::new(request)).await {
+                    Ok(response) => response.into_inner(),
+                    Err(status) => {
+                        let error = CtlError::from_status(addr, &status);
+                        if !error.is_retryable() {
+                            return Err(error);
+                        }
+                        eprintln!("tail: {error}");
+                        continue;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            failures = 0;
+                            if let Some(pb::subscribe_event::Event::Message(message)) = event.event {
+                                next_seq = message.seq + 1;
+                                on_message(&message);
+                            } else if let Some(pb::subscribe_event::Event::CaughtUp(caught_up)) = event.event {
+                                if next_seq == 0 {
+                                    next_seq = caught_up.last_seq + 1;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            let error = CtlError::from_status(addr, &status);
+                            if !error.is_retryable() {
+                                return Err(error);
+                            }
+                            eprintln!("tail: {error}; resuming from seq {next_seq}");
+                            break;
+                        }
+                    }
+                }
+            }
+            failures += 1;
+            tokio::time::sleep(Duration::from_millis((200 * failures as u64).min(2_000))).await;
+        }
+    }
+}

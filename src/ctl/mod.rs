@@ -1,0 +1,182 @@
+//! `spacectl`, the operator and user CLI.
+//!
+//! Data goes to stdout (a table, or JSON with `-o json`); progress and errors
+//! go to stderr. Exit codes are an API (see `docs/spacectl.md`):
+//! 0 ok, 1 failed (refused request), 2 usage, 3 unreachable or timed out,
+//! 4 permission denied, 5 no leader / no quorum.
+
+pub mod client;
+pub mod output;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use client::{CtlError, Endpoints};
+use output::Output;
+
+#[derive(Parser, Debug)]
+#[command(name = "spacectl", version, about = "Operate and use a Spaceraft cluster")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Node gRPC addresses, comma separated; any one works.
+    #[arg(long, global = true, env = "SPACERAFT_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = "SPACERAFT_OUTPUT", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Give up connecting to an endpoint after this long.
+    #[arg(long, global = true, env = "SPACERAFT_DIAL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+    /// Give up on a command after this long.
+    #[arg(long, global = true, env = "SPACERAFT_COMMAND_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create and inspect spaces.
+    #[command(subcommand)]
+    Space(SpaceCommand),
+    /// Post a message; prints its seq once committed.
+    Post {
+        space: String,
+        text: String,
+        /// The posting user (must be a member).
+        #[arg(long = "as", env = "SPACERAFT_USER")]
+        user: String,
+        /// Idempotency key; a retry with the same key commits once. One is
+        /// generated when not given, so spacectl's own retries are safe.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Print committed messages of a space.
+    History {
+        space: String,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Read as this user (must be a member); without it, an operator read.
+        #[arg(long = "as", env = "SPACERAFT_USER")]
+        user: Option<String>,
+        /// Confirm with the leader first (read index): sees every post
+        /// acknowledged before the command started.
+        #[arg(long)]
+        linearizable: bool,
+    },
+    /// Stream committed messages as they arrive (Ctrl-C to stop).
+    Tail {
+        space: String,
+        /// First seq to print; default: only new messages.
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long = "as", env = "SPACERAFT_USER")]
+        user: Option<String>,
+    },
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpaceCommand {
+    /// Create a space (idempotent for the same members and attributes).
+    Create {
+        name: String,
+        /// Members, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+        /// Attributes as KEY=VALUE; repeatable.
+        #[arg(long = "attr", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+    },
+    /// Show a space: members, attributes, cluster, seq range.
+    Info { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Per node: id, region, role, term, log, commit and applied index, leader.
+    Status,
+}
+
+fn parse_attr(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("attribute {text:?} is not KEY=VALUE"))?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?} has unknown unit {unit:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Runs spacectl with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    let endpoints = Endpoints::new(&cli.global)?;
+    let out = Output::new(cli.global.output);
+    match cli.command {
+        Command::Space(SpaceCommand::Create { name, members, attrs }) => {
+            let attrs: HashMap<String, String> = attrs.into_iter().collect();
+            let response = endpoints.create_space(name, members, attrs).await?;
+            out.space_created(&response);
+        }
+        Command::Space(SpaceCommand::Info { name }) => {
+            let space = endpoints.get_space(name).await?;
+            out.space_info(&space);
+        }
+        Command::Post { space, text, user, key } => {
+            let key = key.unwrap_or_else(|| format!("spacectl-{:032x}", rand::random::<u128>()));
+            let response = endpoints.post(space, user, text, key).await?;
+            out.posted(&response);
+        }
+        Command::History { space, from, limit, user, linearizable } => {
+            let response = endpoints.history(space, user.unwrap_or_default(), from, limit, linearizable).await?;
+            out.messages(&response.messages);
+        }
+        Command::Tail { space, from, user } => {
+            endpoints.tail(space, user.unwrap_or_default(), from.unwrap_or(0), |message| out.message(message)).await?;
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let status = endpoints.cluster_status().await?;
+            out.cluster_status(&status.replicas);
+        }
+    }
+    Ok(())
+}

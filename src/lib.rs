@@ -1,0 +1,28 @@
+//! Spaceraft: a geo-replicated, strongly consistent message store for chat
+//! spaces. A space's messages are ordered and durably logged by its space
+//! cluster, one Raft group whose voters sit in different regions.
+//!
+//! Layout (follow a post from top to bottom):
+//! - [`config`]: a node's configuration (TOML, `SPACERAFT_*` env, flags).
+//! - [`node`]: a `spaceraft node` process: its gRPC services, the proposer
+//!   that batches posts into Raft entries, its hosted groups.
+//! - [`raft`]: openraft's types and the gRPC transport between nodes.
+//! - [`space`]: the deterministic state machine logic: seqs, dedup,
+//!   membership; no I/O.
+//! - [`storage`]: the Raft log (fjall, group-committed fsync) and the space
+//!   state (sled), snapshots and the data directory.
+//! - [`ctl`]: the operator CLI `spacectl`.
+//! - [`dev`]: `spaceraft dev`, a local multi-region cluster of processes.
+//! - [`bench`]: `spaceraft bench`, load generators that print figures.
+//! - [`error`]: API errors and their gRPC status codes.
+
+pub mod bench;
+pub mod config;
+pub mod ctl;
+pub mod dev;
+pub mod error;
+pub mod node;
+pub mod pb;
+pub mod raft;
+pub mod space;
+pub mod storage;

@@ -1,0 +1,429 @@
+//! The `spaceraft.v1.Client` gRPC service of a node.
+//!
+//! Writes go to the leader of the space's cluster: proposed here when this
+//! replica leads, forwarded over the shared peer connection otherwise (one
+//! hop: a forwarded request is never forwarded again). Reads are served from
+//! this replica's applied state; a linearizable History first confirms
+//! leadership with a read-index round and waits until it is applied.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError};
+use openraft::ReadPolicy;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::{NodeConfig, NodeId, DEFAULT_CLUSTER_ID};
+use crate::error::ApiError;
+use crate::node::group::{Group, Groups};
+use crate::node::proposer::ProposeError;
+use crate::pb;
+use crate::raft::network::PeerChannels;
+use crate::space::{validate, Command, CommandResult, PostCommand};
+use crate::storage::state_machine::SpaceReader;
+
+/// Metadata set on a request one node forwards to another.
+const FORWARDED_METADATA: &str = "spaceraft-forwarded";
+/// Messages read from the store per step of a subscription.
+const SUBSCRIBE_READ_LEN: usize = 512;
+
+pub struct ClientService {
+    pub node_id: NodeId,
+    pub groups: Groups,
+    pub config: Arc<NodeConfig>,
+    pub peers: PeerChannels,
+}
+
+enum Route {
+    Local,
+    Forward(String),
+}
+
+impl ClientService {
+    /// The group that orders `space`; a single space cluster for now.
+    fn group_for(&self, _space: &str) -> Result<Arc<Group>, ApiError> {
+        self.groups
+            .get(DEFAULT_CLUSTER_ID)
+            .ok_or_else(|| ApiError::Internal(format!("space cluster {DEFAULT_CLUSTER_ID} is not hosted here")))
+    }
+
+    /// Where a write must go: here, or the leader's address. Waits up to
+    /// `leader_wait_ms` for a leader to be known.
+    async fn route(&self, group: &Group, forwarded: bool) -> Result<Route, ApiError> {
+        let wait_ms = self.config.raft.leader_wait_ms;
+        let mut metrics = group.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let (leader, membership) = {
+                let current = metrics.borrow_watched();
+                (current.current_leader, current.membership_config.clone())
+            };
+            if let Some(leader) = leader {
+                if leader == self.node_id {
+                    return Ok(Route::Local);
+                }
+                let addr = membership.membership().get_node(&leader).map(|node| node.addr.clone());
+                if forwarded {
+                    return Err(ApiError::NotLeader { cluster_id: group.id, leader: Some(leader).zip(addr) });
+                }
+                if let Some(addr) = addr {
+                    return Ok(Route::Forward(addr));
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: wait_ms });
+            }
+        }
+    }
+
+    fn forward_client(&self, addr: &str) -> Result<pb::client_client::ClientClient<tonic::transport::Channel>, ApiError> {
+        let channel = self.peers.channel(addr).map_err(|e| ApiError::Internal(format!("bad peer address {addr}: {e}")))?;
+        Ok(pb::client_client::ClientClient::new(channel))
+    }
+
+    fn forwarded_request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(FORWARDED_METADATA, "1".parse().expect("ascii"));
+        request.set_timeout(Duration::from_millis(self.config.network.forward_timeout_ms));
+        request
+    }
+
+    async fn post(&self, request: pb::PostRequest, forwarded: bool) -> Result<pb::PostResponse, Status> {
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
+        validate::check_name("user name", &request.author, &limits).map_err(ApiError::from)?;
+        validate::check_body(&request.body, &limits).map_err(ApiError::from)?;
+        validate::check_idempotency_key(&request.idempotency_key, &limits).map_err(ApiError::from)?;
+        let group = self.group_for(&request.space)?;
+        // A proposal can race a leader change: retry the routing a few times.
+        for _attempt in 0..3 {
+            match self.route(&group, forwarded).await? {
+                Route::Forward(addr) => {
+                    let mut client = self.forward_client(&addr)?;
+                    return match client.post(self.forwarded_request(request.clone())).await {
+                        Ok(response) => Ok(response.into_inner()),
+                        // The leader we knew stepped down: learn the new one.
+                        Err(status) if status.code() == tonic::Code::Unavailable && !forwarded => {
+                            tracing::debug!(%status, "forwarded post failed; routing again");
+                            continue;
+                        }
+                        Err(status) => Err(status),
+                    };
+                }
+                Route::Local => {
+                    let post = PostCommand {
+                        space: request.space.clone(),
+                        author: request.author.clone(),
+                        body: request.body.clone(),
+                        idempotency_key: request.idempotency_key.clone(),
+                    };
+                    match group.proposer.propose(post).await {
+                        Ok(outcome) => {
+                            return Ok(pb::PostResponse { space: request.space, seq: outcome.seq, duplicate: outcome.duplicate })
+                        }
+                        Err(ProposeError::Refused(error)) => return Err(ApiError::from(error).into()),
+                        Err(ProposeError::NotLeader(leader)) => {
+                            if forwarded {
+                                return Err(ApiError::NotLeader { cluster_id: group.id, leader }.into());
+                            }
+                            continue;
+                        }
+                        Err(ProposeError::Unknown(why)) => {
+                            return Err(Status::unavailable(format!(
+                                "leadership changed while posting; the post may or may not have committed, retry with the same idempotency key ({why})"
+                            )))
+                        }
+                        Err(ProposeError::Stopped(why)) => return Err(Status::unavailable(format!("node is stopping: {why}"))),
+                    }
+                }
+            }
+        }
+        Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: self.config.raft.leader_wait_ms }.into())
+    }
+
+    async fn create_space(&self, request: pb::CreateSpaceRequest, forwarded: bool) -> Result<pb::CreateSpaceResponse, Status> {
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.name, &limits).map_err(ApiError::from)?;
+        validate::check_members(&request.members, &limits).map_err(ApiError::from)?;
+        for (key, value) in &request.attrs {
+            validate::check_name("attribute name", key, &limits).map_err(ApiError::from)?;
+            if value.len() > limits.body_bytes_max {
+                return Err(ApiError::Internal("attribute value too large".into()).into());
+            }
+        }
+        let group = self.group_for(&request.name)?;
+        for _attempt in 0..3 {
+            match self.route(&group, forwarded).await? {
+                Route::Forward(addr) => {
+                    let mut client = self.forward_client(&addr)?;
+                    return match client.create_space(self.forwarded_request(request.clone())).await {
+                        Ok(response) => Ok(response.into_inner()),
+                        Err(status) if status.code() == tonic::Code::Unavailable && !forwarded => continue,
+                        Err(status) => Err(status),
+                    };
+                }
+                Route::Local => {
+                    let command = Command::CreateSpace {
+                        name: request.name.clone(),
+                        members: request.members.clone(),
+                        attrs: request.attrs.clone().into_iter().collect::<BTreeMap<_, _>>(),
+                        dedup_window_len: self.config.space.dedup_window_len,
+                        retain_messages_max: self.config.space.retain_messages_max,
+                    };
+                    match group.raft.client_write(command).await {
+                        Ok(response) => {
+                            let CommandResult::SpaceCreated { existed, result } = response.data else {
+                                return Err(Status::internal("unexpected apply result for create space"));
+                            };
+                            result.map_err(ApiError::from)?;
+                            let space = space_info(&group.reader, group.id, &request.name)
+                                .ok_or_else(|| Status::internal("created space is not readable"))?;
+                            return Ok(pb::CreateSpaceResponse { space: Some(space), existed });
+                        }
+                        Err(error) => match error.api_error() {
+                            Some(ClientWriteError::ForwardToLeader(_)) if !forwarded => continue,
+                            _ => return Err(Status::unavailable(format!("create space failed: {error}"))),
+                        },
+                    }
+                }
+            }
+        }
+        Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: self.config.raft.leader_wait_ms }.into())
+    }
+
+    /// Waits until this replica has applied everything committed before now
+    /// (read index on the leader). Only call on the leader.
+    async fn linearize(&self, group: &Group) -> Result<(), Status> {
+        let read_log_id = match group.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read_log_id) => read_log_id,
+            Err(error) => {
+                return Err(match error.api_error() {
+                    Some(LinearizableReadError::ForwardToLeader(_)) => {
+                        ApiError::NotLeader { cluster_id: group.id, leader: None }.into()
+                    }
+                    _ => Status::unavailable(format!("linearizable read failed: {error}")),
+                })
+            }
+        };
+        let wanted = read_log_id.index();
+        let mut applied = group.reader.applied.clone();
+        let wait = Duration::from_millis(self.config.raft.leader_wait_ms);
+        tokio::time::timeout(wait, applied.wait_for(|index| *index >= wanted))
+            .await
+            .map_err(|_| Status::unavailable("read index not applied in time"))?
+            .map_err(|_| Status::unavailable("node is stopping"))?;
+        Ok(())
+    }
+
+    async fn history(&self, request: pb::HistoryRequest, forwarded: bool) -> Result<pb::HistoryResponse, Status> {
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
+        check_reader(&request.user, &limits)?;
+        let group = self.group_for(&request.space)?;
+        if request.linearizable {
+            match self.route(&group, forwarded).await? {
+                Route::Forward(addr) => {
+                    let mut client = self.forward_client(&addr)?;
+                    return Ok(client.history(self.forwarded_request(request)).await?.into_inner());
+                }
+                Route::Local => self.linearize(&group).await?,
+            }
+        }
+        let limit = match request.limit {
+            0 => self.config.limits.history_len_max,
+            asked => asked.min(self.config.limits.history_len_max),
+        } as usize;
+        read_history(&group.reader, &request.space, &request.user, request.from_seq.max(1), limit).map_err(Status::from)
+    }
+}
+
+/// Reads up to `limit` messages of `space` from `from_seq` for `user`.
+pub fn read_history(
+    reader: &SpaceReader,
+    space: &str,
+    user: &str,
+    from_seq: u64,
+    limit: usize,
+) -> Result<pb::HistoryResponse, ApiError> {
+    let record = reader.space(space)?.ok_or_else(|| ApiError::UnknownSpace { space: space.to_string() })?;
+    if !may_read(&record, user) {
+        return Err(ApiError::NotMember { space: space.to_string(), user: user.to_string() });
+    }
+    if from_seq < record.first_seq {
+        return Err(ApiError::Trimmed { space: space.to_string(), from_seq, first_seq: record.first_seq });
+    }
+    let messages = reader.messages(space, from_seq, record.last_seq, limit)?;
+    Ok(pb::HistoryResponse { messages, first_seq: record.first_seq, last_seq: record.last_seq })
+}
+
+pub fn space_info(reader: &SpaceReader, cluster_id: u64, name: &str) -> Option<pb::SpaceInfo> {
+    let record = reader.space(name).ok().flatten()?;
+    Some(pb::SpaceInfo {
+        name: record.name,
+        members: record.members.into_iter().collect(),
+        attrs: record.attrs.into_iter().collect(),
+        cluster_id,
+        first_seq: record.first_seq,
+        last_seq: record.last_seq,
+    })
+}
+
+/// An empty reader is an operator read. Until authentication lands a user
+/// is only a claimed name, so this reveals nothing a claimed name would not;
+/// a named reader must be a member.
+fn check_reader(user: &str, limits: &validate::Limits) -> Result<(), ApiError> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    validate::check_name("user name", user, limits).map_err(ApiError::from)
+}
+
+fn may_read(record: &crate::space::SpaceRecord, user: &str) -> bool {
+    user.is_empty() || record.members.contains(user)
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_METADATA)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::client_server::Client for ClientService {
+    async fn create_space(
+        &self,
+        request: Request<pb::CreateSpaceRequest>,
+    ) -> Result<Response<pb::CreateSpaceResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        Ok(Response::new(self.create_space(request.into_inner(), forwarded).await?))
+    }
+
+    async fn post(&self, request: Request<pb::PostRequest>) -> Result<Response<pb::PostResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        Ok(Response::new(self.post(request.into_inner(), forwarded).await?))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        Ok(Response::new(self.history(request.into_inner(), forwarded).await?))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
+        check_reader(&request.user, &limits)?;
+        let group = self.group_for(&request.space)?;
+        let reader = group.reader.clone();
+        let record = reader.space(&request.space)?.ok_or_else(|| ApiError::UnknownSpace { space: request.space.clone() })?;
+        if !may_read(&record, &request.user) {
+            return Err(ApiError::NotMember { space: request.space, user: request.user }.into());
+        }
+        let from_seq = if request.from_seq == 0 { record.last_seq + 1 } else { request.from_seq };
+        if from_seq < record.first_seq {
+            return Err(ApiError::Trimmed { space: request.space, from_seq, first_seq: record.first_seq }.into());
+        }
+        let (sender, receiver) = mpsc::channel(self.config.limits.subscribe_queue_len_max.max(1));
+        tokio::spawn(follow(reader, request.space, request.user, from_seq, sender));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_space(&self, request: Request<pb::GetSpaceRequest>) -> Result<Response<pb::SpaceInfo>, Status> {
+        let request = request.into_inner();
+        let group = self.group_for(&request.name)?;
+        space_info(&group.reader, group.id, &request.name)
+            .map(Response::new)
+            .ok_or_else(|| ApiError::UnknownSpace { space: request.name }.into())
+    }
+}
+
+/// Feeds one subscription: stored messages from `next_seq`, then live ones,
+/// each exactly once and in seq order. Ends when the client goes away, when
+/// the user stops being a member, or when retention overtakes the cursor.
+async fn follow(
+    reader: SpaceReader,
+    space: String,
+    user: String,
+    mut next_seq: u64,
+    sender: mpsc::Sender<Result<pb::SubscribeEvent, Status>>,
+) {
+    let mut applied = reader.applied.clone();
+    let mut caught_up_sent = false;
+    loop {
+        // Mark the current applied index as seen before reading, so an apply
+        // that lands during the read wakes the next wait.
+        applied.borrow_and_update();
+        let record = match reader.space(&space) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let _ = sender.send(Err(ApiError::UnknownSpace { space: space.clone() }.into())).await;
+                return;
+            }
+            Err(error) => {
+                let _ = sender.send(Err(error.into())).await;
+                return;
+            }
+        };
+        if !may_read(&record, &user) {
+            let _ = sender.send(Err(ApiError::NotMember { space: space.clone(), user: user.clone() }.into())).await;
+            return;
+        }
+        if next_seq < record.first_seq {
+            let error = ApiError::Trimmed { space: space.clone(), from_seq: next_seq, first_seq: record.first_seq };
+            let _ = sender.send(Err(error.into())).await;
+            return;
+        }
+        let messages = match reader.messages(&space, next_seq, record.last_seq, SUBSCRIBE_READ_LEN) {
+            Ok(messages) => messages,
+            Err(error) => {
+                let _ = sender.send(Err(error.into())).await;
+                return;
+            }
+        };
+        // Fewer than asked while the record says more exist means a gap
+        // (trimmed under us, or a restore in progress): look again.
+        let expected_len = (record.last_seq + 1).saturating_sub(next_seq).min(SUBSCRIBE_READ_LEN as u64) as usize;
+        let complete = messages.len() == expected_len;
+        let read_all = complete && messages.len() < SUBSCRIBE_READ_LEN;
+        for message in messages {
+            debug_assert_eq!(message.seq, next_seq, "subscription must not skip or repeat a seq");
+            next_seq = message.seq + 1;
+            let event = pb::SubscribeEvent { event: Some(pb::subscribe_event::Event::Message(message)) };
+            if sender.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        if !complete {
+            // Wait for the state to change rather than spin on a gap.
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = sender.closed() => return,
+            }
+            continue;
+        }
+        if !read_all {
+            continue;
+        }
+        if !caught_up_sent {
+            caught_up_sent = true;
+            let event = pb::SubscribeEvent {
+                event: Some(pb::subscribe_event::Event::CaughtUp(pb::CaughtUp { last_seq: next_seq - 1 })),
+            };
+            if sender.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            _ = sender.closed() => return,
+        }
+    }
+}

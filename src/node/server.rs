@@ -1,0 +1,188 @@
+//! Starts a node: opens its data directory and stores, starts its Raft
+//! groups, serves gRPC until shutdown, and stops cleanly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::errors::InitializeError;
+use openraft::SnapshotPolicy;
+use tokio::sync::watch;
+
+use crate::config::{NodeConfig, DEFAULT_CLUSTER_ID};
+use crate::node::admin_service::AdminService;
+use crate::node::client_service::ClientService;
+use crate::node::group::{Group, Groups};
+use crate::node::proposer::Proposer;
+use crate::pb;
+use crate::raft::network::{PeerChannels, RaftNetwork};
+use crate::raft::service::RaftService;
+use crate::raft::types::{NodeAddr, Raft};
+use crate::storage::data_dir::DataDir;
+use crate::storage::{flusher, LogEngine, SpaceStateMachine};
+
+/// openraft's configuration from ours.
+pub fn openraft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let raft = &config.raft;
+    let openraft_config = openraft::Config {
+        cluster_name: "spaceraft".into(),
+        heartbeat_interval: raft.heartbeat_interval_ms,
+        election_timeout_min: raft.election_timeout_min_ms,
+        election_timeout_max: raft.election_timeout_max_ms,
+        install_snapshot_timeout: raft.install_snapshot_timeout_ms,
+        max_payload_entries: raft.append_entries_len_max,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(raft.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: raft.snapshot_logs_kept_len,
+        purge_batch_size: 256,
+        // A region that was partitioned away asks before it disrupts the leader.
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    openraft_config.validate().context("raft configuration")
+}
+
+/// A running node.
+pub struct RunningNode {
+    pub groups: Groups,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    flusher: tokio::task::JoinHandle<()>,
+    db: sled::Db,
+}
+
+impl RunningNode {
+    /// Stops serving, shuts every group down and flushes the state.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let served = self.server.await.context("server task")?;
+        for group in self.groups.all() {
+            let _ = group.raft.shutdown().await;
+        }
+        let _ = self.flusher.await;
+        flusher::flush(&self.db).await;
+        served
+    }
+
+    /// Waits until the server stops by itself (e.g. a serve error).
+    pub fn is_finished(&self) -> bool {
+        self.server.is_finished()
+    }
+}
+
+/// Opens everything and starts serving; returns once the port is bound.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let config = Arc::new(config);
+    let data_dir = DataDir::open(&config.data_dir, config.node_id, &config.region)?;
+    let state_dir = data_dir.state_dir();
+    let db = tokio::task::spawn_blocking({
+        let cache = config.storage.sm_cache_bytes;
+        move || sled::Config::new().path(&state_dir).cache_capacity(cache).flush_every_ms(None).open()
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot open the state machine store in {} (is another node running on this data directory, or is it corrupt?)",
+            data_dir.state_dir().display()
+        )
+    })?;
+    let engine = LogEngine::open(&data_dir.raft_log_dir(), config.storage.log_sync_batch_len_max)
+        .with_context(|| format!("cannot open the raft log store in {}", data_dir.raft_log_dir().display()))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+
+    let peers = PeerChannels::new(config.network.clone());
+    let groups = Groups::default();
+    let raft_config = Arc::new(openraft_config(&config)?);
+    let group_id = DEFAULT_CLUSTER_ID;
+    let snapshot_dir = data_dir.snapshot_dir(group_id);
+    let state_machine = SpaceStateMachine::open(db.clone(), group_id, snapshot_dir.clone())
+        .await
+        .with_context(|| format!("cannot open the state machine of space cluster {group_id}"))?;
+    let reader = state_machine.reader();
+    let network = RaftNetwork {
+        group_id,
+        self_id: config.node_id,
+        self_addr: config.advertise_addr().to_string(),
+        channels: peers.clone(),
+    };
+    let raft = Raft::new(config.node_id, raft_config, network, engine.group(group_id), state_machine)
+        .await
+        .context("cannot start raft")?;
+    let proposer = Proposer::spawn(raft.clone(), config.raft.propose_batch_len_max, config.raft.propose_inflight_max);
+    groups.insert(Group { id: group_id, raft: raft.clone(), reader, proposer, snapshot_dir });
+
+    if config.bootstrap {
+        bootstrap(&raft, &config).await?;
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::client_server::ClientServer<ClientService>>().await;
+    let client_service = ClientService {
+        node_id: config.node_id,
+        groups: groups.clone(),
+        config: config.clone(),
+        peers: peers.clone(),
+    };
+    let admin_service = AdminService { groups: groups.clone(), config: config.clone(), peers: peers.clone() };
+    let raft_service = RaftService { node_id: config.node_id, groups: groups.clone() };
+    let message_bytes_max = config.limits.body_bytes_max * 4 + 64 * 1024;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(config.network.http2_stream_window_bytes)
+        .initial_connection_window_size(config.network.http2_connection_window_bytes)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(
+            pb::client_server::ClientServer::new(client_service)
+                .max_decoding_message_size(message_bytes_max),
+        )
+        .add_service(pb::admin_server::AdminServer::new(admin_service))
+        .add_service(
+            pb::raft_server::RaftServer::new(raft_service)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut server_shutdown = shutdown_rx;
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("grpc server")
+    });
+    tracing::info!(node_id = config.node_id, region = %config.region, addr = %config.advertise_addr(), "node started");
+    Ok(RunningNode { groups, shutdown, server, flusher, db })
+}
+
+/// Initializes the space cluster with the configured peers, once: an
+/// initialized cluster (this node's log is not empty) is left alone.
+async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        tracing::info!("space cluster already initialized; bootstrap skipped");
+        return Ok(());
+    }
+    let members: BTreeMap<u64, NodeAddr> = config
+        .peers
+        .iter()
+        .map(|peer| (peer.id, NodeAddr { addr: peer.addr.clone(), region: peer.region.clone() }))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(voters = config.peers.len(), "space cluster initialized");
+            Ok(())
+        }
+        Err(error) => match error.api_error() {
+            Some(InitializeError::NotAllowed(_)) => Ok(()),
+            _ => Err(anyhow::anyhow!("bootstrap failed: {error}")),
+        },
+    }
+}

@@ -1,0 +1,288 @@
+//! The sending side of the Raft transport: openraft's `RaftNetworkV2` over
+//! tonic. Every group on a node shares one HTTP/2 connection per peer node
+//! ([`PeerChannels`]); replication streams AppendEntries over one gRPC
+//! bidirectional stream per (group, follower), so the leader never waits for
+//! a reply before sending the next batch.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{NetworkConfig, NodeId};
+use crate::pb;
+use crate::pb::raft_client::RaftClient;
+use crate::raft::types::{NodeAddr, Snapshot, TypeConfig, Vote};
+use crate::storage::SnapshotFile;
+
+/// Snapshot bytes per gRPC message.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// One lazily connected channel per peer address, shared by every group and
+/// by request forwarding.
+#[derive(Clone)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    config: NetworkConfig,
+}
+
+impl PeerChannels {
+    pub fn new(config: NetworkConfig) -> PeerChannels {
+        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), config }
+    }
+
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("channel map lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(addr, &self.config)?.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// An endpoint with the windows and timeouts suited to links across regions.
+pub fn endpoint(addr: &str, config: &NetworkConfig) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(config.http2_stream_window_bytes)
+        .initial_connection_window_size(config.http2_connection_window_bytes))
+}
+
+/// Creates the per-target clients openraft asks for, for one group.
+#[derive(Clone)]
+pub struct RaftNetwork {
+    pub group_id: u64,
+    pub self_id: NodeId,
+    pub self_addr: String,
+    pub channels: PeerChannels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient {
+            group_id: self.group_id,
+            self_id: self.self_id,
+            self_addr: self.self_addr.clone(),
+            target,
+            client: self
+                .channels
+                .channel(&node.addr)
+                .map(|channel| {
+                    RaftClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+                })
+                .map_err(|error| format!("bad address {:?} for node {target}: {error}", node.addr)),
+            pipeline_len_max: self.channels.config.append_pipeline_len_max,
+        }
+    }
+}
+
+pub struct PeerClient {
+    group_id: u64,
+    self_id: NodeId,
+    self_addr: String,
+    target: NodeId,
+    /// Err holds why the peer's address is unusable.
+    client: Result<RaftClient<Channel>, String>,
+    pipeline_len_max: usize,
+}
+
+fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(error.to_string()))
+}
+
+fn network_error(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(error.to_string()))
+}
+
+/// Unavailable statuses mean the peer could not be reached (back off);
+/// anything else is a network-level failure (retry soon).
+fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => unreachable(status),
+        _ => network_error(status),
+    }
+}
+
+fn decode_reply<T: serde::de::DeserializeOwned>(reply: pb::RaftReply) -> Result<T, RPCError<TypeConfig>> {
+    if !reply.error.is_empty() {
+        return Err(unreachable(format!("remote raft: {}", reply.error)));
+    }
+    postcard::from_bytes(&reply.payload).map_err(|e| network_error(format!("undecodable raft reply: {e}")))
+}
+
+impl PeerClient {
+    fn request<T: serde::Serialize>(&self, payload: &T) -> pb::RaftRequest {
+        request(self.group_id, self.self_id, &self.self_addr, self.target, payload)
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+}
+
+fn request<T: serde::Serialize>(group_id: u64, from: NodeId, from_addr: &str, to: NodeId, payload: &T) -> pb::RaftRequest {
+    pb::RaftRequest {
+        group_id,
+        from_node: from,
+        from_addr: from_addr.to_string(),
+        to_node: to,
+        payload: postcard::to_stdvec(payload).expect("raft messages serialize"),
+    }
+}
+
+async fn with_deadline<T>(
+    ttl: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, RPCError<TypeConfig>> {
+    match tokio::time::timeout(ttl, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status_error(status)),
+        Err(_) => Err(unreachable(format!("no reply within {ttl:?}"))),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(&rpc);
+        let mut client = self.client()?;
+        decode_reply(with_deadline(option.hard_ttl(), client.append(request)).await?)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> openraft::base::BoxFuture<
+        's,
+        Result<openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let (group_id, from, from_addr, to) = (self.group_id, self.self_id, self.self_addr.clone(), self.target);
+        let pipeline_len_max = self.pipeline_len_max;
+        let client = self.client();
+        Box::pin(async move {
+            let mut client = client?;
+            // A bounded channel between openraft's request stream and gRPC
+            // bounds the requests in flight on this stream.
+            let (sender, receiver) = tokio::sync::mpsc::channel(pipeline_len_max.max(1));
+            tokio::spawn(async move {
+                let mut input = input;
+                while let Some(rpc) = input.next().await {
+                    if sender.send(request(group_id, from, &from_addr, to, &rpc)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            let replies = client.append_stream(outbound).await.map_err(status_error)?.into_inner();
+            let results = replies.map(|reply| match reply {
+                Ok(reply) => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
+                Err(status) => Err(status_error(status)),
+            });
+            Ok(Box::pin(results) as openraft::base::BoxStream<'s, _>)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(&rpc);
+        let mut client = self.client()?;
+        decode_reply(with_deadline(option.hard_ttl(), client.vote(request)).await?)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(&rpc);
+        let mut client = self.client()?;
+        decode_reply(with_deadline(option.hard_ttl(), client.pre_vote(request)).await?)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = self.request(&(vote, snapshot.meta.clone()));
+        let mut client = self.client()?;
+        let path = snapshot.snapshot.path.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let reader = tokio::spawn(async move {
+            let mut file = tokio::fs::File::open(&path).await?;
+            let mut header = Some(header);
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let read = file.read(&mut data).await?;
+                data.truncate(read);
+                let last = read == 0;
+                if sender.send(pb::SnapshotChunk { header: header.take(), data }).await.is_err() || last {
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        });
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        let send = with_deadline(option.hard_ttl(), client.install_snapshot(outbound));
+        tokio::pin!(cancel);
+        let reply = tokio::select! {
+            closed = &mut cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            reply = send => reply?,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(StreamingError::from(network_error(format!("reading snapshot: {error}")))),
+            Err(error) => return Err(StreamingError::from(network_error(error))),
+        }
+        Ok(decode_reply(reply)?)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(&req);
+        let mut client = self.client()?;
+        decode_reply(with_deadline(option.hard_ttl(), client.transfer_leader(request)).await?)
+    }
+}

@@ -1,0 +1,178 @@
+//! The receiving side of the Raft transport: the `spaceraft.v1.Raft` gRPC
+//! service. It routes each request to its group's Raft, and refuses requests
+//! meant for another node id or sent by a node that claims an id registered
+//! at another address (two processes configured with one id).
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::NodeId;
+use crate::node::group::{Group, Groups};
+use crate::pb;
+use crate::raft::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::storage::SnapshotFile;
+
+pub struct RaftService {
+    pub node_id: NodeId,
+    pub groups: Groups,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(payload).map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+}
+
+fn reply<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb::RaftReply {
+    match result {
+        Ok(value) => pb::RaftReply { payload: postcard::to_stdvec(&value).expect("raft messages serialize"), error: String::new() },
+        Err(error) => pb::RaftReply { payload: Vec::new(), error: error.to_string() },
+    }
+}
+
+impl RaftService {
+    fn route(&self, request: &pb::RaftRequest) -> Result<std::sync::Arc<Group>, Status> {
+        if request.to_node != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {}: check the peer addresses",
+                self.node_id, request.to_node
+            )));
+        }
+        let group = self
+            .groups
+            .get(request.group_id)
+            .ok_or_else(|| Status::not_found(format!("space cluster {} is not hosted on node {}", request.group_id, self.node_id)))?;
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        if let Some(known) = metrics.membership_config.membership().get_node(&request.from_node) {
+            if known.addr != request.from_addr {
+                tracing::warn!(from_node = request.from_node, from_addr = %request.from_addr, registered = %known.addr,
+                    "refusing raft request from a node whose id is registered at another address");
+                return Err(Status::permission_denied(format!(
+                    "node id {} is registered at {}, but this request came from {}: duplicate node id?",
+                    request.from_node, known.addr, request.from_addr
+                )));
+            }
+        }
+        Ok(group)
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.route(&request)?;
+        let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
+        Ok(Response::new(reply(group.raft.vote(vote).await)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.route(&request)?;
+        let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
+        Ok(Response::new(reply(group.raft.pre_vote(vote).await)))
+    }
+
+    async fn append(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.route(&request)?;
+        let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
+        Ok(Response::new(reply(group.raft.append_entries(append).await)))
+    }
+
+    type AppendStreamStream = ReplyStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::RaftRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let Some(first) = incoming.message().await? else {
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        };
+        let group = self.route(&first)?;
+        let first_append: AppendEntriesRequest<TypeConfig> = decode(&first.payload)?;
+        let (group_id, from_node) = (first.group_id, first.from_node);
+        // Later messages must stay on the same group and sender; anything
+        // else (or garbage) ends the stream.
+        let rest = incoming.take_while(move |item| {
+            let keep = matches!(item, Ok(next) if next.group_id == group_id && next.from_node == from_node);
+            async move { keep }
+        });
+        let appends = futures::stream::once(async move { first_append }).chain(rest.filter_map(|item| async move {
+            let next = item.ok()?;
+            match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&next.payload) {
+                Ok(append) => Some(append),
+                Err(error) => {
+                    tracing::warn!(%error, "dropping undecodable append on a replication stream");
+                    None
+                }
+            }
+        }));
+        let results = group.raft.stream_append(appends);
+        let replies = results.map(|result| Ok(reply(result)));
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let header = first.header.clone().ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
+        let group = self.route(&header)?;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&header.payload)?;
+        std::fs::create_dir_all(&group.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;
+        let path = group.snapshot_dir.join(format!("incoming-{}.recv", rand::random::<u64>()));
+        let result = receive_file(&path, first.data, &mut chunks).await;
+        if let Err(status) = result {
+            let _ = std::fs::remove_file(&path);
+            return Err(status);
+        }
+        let verify_path = path.clone();
+        let verified = tokio::task::spawn_blocking(move || crate::storage::snapshot_file::verify(&verify_path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match verified {
+            Ok((snapshot_group, snapshot_meta)) if snapshot_group == header.group_id && snapshot_meta == meta => {}
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(Status::invalid_argument("snapshot file does not match its header"));
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(Status::invalid_argument(error.to_string()));
+            }
+        }
+        let snapshot = Snapshot { meta, snapshot: SnapshotFile { path } };
+        Ok(Response::new(reply(group.raft.install_full_snapshot(vote, snapshot).await)))
+    }
+
+    async fn transfer_leader(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.route(&request)?;
+        let transfer: TransferLeaderRequest<TypeConfig> = decode(&request.payload)?;
+        Ok(Response::new(reply(group.raft.handle_transfer_leader(transfer).await)))
+    }
+}
+
+async fn receive_file(
+    path: &std::path::Path,
+    first_data: Vec<u8>,
+    chunks: &mut Streaming<pb::SnapshotChunk>,
+) -> Result<(), Status> {
+    use tokio::io::AsyncWriteExt;
+    let internal = |e: std::io::Error| Status::internal(format!("writing received snapshot: {e}"));
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    file.write_all(&first_data).await.map_err(internal)?;
+    while let Some(chunk) = chunks.message().await? {
+        file.write_all(&chunk.data).await.map_err(internal)?;
+    }
+    file.sync_all().await.map_err(internal)?;
+    Ok(())
+}

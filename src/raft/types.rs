@@ -1,0 +1,49 @@
+//! The openraft type configuration shared by every space cluster.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::space::{Command, CommandResult};
+
+/// How a node is reached and where it lives; stored in Raft membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// host:port of the node's gRPC server.
+    pub addr: String,
+    pub region: String,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.region, self.addr)
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::CreateSpace { name, members, .. } => {
+                write!(f, "create-space {name} ({} members)", members.len())
+            }
+            Command::Posts(posts) => write!(f, "posts x{}", posts.len()),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Types of the space clusters' Raft groups.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = NodeAddr,
+);
+
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::SpaceStateMachine>;

@@ -1,0 +1,66 @@
+//! The commands a space cluster's Raft log carries and their results.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One Raft entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a space. The proposing node stamps the dedup window and the
+    /// retention bound so every replica applies the same rules.
+    CreateSpace {
+        name: String,
+        members: Vec<String>,
+        attrs: BTreeMap<String, String>,
+        dedup_window_len: u64,
+        retain_messages_max: u64,
+    },
+    /// Many posts, possibly to many spaces, batched into one entry by the
+    /// leader's proposer; results come back in the same order.
+    Posts(Vec<PostCommand>),
+}
+
+/// One message to append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostCommand {
+    pub space: String,
+    pub author: String,
+    pub body: String,
+    /// Empty when the client gave no idempotency key.
+    pub idempotency_key: String,
+}
+
+/// The outcome of a committed post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostOutcome {
+    pub seq: u64,
+    /// True when the key had committed before: `seq` is the original one.
+    pub duplicate: bool,
+}
+
+/// Why apply refused a command. Refusals are deterministic: every replica
+/// refuses the same commands, and a refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("space {space:?} does not exist")]
+    UnknownSpace { space: String },
+    #[error("user {user:?} is not a member of space {space:?}")]
+    NotMember { space: String, user: String },
+    #[error("space {space:?} already exists with other members or attributes")]
+    SpaceExists { space: String },
+}
+
+/// What applying one entry answers to its proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CommandResult {
+    /// Blank and membership entries answer nothing.
+    #[default]
+    None,
+    SpaceCreated {
+        /// True when an identical space already existed (a retried create).
+        existed: bool,
+        result: Result<(), ApplyError>,
+    },
+    Posts(Vec<Result<PostOutcome, ApplyError>>),
+}

@@ -1,0 +1,114 @@
+//! Checks done on a request before it becomes a Raft proposal. They depend on
+//! the node's configured limits, so they must never run inside apply.
+
+/// Limits a node enforces on what it proposes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body_bytes_max: usize,
+    pub name_len_max: usize,
+    pub members_len_max: usize,
+    pub idempotency_key_len_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 64 * 1024,
+            name_len_max: 64,
+            members_len_max: 10_000,
+            idempotency_key_len_max: 128,
+        }
+    }
+}
+
+/// A request that no state could make valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("invalid {what} {value:?}: {why}")]
+    Name { what: &'static str, value: String, why: String },
+    #[error("message body is empty")]
+    EmptyBody,
+    #[error("message body is {len} bytes, more than the limit of {max} bytes")]
+    BodyTooLarge { len: usize, max: usize },
+    #[error("idempotency key is {len} bytes, more than the limit of {max} bytes")]
+    KeyTooLong { len: usize, max: usize },
+    #[error("a space needs at least one member")]
+    NoMembers,
+    #[error("a space has {len} members, more than the limit of {max}")]
+    TooManyMembers { len: usize, max: usize },
+}
+
+/// Space and user names: 1..=max characters of `a-z A-Z 0-9 . _ -`,
+/// starting with a letter or digit.
+pub fn check_name(what: &'static str, value: &str, limits: &Limits) -> Result<(), InvalidRequest> {
+    let invalid = |why: String| InvalidRequest::Name { what, value: value.to_string(), why };
+    if value.is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    if value.len() > limits.name_len_max {
+        return Err(invalid(format!("longer than {} characters", limits.name_len_max)));
+    }
+    let first = value.chars().next().expect("checked non-empty");
+    if !first.is_ascii_alphanumeric() {
+        return Err(invalid("must start with a letter or digit".into()));
+    }
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(invalid(format!("character {bad:?} is not allowed (use a-z, 0-9, '.', '_', '-')")));
+    }
+    Ok(())
+}
+
+pub fn check_body(body: &str, limits: &Limits) -> Result<(), InvalidRequest> {
+    if body.is_empty() {
+        return Err(InvalidRequest::EmptyBody);
+    }
+    if body.len() > limits.body_bytes_max {
+        return Err(InvalidRequest::BodyTooLarge { len: body.len(), max: limits.body_bytes_max });
+    }
+    Ok(())
+}
+
+pub fn check_idempotency_key(key: &str, limits: &Limits) -> Result<(), InvalidRequest> {
+    if key.len() > limits.idempotency_key_len_max {
+        return Err(InvalidRequest::KeyTooLong { len: key.len(), max: limits.idempotency_key_len_max });
+    }
+    Ok(())
+}
+
+pub fn check_members(members: &[String], limits: &Limits) -> Result<(), InvalidRequest> {
+    if members.is_empty() {
+        return Err(InvalidRequest::NoMembers);
+    }
+    if members.len() > limits.members_len_max {
+        return Err(InvalidRequest::TooManyMembers { len: members.len(), max: limits.members_len_max });
+    }
+    for member in members {
+        check_name("user name", member, limits)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_accept_the_documented_alphabet_only() {
+        let limits = Limits::default();
+        assert!(check_name("space name", "general", &limits).is_ok());
+        assert!(check_name("space name", "team-7.ops_x", &limits).is_ok());
+        assert!(check_name("space name", "", &limits).is_err());
+        assert!(check_name("space name", "-lead", &limits).is_err());
+        assert!(check_name("space name", "a\0b", &limits).is_err());
+        assert!(check_name("space name", "caf\u{e9}", &limits).is_err());
+        assert!(check_name("space name", &"x".repeat(65), &limits).is_err());
+    }
+
+    #[test]
+    fn bodies_must_be_non_empty_and_within_the_limit() {
+        let limits = Limits { body_bytes_max: 4, ..Limits::default() };
+        assert_eq!(check_body("", &limits), Err(InvalidRequest::EmptyBody));
+        assert!(check_body("abcd", &limits).is_ok());
+        assert_eq!(check_body("abcde", &limits), Err(InvalidRequest::BodyTooLarge { len: 5, max: 4 }));
+    }
+}

@@ -1,0 +1,312 @@
+//! The Raft log and vote of every group on a node, in one fjall database.
+//!
+//! fjall keeps one journal for all its keyspaces, so one fsync makes the
+//! appends of every group durable at once. A single writer thread owns all
+//! writes: it commits each request to the journal (readable at once), then,
+//! when its queue is empty or a batch bound is reached, calls one
+//! `persist(SyncAll)` and only then completes the callbacks of every request
+//! it wrote. openraft is told an append is durable only after that fsync.
+//!
+//! Keys: `logs` keyspace: group(u64 BE) index(u64 BE) → postcard(Entry);
+//! `meta` keyspace: group(u64 BE) tag → postcard(value), tags `v` (vote),
+//! `c` (committed), `p` (last purged log id).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::RaftLogReader;
+
+use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
+
+const TAG_VOTE: u8 = b'v';
+const TAG_COMMITTED: u8 = b'c';
+const TAG_PURGED: u8 = b'p';
+
+type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+enum WriteOp {
+    /// Key-value writes (None = remove) committed as one atomic batch.
+    Write { writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>, readable: tokio::sync::oneshot::Sender<io::Result<()>>, durable: Completion },
+    /// Remove a key range of the logs keyspace.
+    RemoveLogRange { from: Vec<u8>, to: Vec<u8>, readable: tokio::sync::oneshot::Sender<io::Result<()>>, durable: Completion },
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Logs,
+    Meta,
+}
+
+/// The node's shared log engine; cheap to clone.
+#[derive(Clone)]
+pub struct LogEngine {
+    inner: Arc<LogEngineInner>,
+}
+
+struct LogEngineInner {
+    db: Database,
+    logs: Keyspace,
+    meta: Keyspace,
+    writer: mpsc::SyncSender<WriteOp>,
+}
+
+impl LogEngine {
+    /// Opens (or creates) the engine in `dir` and starts its writer thread.
+    /// `sync_batch_len_max` bounds how many requests share one fsync.
+    pub fn open(dir: &Path, sync_batch_len_max: usize) -> io::Result<LogEngine> {
+        let db = Database::builder(dir).open().map_err(fjall_error)?;
+        let logs = db.keyspace("logs", KeyspaceCreateOptions::default).map_err(fjall_error)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(fjall_error)?;
+        let (writer, requests) = mpsc::sync_channel(sync_batch_len_max.max(1) * 4);
+        let thread_db = db.clone();
+        let thread_logs = logs.clone();
+        let thread_meta = meta.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(thread_db, thread_logs, thread_meta, requests, sync_batch_len_max.max(1)))?;
+        Ok(LogEngine { inner: Arc::new(LogEngineInner { db, logs, meta, writer }) })
+    }
+
+    /// The log store of one group.
+    pub fn group(&self, group_id: u64) -> LogStore {
+        LogStore { engine: self.clone(), group_id }
+    }
+
+    pub fn disk_space_bytes(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+
+    async fn submit(&self, op_of: impl FnOnce(tokio::sync::oneshot::Sender<io::Result<()>>) -> WriteOp) -> io::Result<()> {
+        let (readable_tx, readable_rx) = tokio::sync::oneshot::channel();
+        let op = op_of(readable_tx);
+        let writer = self.inner.writer.clone();
+        // The channel is bounded: a full queue waits, off the async runtime.
+        match writer.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(op)) => {
+                tokio::task::spawn_blocking(move || writer.send(op))
+                    .await
+                    .map_err(io::Error::other)?
+                    .map_err(|_| io::Error::other("raft log writer stopped"))?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(io::Error::other("raft log writer stopped")),
+        }
+        readable_rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
+    }
+
+    /// Writes and waits until they are durable.
+    async fn write_durable(&self, writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>) -> io::Result<()> {
+        let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
+        let durable: Completion = Box::new(move |result| {
+            let _ = durable_tx.send(result);
+        });
+        self.submit(|readable| WriteOp::Write { writes, readable, durable }).await?;
+        durable_rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
+    }
+}
+
+fn write_loop(db: Database, logs: Keyspace, meta: Keyspace, requests: mpsc::Receiver<WriteOp>, batch_len_max: usize) {
+    let mut waiting: Vec<Completion> = Vec::with_capacity(batch_len_max);
+    while let Ok(first) = requests.recv() {
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            let (readable, durable, result) = match op {
+                WriteOp::Write { writes, readable, durable } => {
+                    let mut batch = db.batch();
+                    for (target, key, value) in writes {
+                        let keyspace = match target {
+                            Target::Logs => &logs,
+                            Target::Meta => &meta,
+                        };
+                        match value {
+                            Some(value) => batch.insert(keyspace, key, value),
+                            None => batch.remove(keyspace, key),
+                        }
+                    }
+                    (readable, durable, batch.commit().map_err(fjall_error))
+                }
+                WriteOp::RemoveLogRange { from, to, readable, durable } => {
+                    let result = (|| {
+                        let mut batch = db.batch();
+                        for item in logs.range(from..to) {
+                            let key = item.key().map_err(fjall_error)?;
+                            batch.remove(&logs, key);
+                        }
+                        batch.commit().map_err(fjall_error)
+                    })();
+                    (readable, durable, result)
+                }
+            };
+            let failed = result.as_ref().err().map(clone_io_error);
+            let _ = readable.send(result);
+            match failed {
+                Some(error) => durable(Err(error)),
+                None => waiting.push(durable),
+            }
+            if waiting.len() < batch_len_max {
+                next = requests.try_recv().ok();
+            }
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let synced = db.persist(PersistMode::SyncAll).map_err(fjall_error);
+        for durable in waiting.drain(..) {
+            durable(synced.as_ref().map(|_| ()).map_err(clone_io_error));
+        }
+    }
+}
+
+fn clone_io_error(error: &io::Error) -> io::Error {
+    io::Error::new(error.kind(), error.to_string())
+}
+
+fn fjall_error(error: fjall::Error) -> io::Error {
+    io::Error::other(format!("raft log store: {error}"))
+}
+
+fn decode_error(what: &str, error: postcard::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("raft log store: corrupt {what}: {error}"))
+}
+
+/// One group's view of the engine: its log store and log reader.
+#[derive(Clone)]
+pub struct LogStore {
+    engine: LogEngine,
+    group_id: u64,
+}
+
+impl LogStore {
+    fn log_key(&self, index: u64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(16);
+        key.extend_from_slice(&self.group_id.to_be_bytes());
+        key.extend_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    fn meta_key(&self, tag: u8) -> Vec<u8> {
+        let mut key = Vec::with_capacity(9);
+        key.extend_from_slice(&self.group_id.to_be_bytes());
+        key.push(tag);
+        key
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
+        let Some(bytes) = self.engine.inner.meta.get(self.meta_key(tag)).map_err(fjall_error)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes).map(Some).map_err(|e| decode_error("metadata", e))
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Entry>> {
+        let from = self.log_key(0);
+        let to = self.log_key(u64::MAX);
+        let Some(item) = self.engine.inner.logs.range(from..=to).next_back() else {
+            return Ok(None);
+        };
+        let value = item.value().map_err(fjall_error)?;
+        postcard::from_bytes(&value).map(Some).map_err(|e| decode_error("log entry", e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(index) => *index,
+            Bound::Excluded(index) => index.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(index) => Bound::Included(self.log_key(*index)),
+            Bound::Excluded(index) => Bound::Excluded(self.log_key(*index)),
+            Bound::Unbounded => Bound::Included(self.log_key(u64::MAX)),
+        };
+        let mut entries = Vec::new();
+        for item in self.engine.inner.logs.range((Bound::Included(self.log_key(start)), end)) {
+            let value = item.value().map_err(fjall_error)?;
+            let entry: Entry = postcard::from_bytes(&value).map_err(|e| decode_error("log entry", e))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read_meta(TAG_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(TAG_PURGED)?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let value = postcard::to_stdvec(vote).map_err(io::Error::other)?;
+        self.engine.write_durable(vec![(Target::Meta, self.meta_key(TAG_VOTE), Some(value))]).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not awaited for durability: a lost committed id only means a
+        // restarted node re-learns it from the leader.
+        let value = postcard::to_stdvec(&committed).map_err(io::Error::other)?;
+        let writes = vec![(Target::Meta, self.meta_key(TAG_COMMITTED), Some(value))];
+        self.engine.submit(|readable| WriteOp::Write { writes, readable, durable: Box::new(|_| {}) }).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.read_meta::<Option<LogId>>(TAG_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut writes = Vec::new();
+        for entry in entries {
+            let value = postcard::to_stdvec(&entry).map_err(io::Error::other)?;
+            writes.push((Target::Logs, self.log_key(entry.log_id.index), Some(value)));
+        }
+        let durable: Completion = Box::new(move |result| callback.io_completed(result));
+        self.engine.submit(|readable| WriteOp::Write { writes, readable, durable }).await
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = match last_log_id {
+            Some(log_id) => self.log_key(log_id.index + 1),
+            None => self.log_key(0),
+        };
+        let to = self.log_key(u64::MAX);
+        self.engine.submit(|readable| WriteOp::RemoveLogRange { from, to, readable, durable: Box::new(|_| {}) }).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // Record the purge point first, so a crash never leaves a log whose
+        // head is missing without saying so.
+        let value = postcard::to_stdvec(&log_id).map_err(io::Error::other)?;
+        self.engine.write_durable(vec![(Target::Meta, self.meta_key(TAG_PURGED), Some(value))]).await?;
+        let from = self.log_key(0);
+        let to = self.log_key(log_id.index + 1);
+        self.engine.submit(|readable| WriteOp::RemoveLogRange { from, to, readable, durable: Box::new(|_| {}) }).await
+    }
+}

@@ -1,0 +1,451 @@
+//! The space state machine of one group, in a sled tree of the process's
+//! single sled `Db`.
+//!
+//! Apply commits each batch of entries as one sled batch together with the
+//! applied log id, so the tree always holds the result of a log prefix. sled
+//! is not fsynced here: the process-wide flusher writes it out, and after a
+//! crash openraft re-applies from the applied id, which the log still holds
+//! because the log is purged only behind a durable snapshot.
+//!
+//! Snapshots run concurrently with apply (openraft builds them in their own
+//! task). To scan a consistent image at the snapshot's applied id without
+//! stopping apply, apply records the pre-image of every key it changes while
+//! a snapshot is being built; the builder prefers pre-images to what it scans.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::snapshot_file::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
+use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::space::{record, CommandResult, KvRead, Overlay, SpaceMachine};
+
+/// Keys outside the space data (see [`crate::space::record`]) start with `_`.
+const APPLIED_KEY: &[u8] = b"_applied";
+/// Present while a snapshot is being installed into the tree.
+const RESTORING_KEY: &[u8] = b"_restoring";
+const INTERNAL_PREFIX: u8 = b'_';
+/// Pairs written per sled batch when loading a snapshot.
+const RESTORE_BATCH_LEN: usize = 10_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl KvRead for sled::Tree {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        sled::Tree::get(self, key).expect("sled read failed: the state machine cannot go on").map(|v| v.to_vec())
+    }
+}
+
+type PreImages = Arc<Mutex<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>>;
+
+/// Read access for queries (History, Subscribe) on the applied state.
+#[derive(Clone)]
+pub struct SpaceReader {
+    pub tree: sled::Tree,
+    /// The last applied log index; changes after every applied batch.
+    pub applied: watch::Receiver<u64>,
+}
+
+pub struct SpaceStateMachine {
+    group_id: u64,
+    db: sled::Db,
+    tree: sled::Tree,
+    snapshot_dir: PathBuf,
+    state: AppliedState,
+    applied_tx: watch::Sender<u64>,
+    pre_images: PreImages,
+    snapshot_in_progress: Arc<AtomicBool>,
+}
+
+fn sled_error(error: sled::Error) -> io::Error {
+    io::Error::other(format!("state machine store: {error}"))
+}
+
+impl SpaceStateMachine {
+    /// Opens group `group_id`'s tree in `db`; restores from the latest
+    /// snapshot when the tree is behind it (lost pages) or was mid-restore.
+    pub async fn open(db: sled::Db, group_id: u64, snapshot_dir: PathBuf) -> io::Result<SpaceStateMachine> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let tree = db.open_tree(format!("sm.{group_id}")).map_err(sled_error)?;
+        let state = match tree.get(APPLIED_KEY).map_err(sled_error)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
+            })?,
+            None => AppliedState::default(),
+        };
+        let (applied_tx, _) = watch::channel(state.last_applied.map(|id| id.index).unwrap_or(0));
+        let mut machine = SpaceStateMachine {
+            group_id,
+            db,
+            tree,
+            snapshot_dir,
+            state,
+            applied_tx,
+            pre_images: Arc::new(Mutex::new(None)),
+            snapshot_in_progress: Arc::new(AtomicBool::new(false)),
+        };
+        let restoring = machine.tree.contains_key(RESTORING_KEY).map_err(sled_error)?;
+        if let Some(latest) = machine.latest_snapshot()? {
+            let behind = latest.1.last_log_id > machine.state.last_applied;
+            if restoring || behind {
+                tracing::warn!(group_id, restoring, snapshot = ?latest.1.last_log_id, applied = ?machine.state.last_applied,
+                    "state machine is behind its durable snapshot; restoring from it");
+                machine.restore_from(&latest.0, &latest.1).await?;
+            }
+        } else if restoring {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "state machine was interrupted while restoring a snapshot, and the snapshot file is gone"));
+        }
+        Ok(machine)
+    }
+
+    pub fn reader(&self) -> SpaceReader {
+        SpaceReader { tree: self.tree.clone(), applied: self.applied_tx.subscribe() }
+    }
+
+    fn snapshot_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        let (term, index) = match &meta.last_log_id {
+            Some(log_id) => (log_id.leader_id.term, log_id.index),
+            None => (0, 0),
+        };
+        self.snapshot_dir.join(format!("snapshot-{index:020}-{term}.bin"))
+    }
+
+    /// The newest valid snapshot file and its metadata.
+    fn latest_snapshot(&self) -> io::Result<Option<(PathBuf, SnapshotMeta)>> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.snapshot_dir)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "bin"))
+            .collect();
+        names.sort();
+        for path in names.into_iter().rev() {
+            match SnapshotReader::open(&path) {
+                Ok(reader) if reader.group_id == self.group_id => return Ok(Some((path, reader.meta))),
+                Ok(_) => continue,
+                Err(error) => tracing::warn!(path = %path.display(), %error, "skipping unreadable snapshot file"),
+            }
+        }
+        Ok(None)
+    }
+
+    fn remove_snapshots_except(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path != keep && path.extension().is_some_and(|ext| ext == "bin" || ext == "tmp" || ext == "recv") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Replaces the tree's content with the snapshot's, off the runtime.
+    async fn restore_from(&mut self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+        let tree = self.tree.clone();
+        let db = self.db.clone();
+        let path = path.to_path_buf();
+        let state = AppliedState { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        let state_bytes = postcard::to_stdvec(&state).map_err(io::Error::other)?;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            // Check the whole file before touching the tree.
+            snapshot_file::verify(&path)?;
+            tree.insert(RESTORING_KEY, b"1".as_slice()).map_err(sled_error)?;
+            db.flush().map_err(sled_error)?;
+            let keys: Vec<sled::IVec> = tree.iter().keys().collect::<Result<_, _>>().map_err(sled_error)?;
+            for chunk in keys.chunks(RESTORE_BATCH_LEN) {
+                let mut batch = sled::Batch::default();
+                for key in chunk.iter().filter(|key| key.as_ref() != RESTORING_KEY) {
+                    batch.remove(key.clone());
+                }
+                tree.apply_batch(batch).map_err(sled_error)?;
+            }
+            let mut reader = SnapshotReader::open(&path)?;
+            while let Some(pairs) = reader.next_pairs()? {
+                let mut batch = sled::Batch::default();
+                for (key, value) in pairs {
+                    batch.insert(key, value);
+                }
+                tree.apply_batch(batch).map_err(sled_error)?;
+            }
+            let mut batch = sled::Batch::default();
+            batch.insert(APPLIED_KEY, state_bytes);
+            batch.remove(RESTORING_KEY);
+            tree.apply_batch(batch).map_err(sled_error)?;
+            db.flush().map_err(sled_error)?;
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.state = state;
+        self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
+        Ok(())
+    }
+
+    fn record_pre_images(&self, writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> io::Result<()> {
+        let mut guard = self.pre_images.lock().expect("pre-image lock");
+        let Some(pre_images) = guard.as_mut() else {
+            return Ok(());
+        };
+        for key in writes.keys() {
+            if !pre_images.contains_key(key) {
+                let before = self.tree.get(key).map_err(sled_error)?.map(|v| v.to_vec());
+                pre_images.insert(key.clone(), before);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SpaceSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut answers = Vec::new();
+        let mut next_state = self.state.clone();
+        let writes = {
+            let mut overlay = Overlay::new(&self.tree);
+            while let Some((entry, responder)) = entries.try_next().await? {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Normal(command) => SpaceMachine::apply(&mut overlay, entry.log_id.index, command),
+                    EntryPayload::Membership(membership) => {
+                        next_state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                        CommandResult::None
+                    }
+                };
+                debug_assert!(next_state.last_applied.is_none_or(|last| last.index < entry.log_id.index));
+                next_state.last_applied = Some(entry.log_id);
+                answers.push((responder, result));
+            }
+            overlay.into_writes()
+        };
+        if answers.is_empty() {
+            return Ok(());
+        }
+        self.record_pre_images(&writes)?;
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(APPLIED_KEY, postcard::to_stdvec(&next_state).map_err(io::Error::other)?);
+        self.tree.apply_batch(batch).map_err(sled_error)?;
+        self.state = next_state;
+        self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
+        for (responder, result) in answers {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SpaceSnapshotBuilder> {
+        if self.snapshot_in_progress.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        // Runs between applies: from here on, apply records pre-images, so
+        // the builder can reconstruct the tree as of this applied id.
+        *self.pre_images.lock().expect("pre-image lock") = Some(BTreeMap::new());
+        let meta = SnapshotMeta { last_log_id: self.state.last_applied, last_membership: self.state.membership.clone() };
+        Some(SpaceSnapshotBuilder {
+            group_id: self.group_id,
+            tree: self.tree.clone(),
+            path: self.snapshot_path(&meta),
+            snapshot_dir: self.snapshot_dir.clone(),
+            meta,
+            pre_images: self.pre_images.clone(),
+            in_progress: self.snapshot_in_progress.clone(),
+        })
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SpaceSnapshotBuilder {
+        // openraft calls try_create_snapshot_builder; this exists for the trait.
+        loop {
+            if let Some(builder) = self.try_create_snapshot_builder(true).await {
+                return builder;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let final_path = self.snapshot_path(meta);
+        if snapshot.path != final_path {
+            std::fs::rename(&snapshot.path, &final_path)?;
+            snapshot_file::sync_dir(&self.snapshot_dir)?;
+        }
+        self.restore_from(&final_path, meta).await?;
+        self.remove_snapshots_except(&final_path);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self
+            .latest_snapshot()?
+            .map(|(path, meta)| Snapshot { meta, snapshot: SnapshotFile { path } }))
+    }
+}
+
+/// Builds one snapshot file from a consistent image of the tree.
+pub struct SpaceSnapshotBuilder {
+    group_id: u64,
+    tree: sled::Tree,
+    path: PathBuf,
+    snapshot_dir: PathBuf,
+    meta: SnapshotMeta,
+    pre_images: PreImages,
+    in_progress: Arc<AtomicBool>,
+}
+
+impl SpaceSnapshotBuilder {
+    fn write_file(&self) -> io::Result<SnapshotFile> {
+        let mut writer = SnapshotWriter::create(self.path.clone(), self.group_id, &self.meta)?;
+        let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for item in self.tree.iter() {
+            let (key, value) = item.map_err(sled_error)?;
+            if key.first() == Some(&INTERNAL_PREFIX) {
+                continue;
+            }
+            let pre_image = {
+                let guard = self.pre_images.lock().expect("pre-image lock");
+                guard.as_ref().and_then(|pre_images| pre_images.get(key.as_ref()).cloned())
+            };
+            match pre_image {
+                // Changed since the snapshot point: use what it was then.
+                Some(before) => {
+                    seen.insert(key.to_vec());
+                    if let Some(before) = before {
+                        writer.push(key.to_vec(), before)?;
+                    }
+                }
+                None => writer.push(key.to_vec(), value.to_vec())?,
+            }
+        }
+        // Keys removed since the snapshot point were not scanned: add them.
+        let pre_images = self.pre_images.lock().expect("pre-image lock").take().unwrap_or_default();
+        for (key, before) in pre_images {
+            if let Some(before) = before {
+                if !seen.contains(&key) && key.first() != Some(&INTERNAL_PREFIX) {
+                    writer.push(key, before)?;
+                }
+            }
+        }
+        writer.finish()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = SpaceSnapshotBuilder {
+            group_id: self.group_id,
+            tree: self.tree.clone(),
+            path: self.path.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            meta: self.meta.clone(),
+            pre_images: self.pre_images.clone(),
+            in_progress: self.in_progress.clone(),
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let result = this.write_file();
+            // Stop recording pre-images whatever happened.
+            this.pre_images.lock().expect("pre-image lock").take();
+            this.in_progress.store(false, Ordering::SeqCst);
+            result.map(|file| (file, this))
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let (file, this) = result?;
+        // Older snapshots are no longer needed once this one is durable.
+        let Ok(entries) = std::fs::read_dir(&this.snapshot_dir) else {
+            return Ok(Snapshot { meta: this.meta, snapshot: file });
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path != file.path && path.extension().is_some_and(|ext| ext == "bin") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(Snapshot { meta: this.meta, snapshot: file })
+    }
+}
+
+impl SpaceReader {
+    pub fn space(&self, name: &str) -> Result<Option<crate::space::SpaceRecord>, crate::error::ApiError> {
+        let Some(bytes) = self.tree.get(record::space_key(name)).map_err(read_error)? else {
+            return Ok(None);
+        };
+        record::decode(&bytes).map(Some).map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))
+    }
+
+    /// Up to `limit` messages of `space` with seqs `from_seq..=last_seq`, in
+    /// order, stopping before any gap (a message trimmed or not yet restored)
+    /// so a caller never skips a seq.
+    pub fn messages(
+        &self,
+        space: &str,
+        from_seq: u64,
+        last_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::pb::Message>, crate::error::ApiError> {
+        let mut messages = Vec::new();
+        if from_seq > last_seq || limit == 0 {
+            return Ok(messages);
+        }
+        let start = record::message_key(space, from_seq);
+        let end = record::message_key(space, last_seq);
+        let mut expected = from_seq;
+        for item in self.tree.range(start..=end) {
+            let (key, value) = item.map_err(read_error)?;
+            let Some(seq) = record::seq_of_message_key(space, &key) else { break };
+            if seq != expected {
+                break;
+            }
+            let message: crate::space::MessageRecord = record::decode(&value)
+                .map_err(|e| crate::error::ApiError::Internal(format!("corrupt message record: {e}")))?;
+            messages.push(crate::pb::Message {
+                space: space.to_string(),
+                seq,
+                author: message.author,
+                body: message.body,
+                idempotency_key: message.idempotency_key,
+                log_index: message.log_index,
+            });
+            expected += 1;
+            if messages.len() >= limit {
+                break;
+            }
+        }
+        Ok(messages)
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+}
+
+fn read_error(error: sled::Error) -> crate::error::ApiError {
+    crate::error::ApiError::Internal(format!("state machine read failed: {error}"))
+}
