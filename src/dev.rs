@@ -152,16 +152,33 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  spacectl tail general --from 1");
     println!("Ctrl-C stops the cluster.");
 
-    let mut exited = Vec::new();
-    for (id, child) in children.iter_mut() {
-        exited.push(Box::pin(async move { (*id, child.wait().await) }));
-    }
-    tokio::select! {
-        _ = shutdown_signal() => eprintln!("stopping..."),
-        ((id, status), _, _) = futures::future::select_all(exited) => {
-            eprintln!("node {id} exited ({status:?}); stopping the others");
+    // A node that exits (or is killed to try a failover) is reported; the
+    // others keep running until Ctrl-C.
+    let mut running: Vec<(u64, tokio::process::Child)> = children;
+    let mut stopped = Vec::new();
+    loop {
+        let waits = running.iter_mut().map(|(id, child)| {
+            let id = *id;
+            Box::pin(async move { (id, child.wait().await) })
+        });
+        let any_exit = futures::future::select_all(waits);
+        tokio::select! {
+            _ = shutdown_signal() => {
+                eprintln!("stopping...");
+                break;
+            }
+            ((id, status), _, _) = any_exit => {
+                eprintln!("node {id} exited ({}); the others keep running", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                stopped.push(id);
+            }
+        }
+        running.retain_mut(|(id, _)| !stopped.contains(id));
+        if running.is_empty() {
+            eprintln!("every node has exited");
+            return Ok(());
         }
     }
+    let mut children = running;
     for (id, child) in children.iter_mut() {
         if let Some(pid) = child.id() {
             terminate(pid);

@@ -41,7 +41,7 @@ impl CtlError {
         match status.code() {
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CtlError::Denied(message),
             tonic::Code::Unavailable if status.message().contains("leader") => CtlError::NoLeader(message),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
                 CtlError::Unreachable(message)
             }
             _ => CtlError::Failed(message),

@@ -69,11 +69,11 @@ impl pb::admin_server::Admin for AdminService {
             let metrics = group.raft.metrics().borrow_watched().clone();
             for (id, node) in metrics.membership_config.membership().nodes() {
                 if *id != self.config.node_id {
-                    others.insert(*id, node.clone());
+                    others.insert(*id, (node.clone(), group.id));
                 }
             }
         }
-        let asks = others.into_iter().map(|(id, node)| {
+        let asks = others.into_iter().map(|(id, (node, cluster_id))| {
             let peers = self.peers.clone();
             async move {
                 let result = async {
@@ -93,6 +93,7 @@ impl pb::admin_server::Admin for AdminService {
                         node_id: id,
                         region: node.region.clone(),
                         grpc_addr: node.addr.clone(),
+                        cluster_id,
                         role: "unreachable".into(),
                         error,
                         ..Default::default()

@@ -89,6 +89,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let engine = LogEngine::open(&data_dir.raft_log_dir(), config.storage.log_sync_batch_len_max)
         .with_context(|| format!("cannot open the raft log store in {}", data_dir.raft_log_dir().display()))?;
 
+    check_id_is_unique(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
@@ -161,6 +162,38 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     tracing::info!(node_id = config.node_id, region = %config.region, addr = %config.advertise_addr(), "node started");
     Ok(RunningNode { groups, shutdown, server, flusher, db })
+}
+
+/// Refuses to start a second process with an id that is already in use: a
+/// peer list that puts this id at another address, or a reachable peer that
+/// answers with this id.
+async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
+    let advertise = config.advertise_addr().to_string();
+    for peer in &config.peers {
+        if peer.id == config.node_id && peer.addr != advertise {
+            anyhow::bail!(
+                "the peers list puts node {} at {}, but this node advertises {}: two nodes with one id?",
+                peer.id,
+                peer.addr,
+                advertise
+            );
+        }
+    }
+    let asks = config.peers.iter().filter(|peer| peer.addr != advertise).map(|peer| async move {
+        let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network).ok()?;
+        let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest {}))
+            .await
+            .ok()?
+            .ok()?;
+        let answered_id = status.into_inner().replicas.first()?.node_id;
+        (answered_id == config.node_id).then(|| peer.addr.clone())
+    });
+    if let Some(addr) = futures::future::join_all(asks).await.into_iter().flatten().next() {
+        anyhow::bail!("node id {} is already running at {}: refusing to start a second node with that id", config.node_id, addr);
+    }
+    Ok(())
 }
 
 /// Initializes the space cluster with the configured peers, once: an

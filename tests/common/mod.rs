@@ -1,0 +1,234 @@
+//! A real cluster for integration tests: `spaceraft node` processes on
+//! loopback ports, each with its own data directory, killed with SIGKILL and
+//! restarted on the same directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spaceraft::pb;
+use tonic::transport::Channel;
+
+pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+
+/// Ports that were free a moment ago.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub addr: String,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub process: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+}
+
+pub fn spaceraft_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_spaceraft")
+}
+
+pub fn spacectl_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_spacectl")
+}
+
+/// Writes a node config with timings short enough for tests.
+pub fn write_config(path: &Path, id: u64, addr: &str, data_dir: &Path, peers: &[(u64, String)], extra: &str) {
+    let mut text = format!(
+        "node_id = {id}\nregion = \"{}\"\nlisten_addr = \"{addr}\"\ndata_dir = \"{}\"\nbootstrap = {}\n",
+        REGIONS[(id as usize - 1) % 3],
+        data_dir.display(),
+        id == 1
+    );
+    for (peer_id, peer_addr) in peers {
+        text.push_str(&format!(
+            "[[peers]]\nid = {peer_id}\nregion = \"{}\"\naddr = \"{peer_addr}\"\n",
+            REGIONS[(*peer_id as usize - 1) % 3]
+        ));
+    }
+    text.push_str("[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n");
+    text.push_str(extra);
+    std::fs::write(path, text).expect("write node config");
+}
+
+impl TestCluster {
+    /// Starts three nodes in three regions and waits for a leader.
+    pub async fn start() -> TestCluster {
+        Self::start_with("").await
+    }
+
+    pub async fn start_with(extra_config: &str) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(3);
+        let peers: Vec<(u64, String)> = ports.iter().enumerate().map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}"))).collect();
+        let mut nodes = Vec::new();
+        for (id, addr) in &peers {
+            let config_path = dir.path().join(format!("node-{id}.toml"));
+            let data_dir = dir.path().join(format!("node-{id}"));
+            write_config(&config_path, *id, addr, &data_dir, &peers, extra_config);
+            nodes.push(TestNode { id: *id, addr: addr.clone(), config_path, data_dir, process: None });
+        }
+        let mut cluster = TestCluster { dir, nodes };
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[id as usize - 1]
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        assert!(node.process.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.with_extension("log"))
+            .expect("node log");
+        let child = Command::new(spaceraft_bin())
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config_path)
+            .env("SPACERAFT_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start spaceraft node");
+        node.process = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill_node(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(mut child) = node.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn node_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.node(id).data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub async fn client(&self, id: u64) -> pb::client_client::ClientClient<Channel> {
+        pb::client_client::ClientClient::new(connect(&self.node(id).addr).await)
+    }
+
+    pub async fn admin(&self, id: u64) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(connect(&self.node(id).addr).await)
+    }
+
+    /// The leader's id as seen by any running node, within `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+                let Ok(channel) = try_connect(&node.addr).await else { continue };
+                let mut admin = pb::admin_client::AdminClient::new(channel);
+                if let Ok(status) = admin.node_status(pb::NodeStatusRequest {}).await {
+                    let replica = &status.into_inner().replicas[0];
+                    if replica.role == "leader" {
+                        return replica.node_id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+            loop {
+                let mut admin = pb::admin_client::AdminClient::new(connect(&node.addr).await);
+                if let Ok(status) = admin.node_status(pb::NodeStatusRequest {}).await {
+                    if status.into_inner().replicas[0].applied_index >= index {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "node {} did not apply index {index} within {timeout:?}", node.id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.kill_node(id);
+        }
+    }
+}
+
+pub async fn try_connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+}
+
+/// Connects, retrying while the node starts (up to 20 s).
+pub async fn connect(addr: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match try_connect(addr).await {
+            Ok(channel) => return channel,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot connect to {addr}: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Every message of a space as `node` serves it (operator read, paged).
+pub async fn full_history(cluster: &TestCluster, node: u64, space: &str) -> Vec<pb::Message> {
+    let mut client = cluster.client(node).await;
+    let mut messages = Vec::new();
+    let mut from_seq = 1;
+    loop {
+        let page = client
+            .history(pb::HistoryRequest { space: space.into(), user: String::new(), from_seq, limit: 1000, linearizable: false })
+            .await
+            .expect("history")
+            .into_inner();
+        if page.messages.is_empty() {
+            return messages;
+        }
+        from_seq = page.messages.last().unwrap().seq + 1;
+        messages.extend(page.messages);
+    }
+}
+
+pub async fn create_space(cluster: &TestCluster, node: u64, name: &str, members: &[&str]) {
+    let mut client = cluster.client(node).await;
+    client
+        .create_space(pb::CreateSpaceRequest {
+            name: name.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            attrs: Default::default(),
+        })
+        .await
+        .expect("create space");
+}
