@@ -63,7 +63,7 @@ struct NodeArgs {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPACERAFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

@@ -179,6 +179,7 @@ async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
             );
         }
     }
+    let advertise = advertise.as_str();
     let asks = config.peers.iter().filter(|peer| peer.addr != advertise).map(|peer| async move {
         let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network).ok()?;
         let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
@@ -186,12 +187,21 @@ async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
         let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest {}))
             .await
             .ok()?
-            .ok()?;
-        let answered_id = status.into_inner().replicas.first()?.node_id;
-        (answered_id == config.node_id).then(|| peer.addr.clone())
+            .ok()?
+            .into_inner();
+        if status.replicas.first().is_some_and(|replica| replica.node_id == config.node_id) {
+            return Some(format!("node id {} is already running at {}", config.node_id, peer.addr));
+        }
+        let registered = status.members.iter().find(|member| member.node_id == config.node_id)?;
+        (registered.grpc_addr != advertise).then(|| {
+            format!(
+                "node id {} is registered at {} in space cluster {}, but this node advertises {}",
+                config.node_id, registered.grpc_addr, registered.cluster_id, advertise
+            )
+        })
     });
-    if let Some(addr) = futures::future::join_all(asks).await.into_iter().flatten().next() {
-        anyhow::bail!("node id {} is already running at {}: refusing to start a second node with that id", config.node_id, addr);
+    if let Some(problem) = futures::future::join_all(asks).await.into_iter().flatten().next() {
+        anyhow::bail!("{problem}: refusing to start a second node with that id");
     }
     Ok(())
 }

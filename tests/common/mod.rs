@@ -104,7 +104,7 @@ impl TestCluster {
             .arg("node")
             .arg("--config")
             .arg(&node.config_path)
-            .env("SPACERAFT_LOG", "info,openraft=warn")
+            .env("SPACERAFT_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,164 @@
+//! A node refuses a data directory that is not its own, foreign or corrupt,
+//! with a clear error and a non-zero exit, and leaves it untouched.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use spaceraft::pb;
+
+/// Every file under `dir` with its bytes.
+fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn run_node(config: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(common::spaceraft_bin())
+        .args(["node", "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("run spaceraft node")
+}
+
+/// A single-node cluster config in `dir`.
+fn single_node(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let addr = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    let data_dir = dir.join("node-1");
+    let config = dir.join("node-1.toml");
+    common::write_config(&config, 1, &addr, &data_dir, &[(1, addr.clone())], "");
+    (config, data_dir, addr)
+}
+
+#[test]
+fn a_foreign_directory_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, data_dir, _) = single_node(dir.path());
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("thesis.txt"), b"years of work").unwrap();
+    let before = snapshot_tree(&data_dir);
+    let output = run_node(&config, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a spaceraft data directory"), "{stderr}");
+    assert_eq!(snapshot_tree(&data_dir), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_or_a_corrupt_directory_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, data_dir, addr) = single_node(dir.path());
+
+    // --- phase: a real node writes real data, then stops cleanly
+    let mut node = Command::new(common::spaceraft_bin()).args(["node", "--config"]).arg(&config).spawn().unwrap();
+    let channel = common::connect(&addr).await;
+    let mut client = pb::client_client::ClientClient::new(channel);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let created = client
+            .create_space(pb::CreateSpaceRequest { name: "general".into(), members: vec!["alice".into()], attrs: Default::default() })
+            .await;
+        if created.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "single node never became leader: {created:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .post(pb::PostRequest { space: "general".into(), author: "alice".into(), body: "kept".into(), idempotency_key: String::new() })
+        .await
+        .unwrap();
+    Command::new("kill").arg("-TERM").arg(node.id().to_string()).status().unwrap();
+    assert!(node.wait().unwrap().success(), "a node stops cleanly on SIGTERM");
+
+    // --- phase: the directory belongs to node 1, not node 2
+    let before = snapshot_tree(&data_dir);
+    let as_node_2 = format!("2=us-east@{addr}");
+    let output = run_node(&config, &["--node-id", "2", "--peer", &as_node_2]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to node 1"), "{stderr}");
+    assert_eq!(snapshot_tree(&data_dir), before);
+
+    // --- phase: a corrupt identity file
+    let identity = data_dir.join("node.json");
+    let good_identity = std::fs::read(&identity).unwrap();
+    std::fs::write(&identity, b"{\"format\": 7").unwrap();
+    let before = snapshot_tree(&data_dir);
+    let output = run_node(&config, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unreadable identity file"), "{stderr}");
+    assert_eq!(snapshot_tree(&data_dir), before);
+    std::fs::write(&identity, good_identity).unwrap();
+
+    // --- phase: a corrupt state machine store
+    let sled_conf = data_dir.join("state").join("conf");
+    let good_conf = std::fs::read(&sled_conf).unwrap();
+    std::fs::write(&sled_conf, b"\x00garbage garbage garbage\xff").unwrap();
+    let before = snapshot_tree(&data_dir);
+    let output = run_node(&config, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot open the state machine store"), "{stderr}");
+    assert_eq!(snapshot_tree(&data_dir), before);
+    std::fs::write(&sled_conf, good_conf).unwrap();
+
+    // --- phase: repaired, the node starts with its data
+    let mut node = Command::new(common::spaceraft_bin()).args(["node", "--config"]).arg(&config).spawn().unwrap();
+    let channel = common::connect(&addr).await;
+    let mut client = pb::client_client::ClientClient::new(channel);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let messages = loop {
+        let history = client
+            .history(pb::HistoryRequest { space: "general".into(), user: "alice".into(), from_seq: 1, limit: 10, linearizable: true })
+            .await;
+        if let Ok(history) = history {
+            break history.into_inner().messages;
+        }
+        assert!(std::time::Instant::now() < deadline, "restarted node never served: {history:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(messages.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["kept"]);
+    let _ = node.kill();
+    let _ = node.wait();
+}
+
+#[test]
+fn a_bad_config_value_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, _) = single_node(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("heartbeat_interval_ms = 100", "heartbeat_interval_ms = \"soon\"");
+    std::fs::write(&config, text).unwrap();
+    let output = run_node(&config, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("raft.heartbeat_interval_ms"), "{stderr}");
+
+    let output = Command::new(common::spaceraft_bin())
+        .args(["node", "--config"])
+        .arg(&config)
+        .env("SPACERAFT_RAFT__HEARTBEAT_INTERVAL_MS", "100")
+        .env("SPACERAFT_LIMITS__BODY_BYTES_MAX", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.to_lowercase().contains("limits.body_bytes_max") && stderr.contains("environment"), "{stderr}");
+}
