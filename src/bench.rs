@@ -74,7 +74,11 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
     let space = format!("bench-{:08x}", rand::random::<u32>());
     let mut client = pb::client_client::ClientClient::new(channels[0].clone());
     client
-        .create_space(pb::CreateSpaceRequest { name: space.clone(), members: vec!["bench".into()], attrs: Default::default() })
+        .create_space(pb::CreateSpaceRequest {
+            name: space.clone(),
+            members: vec!["bench".into()],
+            attrs: Default::default(),
+        })
         .await
         .context("creating the bench space")?;
     let body: String = "x".repeat(args.size.max(1));

@@ -273,7 +273,10 @@ impl NodeConfig {
         }
         let raft = &self.raft;
         if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
-            return bad("raft.election_timeout_min_ms", "must be larger than raft.heartbeat_interval_ms (and that above 0)");
+            return bad(
+                "raft.election_timeout_min_ms",
+                "must be larger than raft.heartbeat_interval_ms (and that above 0)",
+            );
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
             return bad("raft.election_timeout_max_ms", "must be larger than raft.election_timeout_min_ms");

@@ -127,7 +127,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let endpoints = EndpointsFile {
         nodes: nodes
             .iter()
-            .map(|(_, c)| NodeEndpoint { id: c.node_id, region: c.region.clone(), grpc: c.advertise_addr().to_string() })
+            .map(|(_, c)| NodeEndpoint {
+                id: c.node_id,
+                region: c.region.clone(),
+                grpc: c.advertise_addr().to_string(),
+            })
             .collect(),
     };
     let data_dir = nodes[0].1.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -138,7 +142,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let leader = wait_for_leader(&all, Duration::from_secs(30)).await;
     println!("spaceraft dev: {} regions, data in {}", nodes.len(), data_dir.display());
     for node in &endpoints.nodes {
-        println!("  node {} {:<10} grpc {}   log {}", node.id, node.region, node.grpc, data_dir.join(format!("node-{}.log", node.id)).display());
+        println!(
+            "  node {} {:<10} grpc {}   log {}",
+            node.id,
+            node.region,
+            node.grpc,
+            data_dir.join(format!("node-{}.log", node.id)).display()
+        );
     }
     match leader {
         Some(leader) => println!("  space cluster 1 leader: node {leader}"),
@@ -202,7 +212,8 @@ fn terminate(pid: u32) {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -35,7 +35,13 @@ async fn post_until_acked(endpoints: &[String], client_number: u64, key: &str) -
             match client.post(request).await {
                 Ok(response) => return response.into_inner().seq,
                 Err(status) => assert!(
-                    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded),
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::Cancelled
+                            | tonic::Code::DeadlineExceeded
+                    ),
                     "post {key} failed with a non-retryable status: {status}"
                 ),
             }
@@ -56,7 +62,11 @@ fn check_history(history: &[pb::Message], acked: &HashMap<String, u64>, node: u6
         assert!(previous.is_none(), "node {node}: key {} committed twice", message.idempotency_key);
     }
     for (key, seq) in acked {
-        assert_eq!(seen.get(key.as_str()), Some(seq), "node {node}: acknowledged post {key} at seq {seq} is missing or moved");
+        assert_eq!(
+            seen.get(key.as_str()),
+            Some(seq),
+            "node {node}: acknowledged post {key} at seq {seq} is missing or moved"
+        );
     }
 }
 

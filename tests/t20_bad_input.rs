@@ -18,7 +18,11 @@ fn history(space: &str, user: &str) -> pb::HistoryRequest {
     pb::HistoryRequest { space: space.into(), user: user.into(), from_seq: 1, limit: 0, linearizable: false }
 }
 
-async fn expect_code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>, code: Code, what: &str) -> String {
+async fn expect_code<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    what: &str,
+) -> String {
     match result {
         Ok(response) => panic!("{what}: expected {code:?}, got {:?}", response.into_inner()),
         Err(status) => {
@@ -36,7 +40,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
     client.post(post("general", "alice", "first", "k1")).await.expect("a valid post");
 
     // --- phase: unknown space
-    let message = expect_code(client.post(post("nowhere", "alice", "hi", "")).await, Code::NotFound, "post to unknown space").await;
+    let message =
+        expect_code(client.post(post("nowhere", "alice", "hi", "")).await, Code::NotFound, "post to unknown space")
+            .await;
     assert!(message.contains("nowhere"), "{message}");
     expect_code(client.history(history("nowhere", "alice")).await, Code::NotFound, "history of unknown space").await;
     expect_code(
@@ -47,9 +53,12 @@ async fn bad_requests_are_refused_and_change_nothing() {
     .await;
 
     // --- phase: non-member
-    let message = expect_code(client.post(post("general", "mallory", "hi", "")).await, Code::PermissionDenied, "non-member post").await;
+    let message =
+        expect_code(client.post(post("general", "mallory", "hi", "")).await, Code::PermissionDenied, "non-member post")
+            .await;
     assert!(message.contains("mallory") && message.contains("general"), "{message}");
-    expect_code(client.history(history("general", "mallory")).await, Code::PermissionDenied, "non-member history").await;
+    expect_code(client.history(history("general", "mallory")).await, Code::PermissionDenied, "non-member history")
+        .await;
     expect_code(
         client.subscribe(pb::SubscribeRequest { space: "general".into(), user: "mallory".into(), from_seq: 1 }).await,
         Code::PermissionDenied,
@@ -60,20 +69,33 @@ async fn bad_requests_are_refused_and_change_nothing() {
     // --- phase: malformed posts
     expect_code(client.post(post("general", "alice", "", "")).await, Code::InvalidArgument, "empty body").await;
     let too_large = "x".repeat(64 * 1024 + 1);
-    let message = expect_code(client.post(post("general", "alice", &too_large, "")).await, Code::InvalidArgument, "oversized body").await;
+    let message = expect_code(
+        client.post(post("general", "alice", &too_large, "")).await,
+        Code::InvalidArgument,
+        "oversized body",
+    )
+    .await;
     assert!(message.contains("65537"), "{message}");
-    expect_code(client.post(post("bad name!", "alice", "hi", "")).await, Code::InvalidArgument, "invalid space name").await;
+    expect_code(client.post(post("bad name!", "alice", "hi", "")).await, Code::InvalidArgument, "invalid space name")
+        .await;
     expect_code(client.post(post("general", "", "hi", "")).await, Code::InvalidArgument, "empty author").await;
-    expect_code(client.post(post("general", "alice", "hi", &"k".repeat(200))).await, Code::InvalidArgument, "long key").await;
+    expect_code(client.post(post("general", "alice", "hi", &"k".repeat(200))).await, Code::InvalidArgument, "long key")
+        .await;
     expect_code(
-        client.create_space(pb::CreateSpaceRequest { name: "empty".into(), members: vec![], attrs: Default::default() }).await,
+        client
+            .create_space(pb::CreateSpaceRequest { name: "empty".into(), members: vec![], attrs: Default::default() })
+            .await,
         Code::InvalidArgument,
         "space without members",
     )
     .await;
     expect_code(
         client
-            .create_space(pb::CreateSpaceRequest { name: "general".into(), members: vec!["eve".into()], attrs: Default::default() })
+            .create_space(pb::CreateSpaceRequest {
+                name: "general".into(),
+                members: vec!["eve".into()],
+                attrs: Default::default(),
+            })
             .await,
         Code::AlreadyExists,
         "space name taken with other members",
@@ -85,7 +107,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     // --- phase: garbage bytes on the gRPC port
     let addr = cluster.node(1).addr.clone();
-    for garbage in [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect()] {
+    for garbage in
+        [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect()]
+    {
         let mut socket = std::net::TcpStream::connect(&addr).expect("connect to the grpc port");
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = socket.write_all(&garbage);
@@ -95,19 +119,34 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     // --- phase: raft requests that are not for this node, or undecodable
     let mut raft = pb::raft_client::RaftClient::new(common::connect(&addr).await);
-    let wrong_target = pb::RaftRequest { group_id: 1, from_node: 2, from_addr: cluster.node(2).addr.clone(), to_node: 9, payload: vec![1, 2, 3] };
+    let wrong_target = pb::RaftRequest {
+        group_id: 1,
+        from_node: 2,
+        from_addr: cluster.node(2).addr.clone(),
+        to_node: 9,
+        payload: vec![1, 2, 3],
+    };
     expect_code(raft.vote(wrong_target).await, Code::FailedPrecondition, "raft request for another node id").await;
-    let impostor = pb::RaftRequest { group_id: 1, from_node: 2, from_addr: "127.0.0.1:1".into(), to_node: 1, payload: vec![] };
+    let impostor =
+        pb::RaftRequest { group_id: 1, from_node: 2, from_addr: "127.0.0.1:1".into(), to_node: 1, payload: vec![] };
     let message = expect_code(raft.vote(impostor).await, Code::PermissionDenied, "raft request from an impostor").await;
     assert!(message.contains("duplicate node id"), "{message}");
-    let garbage = pb::RaftRequest { group_id: 1, from_node: 2, from_addr: cluster.node(2).addr.clone(), to_node: 1, payload: vec![0xff; 16] };
+    let garbage = pb::RaftRequest {
+        group_id: 1,
+        from_node: 2,
+        from_addr: cluster.node(2).addr.clone(),
+        to_node: 1,
+        payload: vec![0xff; 16],
+    };
     expect_code(raft.vote(garbage).await, Code::InvalidArgument, "undecodable raft payload").await;
-    let unknown_group = pb::RaftRequest { group_id: 77, from_node: 2, from_addr: String::new(), to_node: 1, payload: vec![] };
+    let unknown_group =
+        pb::RaftRequest { group_id: 77, from_node: 2, from_addr: String::new(), to_node: 1, payload: vec![] };
     expect_code(raft.vote(unknown_group).await, Code::NotFound, "raft request for an unknown group").await;
 
     // --- phase: nothing changed, nothing crashed
     let mut client = cluster.client(1).await;
-    let seq = client.post(post("general", "alice", "still here", "k3")).await.expect("node 1 still serves").into_inner().seq;
+    let seq =
+        client.post(post("general", "alice", "still here", "k3")).await.expect("node 1 still serves").into_inner().seq;
     assert_eq!(seq, 3);
     for node in 1..=3 {
         let mut polled = 0;
@@ -122,11 +161,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         let keys: Vec<&str> = messages.iter().map(|m| m.idempotency_key.as_str()).collect();
         assert_eq!(keys, ["k1", "k2", "k3"], "node {node}");
     }
-    assert!(
-        !cluster.node_log(1).contains("panicked"),
-        "node 1 panicked:\n{}",
-        cluster.node_log(1)
-    );
+    assert!(!cluster.node_log(1).contains("panicked"), "node 1 panicked:\n{}", cluster.node_log(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,11 @@ async fn another_nodes_or_a_corrupt_directory_is_refused_and_left_alone() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let created = client
-            .create_space(pb::CreateSpaceRequest { name: "general".into(), members: vec!["alice".into()], attrs: Default::default() })
+            .create_space(pb::CreateSpaceRequest {
+                name: "general".into(),
+                members: vec!["alice".into()],
+                attrs: Default::default(),
+            })
             .await;
         if created.is_ok() {
             break;
@@ -80,7 +84,12 @@ async fn another_nodes_or_a_corrupt_directory_is_refused_and_left_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client
-        .post(pb::PostRequest { space: "general".into(), author: "alice".into(), body: "kept".into(), idempotency_key: String::new() })
+        .post(pb::PostRequest {
+            space: "general".into(),
+            author: "alice".into(),
+            body: "kept".into(),
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap();
     Command::new("kill").arg("-TERM").arg(node.id().to_string()).status().unwrap();
@@ -126,7 +135,13 @@ async fn another_nodes_or_a_corrupt_directory_is_refused_and_left_alone() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let messages = loop {
         let history = client
-            .history(pb::HistoryRequest { space: "general".into(), user: "alice".into(), from_seq: 1, limit: 10, linearizable: true })
+            .history(pb::HistoryRequest {
+                space: "general".into(),
+                user: "alice".into(),
+                from_seq: 1,
+                limit: 10,
+                linearizable: true,
+            })
             .await;
         if let Ok(history) = history {
             break history.into_inner().messages;

@@ -41,9 +41,10 @@ impl CtlError {
         match status.code() {
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CtlError::Denied(message),
             tonic::Code::Unavailable if status.message().contains("leader") => CtlError::NoLeader(message),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                CtlError::Unreachable(message)
-            }
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown => CtlError::Unreachable(message),
             _ => CtlError::Failed(message),
         }
     }
@@ -62,7 +63,8 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn new(global: &GlobalArgs) -> Result<Endpoints, CtlError> {
-        let addrs: Vec<String> = global.endpoints.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        let addrs: Vec<String> =
+            global.endpoints.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
         if addrs.is_empty() {
             return Err(CtlError::Usage("no endpoints given (--endpoints or SPACERAFT_ENDPOINTS)".into()));
         }
@@ -110,7 +112,14 @@ impl Endpoints {
                         last_error = error;
                     }
                     Err(_) => {
-                        return Err(CtlError::Unreachable(format!("{addr}: no answer within {:?}", self.command_timeout)))
+                        // Out of time: a known "no leader" explains it best.
+                        if matches!(last_error, CtlError::NoLeader(_)) {
+                            return Err(last_error);
+                        }
+                        return Err(CtlError::Unreachable(format!(
+                            "{addr}: no answer within {:?}",
+                            self.command_timeout
+                        )));
                     }
                 }
             }
@@ -143,7 +152,13 @@ impl Endpoints {
         .await
     }
 
-    pub async fn post(&self, space: String, author: String, body: String, key: String) -> Result<pb::PostResponse, CtlError> {
+    pub async fn post(
+        &self,
+        space: String,
+        author: String,
+        body: String,
+        key: String,
+    ) -> Result<pb::PostResponse, CtlError> {
         let request = pb::PostRequest { space, author, body, idempotency_key: key };
         self.each(|channel| {
             let request = request.clone();
@@ -170,7 +185,10 @@ impl Endpoints {
 
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, CtlError> {
         self.each(|channel| async move {
-            Ok(pb::admin_client::AdminClient::new(channel).cluster_status(pb::ClusterStatusRequest {}).await?.into_inner())
+            Ok(pb::admin_client::AdminClient::new(channel)
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await?
+                .into_inner())
         })
         .await
     }

@@ -42,10 +42,9 @@ impl Output {
 
     pub fn posted(&self, response: &pb::PostResponse) {
         match self.format {
-            Format::Json => println!(
-                "{}",
-                json!({"space": response.space, "seq": response.seq, "duplicate": response.duplicate})
-            ),
+            Format::Json => {
+                println!("{}", json!({"space": response.space, "seq": response.seq, "duplicate": response.duplicate}))
+            }
             Format::Table if response.duplicate => {
                 println!("{} (already posted: the key had committed before)", response.seq)
             }
@@ -128,7 +127,8 @@ impl Output {
             Format::Table => {
                 let mut builder = Builder::default();
                 builder.push_record([
-                    "NODE", "REGION", "ADDRESS", "CLUSTER", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LEADER", "ERROR",
+                    "NODE", "REGION", "ADDRESS", "CLUSTER", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LEADER",
+                    "ERROR",
                 ]);
                 for r in replicas {
                     builder.push_record([

@@ -116,7 +116,12 @@ impl pb::admin_server::Admin for AdminService {
         for group in self.groups.all() {
             let metrics = group.raft.metrics().borrow_watched().clone();
             for (id, node) in metrics.membership_config.membership().nodes() {
-                members.push(pb::Member { cluster_id: group.id, node_id: *id, region: node.region.clone(), grpc_addr: node.addr.clone() });
+                members.push(pb::Member {
+                    cluster_id: group.id,
+                    node_id: *id,
+                    region: node.region.clone(),
+                    grpc_addr: node.addr.clone(),
+                });
             }
         }
         Ok(Response::new(pb::NodeStatusResponse { replicas: self.local_status(), members }))

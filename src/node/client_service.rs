@@ -82,8 +82,12 @@ impl ClientService {
         }
     }
 
-    fn forward_client(&self, addr: &str) -> Result<pb::client_client::ClientClient<tonic::transport::Channel>, ApiError> {
-        let channel = self.peers.channel(addr).map_err(|e| ApiError::Internal(format!("bad peer address {addr}: {e}")))?;
+    fn forward_client(
+        &self,
+        addr: &str,
+    ) -> Result<pb::client_client::ClientClient<tonic::transport::Channel>, ApiError> {
+        let channel =
+            self.peers.channel(addr).map_err(|e| ApiError::Internal(format!("bad peer address {addr}: {e}")))?;
         Ok(pb::client_client::ClientClient::new(channel))
     }
 
@@ -147,7 +151,11 @@ impl ClientService {
         Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: self.config.raft.leader_wait_ms }.into())
     }
 
-    async fn create_space(&self, request: pb::CreateSpaceRequest, forwarded: bool) -> Result<pb::CreateSpaceResponse, Status> {
+    async fn create_space(
+        &self,
+        request: pb::CreateSpaceRequest,
+        forwarded: bool,
+    ) -> Result<pb::CreateSpaceResponse, Status> {
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.name, &limits).map_err(ApiError::from)?;
         validate::check_members(&request.members, &limits).map_err(ApiError::from)?;
@@ -323,7 +331,8 @@ impl pb::client_server::Client for ClientService {
         check_reader(&request.user, &limits)?;
         let group = self.group_for(&request.space)?;
         let reader = group.reader.clone();
-        let record = reader.space(&request.space)?.ok_or_else(|| ApiError::UnknownSpace { space: request.space.clone() })?;
+        let record =
+            reader.space(&request.space)?.ok_or_else(|| ApiError::UnknownSpace { space: request.space.clone() })?;
         if !may_read(&record, &request.user) {
             return Err(ApiError::NotMember { space: request.space, user: request.user }.into());
         }

@@ -45,10 +45,7 @@ impl Proposer {
 
     pub async fn propose(&self, post: PostCommand) -> Result<PostOutcome, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { post, reply })
-            .await
-            .map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;
+        self.queue.send(Pending { post, reply }).await.map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;
         answer.await.map_err(|_| ProposeError::Stopped("proposer stopped".into()))?
     }
 }
@@ -69,7 +66,8 @@ async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>, batch_len_max: u
         tokio::spawn(async move {
             let _permit = permit;
             let (posts, replies): (Vec<PostCommand>, Vec<_>) = batch.into_iter().map(|p| (p.post, p.reply)).unzip();
-            let outcomes: Vec<Result<PostOutcome, ProposeError>> = match raft.client_write(Command::Posts(posts)).await {
+            let outcomes: Vec<Result<PostOutcome, ProposeError>> = match raft.client_write(Command::Posts(posts)).await
+            {
                 Ok(response) => match response.data {
                     CommandResult::Posts(results) => {
                         results.into_iter().map(|result| result.map_err(ProposeError::Refused)).collect()

@@ -124,12 +124,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::client_server::ClientServer<ClientService>>().await;
-    let client_service = ClientService {
-        node_id: config.node_id,
-        groups: groups.clone(),
-        config: config.clone(),
-        peers: peers.clone(),
-    };
+    let client_service =
+        ClientService { node_id: config.node_id, groups: groups.clone(), config: config.clone(), peers: peers.clone() };
     let admin_service = AdminService { groups: groups.clone(), config: config.clone(), peers: peers.clone() };
     let raft_service = RaftService { node_id: config.node_id, groups: groups.clone() };
     let message_bytes_max = config.limits.body_bytes_max * 4 + 64 * 1024;
@@ -140,10 +136,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
-        .add_service(
-            pb::client_server::ClientServer::new(client_service)
-                .max_decoding_message_size(message_bytes_max),
-        )
+        .add_service(pb::client_server::ClientServer::new(client_service).max_decoding_message_size(message_bytes_max))
         .add_service(pb::admin_server::AdminServer::new(admin_service))
         .add_service(
             pb::raft_server::RaftServer::new(raft_service)

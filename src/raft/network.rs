@@ -143,7 +143,13 @@ impl PeerClient {
     }
 }
 
-fn request<T: serde::Serialize>(group_id: u64, from: NodeId, from_addr: &str, to: NodeId, payload: &T) -> pb::RaftRequest {
+fn request<T: serde::Serialize>(
+    group_id: u64,
+    from: NodeId,
+    from_addr: &str,
+    to: NodeId,
+    payload: &T,
+) -> pb::RaftRequest {
     pb::RaftRequest {
         group_id,
         from_node: from,
@@ -183,7 +189,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> openraft::base::BoxFuture<
         's,
-        Result<openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+        Result<
+            openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
     >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,

@@ -27,7 +27,10 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
 
 fn reply<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb::RaftReply {
     match result {
-        Ok(value) => pb::RaftReply { payload: postcard::to_stdvec(&value).expect("raft messages serialize"), error: String::new() },
+        Ok(value) => pb::RaftReply {
+            payload: postcard::to_stdvec(&value).expect("raft messages serialize"),
+            error: String::new(),
+        },
         Err(error) => pb::RaftReply { payload: Vec::new(), error: error.to_string() },
     }
 }
@@ -40,10 +43,9 @@ impl RaftService {
                 self.node_id, request.to_node
             )));
         }
-        let group = self
-            .groups
-            .get(request.group_id)
-            .ok_or_else(|| Status::not_found(format!("space cluster {} is not hosted on node {}", request.group_id, self.node_id)))?;
+        let group = self.groups.get(request.group_id).ok_or_else(|| {
+            Status::not_found(format!("space cluster {} is not hosted on node {}", request.group_id, self.node_id))
+        })?;
         let metrics = group.raft.metrics().borrow_watched().clone();
         if let Some(known) = metrics.membership_config.membership().get_node(&request.from_node) {
             if known.addr != request.from_addr {
@@ -124,7 +126,8 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::RaftReply>, Status> {
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let header = first.header.clone().ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
+        let header =
+            first.header.clone().ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
         let group = self.route(&header)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header.payload)?;
         std::fs::create_dir_all(&group.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;

@@ -284,7 +284,10 @@ mod tests {
         );
         assert_eq!(
             run(&mut store, 3, &create("general", &["bob"], 10, 0)),
-            CommandResult::SpaceCreated { existed: true, result: Err(ApplyError::SpaceExists { space: "general".into() }) }
+            CommandResult::SpaceCreated {
+                existed: true,
+                result: Err(ApplyError::SpaceExists { space: "general".into() })
+            }
         );
     }
 

@@ -12,12 +12,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            body_bytes_max: 64 * 1024,
-            name_len_max: 64,
-            members_len_max: 10_000,
-            idempotency_key_len_max: 128,
-        }
+        Limits { body_bytes_max: 64 * 1024, name_len_max: 64, members_len_max: 10_000, idempotency_key_len_max: 128 }
     }
 }
 

@@ -32,7 +32,9 @@ pub struct Identity {
 pub enum DataDirError {
     #[error("data directory {dir} belongs to node {found}, but this node is configured as node {configured}")]
     OtherNode { dir: PathBuf, found: NodeId, configured: NodeId },
-    #[error("data directory {dir} is not empty and is not a spaceraft data directory (no node.json); refusing to use it")]
+    #[error(
+        "data directory {dir} is not empty and is not a spaceraft data directory (no node.json); refusing to use it"
+    )]
     Foreign { dir: PathBuf },
     #[error("data directory {dir} has an unreadable identity file: {why}")]
     BadIdentity { dir: PathBuf, why: String },
@@ -61,7 +63,11 @@ impl DataDir {
                 });
             }
             if identity.node_id != node_id {
-                return Err(DataDirError::OtherNode { dir: root.to_path_buf(), found: identity.node_id, configured: node_id });
+                return Err(DataDirError::OtherNode {
+                    dir: root.to_path_buf(),
+                    found: identity.node_id,
+                    configured: node_id,
+                });
             }
             return Ok(DataDir { root: root.to_path_buf() });
         }

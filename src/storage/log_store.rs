@@ -32,9 +32,18 @@ type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 enum WriteOp {
     /// Key-value writes (None = remove) committed as one atomic batch.
-    Write { writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>, readable: tokio::sync::oneshot::Sender<io::Result<()>>, durable: Completion },
+    Write {
+        writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>,
+        readable: tokio::sync::oneshot::Sender<io::Result<()>>,
+        durable: Completion,
+    },
     /// Remove a key range of the logs keyspace.
-    RemoveLogRange { from: Vec<u8>, to: Vec<u8>, readable: tokio::sync::oneshot::Sender<io::Result<()>>, durable: Completion },
+    RemoveLogRange {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        readable: tokio::sync::oneshot::Sender<io::Result<()>>,
+        durable: Completion,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -82,7 +91,10 @@ impl LogEngine {
         self.inner.db.disk_space().unwrap_or(0)
     }
 
-    async fn submit(&self, op_of: impl FnOnce(tokio::sync::oneshot::Sender<io::Result<()>>) -> WriteOp) -> io::Result<()> {
+    async fn submit(
+        &self,
+        op_of: impl FnOnce(tokio::sync::oneshot::Sender<io::Result<()>>) -> WriteOp,
+    ) -> io::Result<()> {
         let (readable_tx, readable_rx) = tokio::sync::oneshot::channel();
         let op = op_of(readable_tx);
         let writer = self.inner.writer.clone();

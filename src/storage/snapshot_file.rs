@@ -32,10 +32,13 @@ pub struct SnapshotFile {
     pub path: PathBuf,
 }
 
+/// Key-value pairs of the state machine tree.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Serialize, Deserialize)]
 enum Frame {
     Header { group_id: u64, meta: SnapshotMeta },
-    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    Pairs(Pairs),
     End { pairs_len: u64 },
 }
 
@@ -44,7 +47,7 @@ pub struct SnapshotWriter {
     temp_path: PathBuf,
     final_path: PathBuf,
     out: BufWriter<File>,
-    pending: Vec<(Vec<u8>, Vec<u8>)>,
+    pending: Pairs,
     pending_bytes: usize,
     pairs_len: u64,
 }
@@ -134,7 +137,7 @@ impl SnapshotReader {
     }
 
     /// The next batch of pairs; `None` after the End frame.
-    pub fn next_pairs(&mut self) -> io::Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+    pub fn next_pairs(&mut self) -> io::Result<Option<Pairs>> {
         if self.ended {
             return Ok(None);
         }

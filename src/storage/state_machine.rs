@@ -105,7 +105,10 @@ impl SpaceStateMachine {
                 machine.restore_from(&latest.0, &latest.1).await?;
             }
         } else if restoring {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "state machine was interrupted while restoring a snapshot, and the snapshot file is gone"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "state machine was interrupted while restoring a snapshot, and the snapshot file is gone",
+            ));
         }
         Ok(machine)
     }
@@ -267,7 +270,8 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         // Runs between applies: from here on, apply records pre-images, so
         // the builder can reconstruct the tree as of this applied id.
         *self.pre_images.lock().expect("pre-image lock") = Some(BTreeMap::new());
-        let meta = SnapshotMeta { last_log_id: self.state.last_applied, last_membership: self.state.membership.clone() };
+        let meta =
+            SnapshotMeta { last_log_id: self.state.last_applied, last_membership: self.state.membership.clone() };
         Some(SpaceSnapshotBuilder {
             group_id: self.group_id,
             tree: self.tree.clone(),
@@ -301,9 +305,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self
-            .latest_snapshot()?
-            .map(|(path, meta)| Snapshot { meta, snapshot: SnapshotFile { path } }))
+        Ok(self.latest_snapshot()?.map(|(path, meta)| Snapshot { meta, snapshot: SnapshotFile { path } }))
     }
 }
 
@@ -397,7 +399,9 @@ impl SpaceReader {
         let Some(bytes) = self.tree.get(record::space_key(name)).map_err(read_error)? else {
             return Ok(None);
         };
-        record::decode(&bytes).map(Some).map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))
+        record::decode(&bytes)
+            .map(Some)
+            .map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))
     }
 
     /// Up to `limit` messages of `space` with seqs `from_seq..=last_seq`, in
@@ -416,8 +420,7 @@ impl SpaceReader {
         }
         let start = record::message_key(space, from_seq);
         let end = record::message_key(space, last_seq);
-        let mut expected = from_seq;
-        for item in self.tree.range(start..=end) {
+        for (expected, item) in (from_seq..).zip(self.tree.range(start..=end)) {
             let (key, value) = item.map_err(read_error)?;
             let Some(seq) = record::seq_of_message_key(space, &key) else { break };
             if seq != expected {
@@ -433,7 +436,6 @@ impl SpaceReader {
                 idempotency_key: message.idempotency_key,
                 log_index: message.log_index,
             });
-            expected += 1;
             if messages.len() >= limit {
                 break;
             }

@@ -54,7 +54,9 @@ pub fn write_config(path: &Path, id: u64, addr: &str, data_dir: &Path, peers: &[
             REGIONS[(*peer_id as usize - 1) % 3]
         ));
     }
-    text.push_str("[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n");
+    text.push_str(
+        "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n",
+    );
     text.push_str(extra);
     std::fs::write(path, text).expect("write node config");
 }
@@ -68,7 +70,8 @@ impl TestCluster {
     pub async fn start_with(extra_config: &str) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(3);
-        let peers: Vec<(u64, String)> = ports.iter().enumerate().map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}"))).collect();
+        let peers: Vec<(u64, String)> =
+            ports.iter().enumerate().map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}"))).collect();
         let mut nodes = Vec::new();
         for (id, addr) in &peers {
             let config_path = dir.path().join(format!("node-{id}.toml"));
@@ -209,7 +212,13 @@ pub async fn full_history(cluster: &TestCluster, node: u64, space: &str) -> Vec<
     let mut from_seq = 1;
     loop {
         let page = client
-            .history(pb::HistoryRequest { space: space.into(), user: String::new(), from_seq, limit: 1000, linearizable: false })
+            .history(pb::HistoryRequest {
+                space: space.into(),
+                user: String::new(),
+                from_seq,
+                limit: 1000,
+                linearizable: false,
+            })
             .await
             .expect("history")
             .into_inner();

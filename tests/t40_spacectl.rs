@@ -1,0 +1,165 @@
+//! spacectl against a real cluster: output shapes (table and JSON) and exit
+//! codes are an API.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+use serde_json::Value;
+
+fn spacectl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", endpoints)
+        .env_remove("SPACERAFT_USER")
+        .env_remove("SPACERAFT_OUTPUT")
+        .args(args)
+        .output()
+        .expect("run spacectl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn ok(output: Output) -> String {
+    assert!(output.status.success(), "spacectl failed: {}", stderr(&output));
+    stdout(&output)
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().expect("a JSON object").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spacectl_outputs_and_exit_codes() {
+    let mut cluster = TestCluster::start_with("leader_wait_ms = 1000\n").await;
+    let endpoints = cluster.endpoints();
+    // Only the last node as endpoint: the CLI must still reach the leader.
+    let one = cluster.node(3).addr.clone();
+
+    // --- phase: create, post, history
+    let created = ok(spacectl(&one, &["space", "create", "general", "--members", "alice,bob", "--attr", "org=acme"]));
+    assert!(created.contains("created space general"), "{created}");
+    let again = ok(spacectl(
+        &one,
+        &["space", "create", "general", "--members", "alice,bob", "--attr", "org=acme", "-o", "json"],
+    ));
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["existed"], Value::Bool(true));
+    assert_eq!(ok(spacectl(&one, &["post", "general", "hello", "--as", "alice"])).trim(), "1");
+    let posted: Value = serde_json::from_str(&ok(spacectl(
+        &one,
+        &["post", "general", "again", "--as", "bob", "--key", "k-2", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(keys(&posted), ["duplicate", "seq", "space"]);
+    assert_eq!(
+        (posted["space"].as_str(), posted["seq"].as_u64(), posted["duplicate"].as_bool()),
+        (Some("general"), Some(2), Some(false))
+    );
+    let retried: Value = serde_json::from_str(&ok(spacectl(
+        &endpoints,
+        &["post", "general", "again", "--as", "bob", "--key", "k-2", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!((retried["seq"].as_u64(), retried["duplicate"].as_bool()), (Some(2), Some(true)));
+
+    let table = ok(spacectl(&one, &["history", "general"]));
+    assert!(table.contains("SEQ") && table.contains("hello") && table.contains("again"), "{table}");
+    let lines =
+        ok(spacectl(&one, &["history", "general", "--from", "2", "-o", "json", "--as", "alice", "--linearizable"]));
+    let messages: Vec<Value> = lines.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(keys(&messages[0]), ["author", "body", "key", "log_index", "seq", "space"]);
+    assert_eq!(
+        (messages[0]["seq"].as_u64(), messages[0]["author"].as_str(), messages[0]["key"].as_str()),
+        (Some(2), Some("bob"), Some("k-2"))
+    );
+
+    let info: Value = serde_json::from_str(&ok(spacectl(&one, &["space", "info", "general", "-o", "json"]))).unwrap();
+    assert_eq!(info["attrs"]["org"], "acme");
+    assert_eq!(info["last_seq"], 2);
+
+    // --- phase: cluster status
+    let status: Value = serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "-o", "json"]))).unwrap();
+    let rows = status.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        keys(&rows[0]),
+        [
+            "address",
+            "applied_index",
+            "cluster_id",
+            "commit_index",
+            "error",
+            "last_log_index",
+            "leader_id",
+            "node_id",
+            "region",
+            "role",
+            "term"
+        ]
+    );
+    assert_eq!(rows.iter().filter(|row| row["role"] == "leader").count(), 1);
+    let regions: Vec<&str> = rows.iter().map(|row| row["region"].as_str().unwrap()).collect();
+    assert_eq!(regions, ["us-east", "eu-west", "ap-south"]);
+    let table = ok(spacectl(&one, &["cluster", "status"]));
+    assert!(table.contains("LEADER") && table.contains("ap-south"), "{table}");
+
+    // --- phase: tail streams committed messages as they arrive
+    let mut tail = Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", &endpoints)
+        .args(["tail", "general", "--from", "1", "--as", "alice"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ok(spacectl(&one, &["post", "general", "live one", "--as", "alice"]));
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 3 {
+        assert!(Instant::now() < deadline, "tail printed only {seen:?}");
+        seen.push(lines.next().expect("tail ended").unwrap());
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert_eq!(seen, ["1\talice\thello", "2\tbob\tagain", "3\talice\tlive one"]);
+
+    // --- phase: exit codes
+    let unknown = spacectl(&one, &["post", "nowhere", "hi", "--as", "alice"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("does not exist"));
+    let denied = spacectl(&one, &["post", "general", "hi", "--as", "mallory"]);
+    assert_eq!(denied.status.code(), Some(4), "{}", stderr(&denied));
+    let usage = spacectl(&one, &["post", "general", "hi"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    let unreachable = spacectl(
+        "127.0.0.1:1",
+        &["post", "general", "hi", "--as", "alice", "--command-timeout", "2s", "--dial-timeout", "300ms"],
+    );
+    assert_eq!(unreachable.status.code(), Some(3), "{}", stderr(&unreachable));
+    assert!(stderr(&unreachable).contains("127.0.0.1:1"));
+
+    // --- phase: no quorum
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.kill_node(id);
+    }
+    let survivor_addr = cluster.node(survivor).addr.clone();
+    let no_quorum = spacectl(&survivor_addr, &["post", "general", "hi", "--as", "alice", "--command-timeout", "4s"]);
+    assert_eq!(no_quorum.status.code(), Some(5), "{}", stderr(&no_quorum));
+    // Reads of what is applied still work on the survivor.
+    let history = ok(spacectl(&survivor_addr, &["history", "general", "-o", "json"]));
+    assert_eq!(history.lines().count(), 3);
+}
