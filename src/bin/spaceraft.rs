@@ -1,5 +1,10 @@
 //! `spaceraft`: the node process, the local dev cluster and the benchmarks.
 
+/// mimalloc: the hot path allocates many small buffers (gRPC frames, entries,
+/// records); glibc's allocator cost about a sixth of the CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

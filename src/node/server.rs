@@ -143,7 +143,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
         );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Our own listener (bound early, so a busy port fails start), with
+    // Nagle off: a Raft reply delayed 40 ms by Nagle and delayed ACKs would
+    // stall every commit.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server_shutdown = shutdown_rx;
     let server = tokio::spawn(async move {
         router
