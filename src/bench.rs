@@ -34,6 +34,11 @@ pub struct PostBenchArgs {
     /// Send to any endpoint (exercising forwarding) instead of the leader.
     #[arg(long)]
     pub any_node: bool,
+    /// Seconds of a peer measurement in the same run: the same clients
+    /// calling GetSpace (a gRPC round trip that reads one record and writes
+    /// nothing) on the same node, the ceiling the RPC layer sets. 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    pub baseline_secs: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,6 +53,9 @@ pub struct PostBenchReport {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// The GetSpace round trips per second of the baseline phase (0 if skipped).
+    pub baseline_rpcs_per_sec: f64,
+    pub baseline_p50_us: u64,
 }
 
 async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
@@ -142,7 +150,38 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
+        baseline_rpcs_per_sec: 0.0,
+        baseline_p50_us: 0,
     };
+    if args.baseline_secs == 0 {
+        return Ok(report);
+    }
+    eprintln!("baseline: {} clients calling GetSpace for {} s", args.clients, args.baseline_secs);
+    let deadline = Instant::now() + Duration::from_secs(args.baseline_secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client_number in 0..args.clients {
+        let channel: Channel = channels[client_number % channels.len()].clone();
+        let space = space.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pb::client_client::ClientClient::new(channel);
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                if client.get_space(pb::GetSpaceRequest { name: space.clone() }).await.is_ok() {
+                    let _ = histogram.record(sent.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            histogram
+        }));
+    }
+    let mut baseline = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        baseline.add(&task.await?)?;
+    }
+    let mut report = report;
+    report.baseline_rpcs_per_sec = baseline.len() as f64 / started.elapsed().as_secs_f64();
+    report.baseline_p50_us = baseline.value_at_quantile(0.5);
     Ok(report)
 }
 
@@ -158,4 +197,12 @@ pub fn print_post_report(report: &PostBenchReport) {
         report.p999_us as f64 / 1000.0,
         report.max_us as f64 / 1000.0
     );
+    if report.baseline_rpcs_per_sec > 0.0 {
+        println!(
+            "baseline (GetSpace round trips, same clients and node): {:.0} rpcs/s, p50 {:.2} ms; posts/baseline = {:.2}",
+            report.baseline_rpcs_per_sec,
+            report.baseline_p50_us as f64 / 1000.0,
+            report.posts_per_sec / report.baseline_rpcs_per_sec
+        );
+    }
 }

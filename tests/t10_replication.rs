@@ -59,7 +59,13 @@ fn check_history(history: &[pb::Message], acked: &HashMap<String, u64>, node: u6
     let mut seen: HashMap<&str, u64> = HashMap::new();
     for message in history {
         let previous = seen.insert(&message.idempotency_key, message.seq);
-        assert!(previous.is_none(), "node {node}: key {} committed twice", message.idempotency_key);
+        if let Some(previous) = previous {
+            let first = &history[previous as usize - 1];
+            panic!(
+                "node {node}: key {} committed twice: seq {} (log index {}) and seq {} (log index {})",
+                message.idempotency_key, first.seq, first.log_index, message.seq, message.log_index
+            );
+        }
     }
     for (key, seq) in acked {
         assert_eq!(

@@ -30,6 +30,9 @@ use crate::storage::state_machine::SpaceReader;
 
 /// Metadata set on a request one node forwards to another.
 const FORWARDED_METADATA: &str = "spaceraft-forwarded";
+/// Pause before routing a write again after the leader it went to refused
+/// it or could not be reached.
+const ROUTE_RETRY_PAUSE_MS: u64 = 20;
 /// Messages read from the store per step of a subscription.
 const SUBSCRIBE_READ_LEN: usize = 512;
 
@@ -105,8 +108,15 @@ impl ClientService {
         validate::check_body(&request.body, &limits).map_err(ApiError::from)?;
         validate::check_idempotency_key(&request.idempotency_key, &limits).map_err(ApiError::from)?;
         let group = self.group_for(&request.space)?;
-        // A proposal can race a leader change: retry the routing a few times.
-        for _attempt in 0..3 {
+        // A proposal can race a leader change: route again (after a short
+        // pause, so the new leader is known) until the leader wait is over.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms);
+        let mut attempt = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(ROUTE_RETRY_PAUSE_MS)).await;
+            }
+            attempt += 1;
             match self.route(&group, forwarded).await? {
                 Route::Forward(addr) => {
                     let mut client = self.forward_client(&addr)?;
@@ -166,7 +176,13 @@ impl ClientService {
             }
         }
         let group = self.group_for(&request.name)?;
-        for _attempt in 0..3 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms);
+        let mut attempt = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(ROUTE_RETRY_PAUSE_MS)).await;
+            }
+            attempt += 1;
             match self.route(&group, forwarded).await? {
                 Route::Forward(addr) => {
                     let mut client = self.forward_client(&addr)?;

@@ -1,15 +1,15 @@
 //! The leader's proposer: batches concurrent posts into one Raft entry.
 //!
-//! Posts queue on a bounded channel; one task takes whatever is queued (up to
-//! `propose_batch_len_max`), proposes it as one `Command::Posts` entry and
-//! goes on with the next batch without waiting, up to `propose_inflight_max`
-//! batches in flight. Each post is answered with its own result once its
-//! entry is committed and applied.
-
-use std::sync::Arc;
+//! Posts queue on a bounded channel. When no batch is in flight, whatever is
+//! queued (up to `propose_batch_len_max`) is proposed at once as one
+//! `Command::Posts` entry; while batches are in flight, only full batches go
+//! ahead (up to `propose_inflight_max`), so posts arriving during a commit
+//! round share one entry: one append, one fsync and one replication message
+//! for many posts. Each post is answered with its own result once its entry
+//! is committed and applied.
 
 use openraft::errors::ClientWriteError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::types::Raft;
 use crate::space::{ApplyError, Command, CommandResult, PostCommand, PostOutcome};
@@ -51,47 +51,67 @@ impl Proposer {
 }
 
 async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>, batch_len_max: usize, inflight_max: usize) {
-    let inflight = Arc::new(Semaphore::new(inflight_max));
-    while let Some(first) = receiver.recv().await {
-        let permit = inflight.clone().acquire_owned().await.expect("semaphore never closes");
-        // Take what queued while the previous batches were in flight.
-        let mut batch = vec![first];
-        while batch.len() < batch_len_max {
-            match receiver.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let (posts, replies): (Vec<PostCommand>, Vec<_>) = batch.into_iter().map(|p| (p.post, p.reply)).unzip();
-            let outcomes: Vec<Result<PostOutcome, ProposeError>> = match raft.client_write(Command::Posts(posts)).await
-            {
-                Ok(response) => match response.data {
-                    CommandResult::Posts(results) => {
-                        results.into_iter().map(|result| result.map_err(ProposeError::Refused)).collect()
+    // Completions of in-flight batches.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let mut inflight = 0usize;
+    let mut queued: Vec<Pending> = Vec::with_capacity(batch_len_max);
+    let mut open = true;
+    while open || inflight > 0 {
+        tokio::select! {
+            next = receiver.recv(), if open && queued.len() < batch_len_max => match next {
+                Some(first) => {
+                    queued.push(first);
+                    while queued.len() < batch_len_max {
+                        match receiver.try_recv() {
+                            Ok(next) => queued.push(next),
+                            Err(_) => break,
+                        }
                     }
-                    other => {
-                        let error = ProposeError::Stopped(format!("unexpected apply result {other:?}"));
-                        vec![Err(error); replies.len()]
-                    }
-                },
-                Err(error) => {
-                    let failure = match error.api_error() {
-                        Some(ClientWriteError::ForwardToLeader(forward)) => ProposeError::NotLeader(
-                            forward.leader_id.zip(forward.leader_node.as_ref().map(|node| node.addr.clone())),
-                        ),
-                        Some(ClientWriteError::LogEntryDiscarded(_)) => ProposeError::Unknown(error.to_string()),
-                        _ => ProposeError::Stopped(error.to_string()),
-                    };
-                    vec![Err(failure); replies.len()]
                 }
-            };
-            debug_assert_eq!(outcomes.len(), replies.len());
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
-            }
-        });
+                None => open = false,
+            },
+            Some(()) = done_rx.recv(), if inflight > 0 => inflight -= 1,
+        }
+        // Send at once when nothing is in flight (lowest latency); while a
+        // batch is in flight, only full batches go ahead, so posts that
+        // arrive during a commit round share the next entry.
+        while !queued.is_empty() && (inflight == 0 || (queued.len() >= batch_len_max && inflight < inflight_max)) {
+            let take = queued.len().min(batch_len_max);
+            let batch: Vec<Pending> = queued.drain(..take).collect();
+            inflight += 1;
+            dispatch(raft.clone(), batch, done_tx.clone());
+        }
     }
+}
+
+fn dispatch(raft: Raft, batch: Vec<Pending>, done: mpsc::UnboundedSender<()>) {
+    tokio::spawn(async move {
+        let (posts, replies): (Vec<PostCommand>, Vec<_>) = batch.into_iter().map(|p| (p.post, p.reply)).unzip();
+        let outcomes: Vec<Result<PostOutcome, ProposeError>> = match raft.client_write(Command::Posts(posts)).await {
+            Ok(response) => match response.data {
+                CommandResult::Posts(results) => {
+                    results.into_iter().map(|result| result.map_err(ProposeError::Refused)).collect()
+                }
+                other => {
+                    let error = ProposeError::Stopped(format!("unexpected apply result {other:?}"));
+                    vec![Err(error); replies.len()]
+                }
+            },
+            Err(error) => {
+                let failure = match error.api_error() {
+                    Some(ClientWriteError::ForwardToLeader(forward)) => ProposeError::NotLeader(
+                        forward.leader_id.zip(forward.leader_node.as_ref().map(|node| node.addr.clone())),
+                    ),
+                    Some(ClientWriteError::LogEntryDiscarded(_)) => ProposeError::Unknown(error.to_string()),
+                    _ => ProposeError::Stopped(error.to_string()),
+                };
+                vec![Err(failure); replies.len()]
+            }
+        };
+        debug_assert_eq!(outcomes.len(), replies.len());
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+        let _ = done.send(());
+    });
 }

@@ -4,20 +4,33 @@
 //! (pending writes over a [`KvRead`]) and a result. The storage shell commits
 //! the overlay atomically together with the applied log id, so a replica's
 //! state is always the result of applying a prefix of the log.
+//!
+//! Idempotency keys are kept in each stored message; the [`DedupIndex`] that
+//! answers "has this key committed?" lives in memory and is a pure function
+//! of the stored messages (the keys of each space's newest
+//! `dedup_window_len` retained messages), rebuilt from them on open and after
+//! a snapshot install. So a post costs one stored write, and every replica's
+//! index is the same.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::command::{ApplyError, Command, CommandResult, PostCommand, PostOutcome};
-use super::record::{self, MessageRecord, SpaceRecord};
+use super::record::{self, MessageBlock, MessageRecord, SpaceRecord, BLOCK_BYTES_MAX, BLOCK_MESSAGES_MAX};
 
 /// Read access to the committed state the overlay sits on.
 pub trait KvRead {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// The keys in `start..=end`, in order.
+    fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>>;
 }
 
 impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         BTreeMap::get(self, key).cloned()
+    }
+
+    fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
+        self.range(start.to_vec()..=end.to_vec()).map(|(key, _)| key.clone()).collect()
     }
 }
 
@@ -26,11 +39,16 @@ impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
 pub struct Overlay<'a, R: KvRead> {
     base: &'a R,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Space records read or changed in this batch, decoded once and
+    /// encoded once however many posts of the batch touch them.
+    spaces: BTreeMap<String, SpaceRecord>,
+    /// The block each space's new messages of this batch go into.
+    open_blocks: BTreeMap<String, (MessageBlock, usize)>,
 }
 
 impl<'a, R: KvRead> Overlay<'a, R> {
     pub fn new(base: &'a R) -> Self {
-        Overlay { base, pending: BTreeMap::new() }
+        Overlay { base, pending: BTreeMap::new(), spaces: BTreeMap::new(), open_blocks: BTreeMap::new() }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -49,17 +67,152 @@ impl<'a, R: KvRead> Overlay<'a, R> {
     }
 
     /// The writes to commit, in key order.
-    pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    pub fn into_writes(mut self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        for (name, (block, _)) in std::mem::take(&mut self.open_blocks) {
+            self.pending.insert(record::message_key(&name, block.first_seq), Some(record::encode(&block)));
+        }
+        for (name, space) in std::mem::take(&mut self.spaces) {
+            self.pending.insert(record::space_key(&name), Some(record::encode(&space)));
+        }
         self.pending
+    }
+
+    fn space(&mut self, name: &str) -> Option<&mut SpaceRecord> {
+        if !self.spaces.contains_key(name) {
+            let bytes = self.get(&record::space_key(name))?;
+            let space: SpaceRecord = record::decode(&bytes).expect("space records are written by this module");
+            self.spaces.insert(name.to_string(), space);
+        }
+        self.spaces.get_mut(name)
+    }
+
+    /// Appends the message with seq `seq` (the space's next) to the batch's
+    /// open block of `space`, starting a new block when it is full.
+    fn append_message(&mut self, space: &str, seq: u64, message: MessageRecord) {
+        let size = message.body.len() + message.author.len() + message.idempotency_key.len() + 16;
+        if let Some((block, bytes)) = self.open_blocks.get_mut(space) {
+            debug_assert_eq!(block.end_seq(), seq);
+            if block.messages.len() < BLOCK_MESSAGES_MAX && *bytes + size <= BLOCK_BYTES_MAX {
+                block.messages.push(message);
+                *bytes += size;
+                return;
+            }
+            let (full, _) = self.open_blocks.remove(space).expect("present");
+            self.pending.insert(record::message_key(space, full.first_seq), Some(record::encode(&full)));
+        }
+        self.open_blocks.insert(space.to_string(), (MessageBlock { first_seq: seq, messages: vec![message] }, size));
+    }
+
+    /// Removes the blocks of `space` that hold only seqs below `first_seq`.
+    fn remove_blocks_below(&mut self, space: &str, first_seq: u64) {
+        let start = record::message_key(space, 0);
+        let end = record::message_key(space, first_seq);
+        let mut keys: BTreeSet<Vec<u8>> = self.base.keys_between(&start, &end).into_iter().collect();
+        for (key, value) in self.pending.range(start.clone()..=end.clone()) {
+            match value {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        // Blocks are contiguous: every block starting at or below
+        // `first_seq` except the last one ends below it.
+        let last_open_start = self.open_blocks.get(space).map(|(block, _)| block.first_seq);
+        let mut starts: Vec<Vec<u8>> = keys.into_iter().collect();
+        if last_open_start.is_none_or(|open_start| open_start > first_seq) {
+            starts.pop();
+        }
+        for key in starts {
+            self.pending.insert(key, None);
+        }
+    }
+
+    fn put_space(&mut self, space: SpaceRecord) {
+        self.spaces.insert(space.name.clone(), space);
     }
 }
 
-/// Stateless: all state lives in the store the overlay reads.
+/// The idempotency keys of each space's newest `dedup_window_len` retained
+/// messages, by key.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DedupIndex {
+    spaces: HashMap<String, SpaceKeys>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct SpaceKeys {
+    seq_by_key: HashMap<String, u64>,
+    /// Keyed messages in seq order, to expire them oldest first.
+    by_seq: VecDeque<(u64, String)>,
+}
+
+impl DedupIndex {
+    pub fn lookup(&self, space: &str, key: &str) -> Option<u64> {
+        self.spaces.get(space)?.seq_by_key.get(key).copied()
+    }
+
+    /// Records that `key` committed at `seq` (seqs arrive in order per space).
+    pub fn record(&mut self, space: &str, key: &str, seq: u64) {
+        let keys = self.spaces.entry(space.to_string()).or_default();
+        debug_assert!(keys.by_seq.back().is_none_or(|(last, _)| *last < seq));
+        keys.seq_by_key.insert(key.to_string(), seq);
+        keys.by_seq.push_back((seq, key.to_string()));
+    }
+
+    /// Forgets the keys of messages below `oldest_kept_seq`.
+    pub fn expire(&mut self, space: &str, oldest_kept_seq: u64) {
+        let Some(keys) = self.spaces.get_mut(space) else { return };
+        while let Some((seq, _)) = keys.by_seq.front() {
+            if *seq >= oldest_kept_seq {
+                break;
+            }
+            let (seq, key) = keys.by_seq.pop_front().expect("front exists");
+            if keys.seq_by_key.get(&key) == Some(&seq) {
+                keys.seq_by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Adds a space's remembered keys from its stored messages (`(seq, key)`
+    /// in seq order), as on open or after a snapshot install.
+    pub fn rebuild_space(&mut self, space: &SpaceRecord, messages: impl Iterator<Item = (u64, String)>) {
+        let oldest = oldest_remembered_seq(space);
+        for (seq, key) in messages {
+            if seq >= oldest && seq <= space.last_seq && !key.is_empty() {
+                self.record(&space.name, &key, seq);
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.spaces.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.spaces.values().map(|keys| keys.seq_by_key.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The oldest seq whose key a space still remembers, once `last_seq` is
+/// its newest message.
+pub fn oldest_remembered_seq(space: &SpaceRecord) -> u64 {
+    (space.last_seq + 1).saturating_sub(space.dedup_window_len).max(space.first_seq).max(1)
+}
+
+/// Stateless: all state lives in the store the overlay reads and the index.
 pub struct SpaceMachine;
 
 impl SpaceMachine {
     /// Applies one command committed at `log_index`.
-    pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, log_index: u64, command: &Command) -> CommandResult {
+    pub fn apply<R: KvRead>(
+        overlay: &mut Overlay<'_, R>,
+        dedup: &mut DedupIndex,
+        log_index: u64,
+        command: &Command,
+    ) -> CommandResult {
         match command {
             Command::CreateSpace { name, members, attrs, dedup_window_len, retain_messages_max } => {
                 let wanted = SpaceRecord {
@@ -74,15 +227,14 @@ impl SpaceMachine {
                 Self::create_space(overlay, wanted)
             }
             Command::Posts(posts) => {
-                let results = posts.iter().map(|post| Self::post(overlay, log_index, post)).collect();
+                let results = posts.iter().map(|post| Self::post(overlay, dedup, log_index, post)).collect();
                 CommandResult::Posts(results)
             }
         }
     }
 
-    pub fn read_space<R: KvRead>(overlay: &Overlay<'_, R>, name: &str) -> Option<SpaceRecord> {
-        let bytes = overlay.get(&record::space_key(name))?;
-        Some(record::decode(&bytes).expect("space records are written by this module"))
+    pub fn read_space<R: KvRead>(overlay: &mut Overlay<'_, R>, name: &str) -> Option<SpaceRecord> {
+        overlay.space(name).cloned()
     }
 
     fn create_space<R: KvRead>(overlay: &mut Overlay<'_, R>, wanted: SpaceRecord) -> CommandResult {
@@ -93,16 +245,17 @@ impl SpaceMachine {
             let result = if same { Ok(()) } else { Err(ApplyError::SpaceExists { space: wanted.name }) };
             return CommandResult::SpaceCreated { existed: true, result };
         }
-        overlay.insert(record::space_key(&wanted.name), record::encode(&wanted));
+        overlay.put_space(wanted);
         CommandResult::SpaceCreated { existed: false, result: Ok(()) }
     }
 
     fn post<R: KvRead>(
         overlay: &mut Overlay<'_, R>,
+        dedup: &mut DedupIndex,
         log_index: u64,
         post: &PostCommand,
     ) -> Result<PostOutcome, ApplyError> {
-        let Some(mut space) = Self::read_space(overlay, &post.space) else {
+        let Some(space) = overlay.space(&post.space) else {
             return Err(ApplyError::UnknownSpace { space: post.space.clone() });
         };
         if !space.members.contains(&post.author) {
@@ -110,68 +263,36 @@ impl SpaceMachine {
         }
         let has_key = !post.idempotency_key.is_empty();
         if has_key {
-            if let Some(seq_bytes) = overlay.get(&record::idempotency_key(&post.space, &post.idempotency_key)) {
-                let seq = u64::from_be_bytes(seq_bytes.as_slice().try_into().expect("seqs are 8 bytes"));
+            if let Some(seq) = dedup.lookup(&post.space, &post.idempotency_key) {
                 return Ok(PostOutcome { seq, duplicate: true });
             }
         }
 
+        let space = overlay.space(&post.space).expect("read above");
         let seq = space.last_seq + 1;
+        space.last_seq = seq;
+        let retain = space.retain_messages_max;
+        let mut first_seq = space.first_seq;
         let message = MessageRecord {
             author: post.author.clone(),
             body: post.body.clone(),
             idempotency_key: post.idempotency_key.clone(),
             log_index,
         };
-        overlay.insert(record::message_key(&post.space, seq), record::encode(&message));
-        if has_key {
-            overlay.insert(record::idempotency_key(&post.space, &post.idempotency_key), seq.to_be_bytes().to_vec());
+        overlay.append_message(&post.space, seq, message);
+        if retain > 0 && seq + 1 - first_seq > retain {
+            first_seq = seq + 1 - retain;
+            overlay.remove_blocks_below(&post.space, first_seq);
         }
-        Self::forget_key_leaving_window(overlay, &space, seq);
-        space.last_seq = seq;
-        if space.retain_messages_max > 0 {
-            Self::trim(overlay, &mut space);
-        }
+        let space = overlay.space(&post.space).expect("read above");
+        space.first_seq = first_seq;
         debug_assert!(space.first_seq >= 1 && space.first_seq <= space.last_seq + 1);
-        overlay.insert(record::space_key(&space.name), record::encode(&space));
+        let oldest_remembered = oldest_remembered_seq(space);
+        if has_key {
+            dedup.record(&post.space, &post.idempotency_key, seq);
+        }
+        dedup.expire(&post.space, oldest_remembered);
         Ok(PostOutcome { seq, duplicate: false })
-    }
-
-    /// The window holds the keys of the newest `dedup_window_len` messages:
-    /// when `new_seq` enters, the key of `new_seq - dedup_window_len` leaves.
-    fn forget_key_leaving_window<R: KvRead>(overlay: &mut Overlay<'_, R>, space: &SpaceRecord, new_seq: u64) {
-        let Some(leaving_seq) = new_seq.checked_sub(space.dedup_window_len) else {
-            return;
-        };
-        if leaving_seq == 0 {
-            return;
-        }
-        Self::forget_key_of(overlay, &space.name, leaving_seq);
-    }
-
-    fn forget_key_of<R: KvRead>(overlay: &mut Overlay<'_, R>, space: &str, seq: u64) {
-        let Some(bytes) = overlay.get(&record::message_key(space, seq)) else {
-            return;
-        };
-        let message: MessageRecord = record::decode(&bytes).expect("message records are written by this module");
-        if message.idempotency_key.is_empty() {
-            return;
-        }
-        let key = record::idempotency_key(space, &message.idempotency_key);
-        // Only forget the key if it still names this seq.
-        if overlay.get(&key).as_deref() == Some(seq.to_be_bytes().as_slice()) {
-            overlay.remove(key);
-        }
-    }
-
-    /// Drops the oldest messages beyond the retention bound, with their keys.
-    fn trim<R: KvRead>(overlay: &mut Overlay<'_, R>, space: &mut SpaceRecord) {
-        while space.last_seq + 1 - space.first_seq > space.retain_messages_max {
-            let oldest = space.first_seq;
-            Self::forget_key_of(overlay, &space.name, oldest);
-            overlay.remove(record::message_key(&space.name, oldest));
-            space.first_seq += 1;
-        }
     }
 }
 
@@ -191,12 +312,51 @@ mod tests {
         }
     }
 
-    fn run(store: &mut Store, log_index: u64, command: &Command) -> CommandResult {
-        let mut overlay = Overlay::new(&*store);
-        let result = SpaceMachine::apply(&mut overlay, log_index, command);
-        let writes = overlay.into_writes();
-        commit(store, writes);
-        result
+    /// A replica: the stored state and the in-memory index.
+    #[derive(Default, Clone)]
+    struct Replica {
+        store: Store,
+        dedup: DedupIndex,
+    }
+
+    impl Replica {
+        fn run(&mut self, log_index: u64, command: &Command) -> CommandResult {
+            let mut overlay = Overlay::new(&self.store);
+            let result = SpaceMachine::apply(&mut overlay, &mut self.dedup, log_index, command);
+            let writes = overlay.into_writes();
+            commit(&mut self.store, writes);
+            result
+        }
+
+        /// Every stored (seq, key) of a space, from its blocks.
+        fn messages(&self, space: &str) -> Vec<(u64, String)> {
+            let prefix = record::message_prefix(space);
+            let mut messages = Vec::new();
+            for (key, value) in self.store.range(prefix.clone()..) {
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let block: MessageBlock = record::decode(value).unwrap();
+                assert_eq!(record::seq_of_message_key(space, key), Some(block.first_seq));
+                for (offset, message) in block.messages.iter().enumerate() {
+                    messages.push((block.first_seq + offset as u64, message.idempotency_key.clone()));
+                }
+            }
+            messages
+        }
+
+        /// The index as a restarted replica rebuilds it from the store.
+        fn rebuilt_index(&self) -> DedupIndex {
+            let mut index = DedupIndex::default();
+            for (key, value) in &self.store {
+                if key.first() != Some(&record::SPACE_PREFIX) {
+                    continue;
+                }
+                let space: SpaceRecord = record::decode(value).unwrap();
+                index.rebuild_space(&space, self.messages(&space.name).into_iter());
+            }
+            index
+        }
     }
 
     fn create(name: &str, members: &[&str], window: u64, retain: u64) -> Command {
@@ -222,68 +382,64 @@ mod tests {
 
     #[test]
     fn seqs_start_at_one_and_have_no_gaps_within_and_across_batches() {
-        let mut store = Store::new();
-        run(&mut store, 1, &create("general", &["alice"], 100, 0));
-        let first = outcomes(run(&mut store, 2, &Command::Posts(vec![post("general", "alice", ""); 3])));
-        let second = outcomes(run(&mut store, 3, &Command::Posts(vec![post("general", "alice", "")])));
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 100, 0));
+        let first = outcomes(replica.run(2, &Command::Posts(vec![post("general", "alice", ""); 3])));
+        let second = outcomes(replica.run(3, &Command::Posts(vec![post("general", "alice", "")])));
         let seqs: Vec<u64> = first.into_iter().chain(second).map(|o| o.unwrap().seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
     }
 
     #[test]
     fn a_retried_key_returns_the_original_seq_even_in_the_same_batch() {
-        let mut store = Store::new();
-        run(&mut store, 1, &create("general", &["alice"], 100, 0));
-        let results = outcomes(run(
-            &mut store,
-            2,
-            &Command::Posts(vec![post("general", "alice", "k1"), post("general", "alice", "k1")]),
-        ));
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 100, 0));
+        let results = outcomes(
+            replica.run(2, &Command::Posts(vec![post("general", "alice", "k1"), post("general", "alice", "k1")])),
+        );
         assert_eq!(results[0], Ok(PostOutcome { seq: 1, duplicate: false }));
         assert_eq!(results[1], Ok(PostOutcome { seq: 1, duplicate: true }));
-        let later = outcomes(run(&mut store, 3, &Command::Posts(vec![post("general", "alice", "k1")])));
+        let later = outcomes(replica.run(3, &Command::Posts(vec![post("general", "alice", "k1")])));
         assert_eq!(later[0], Ok(PostOutcome { seq: 1, duplicate: true }));
     }
 
     #[test]
     fn keys_leave_the_window_after_window_len_newer_messages() {
-        let mut store = Store::new();
-        run(&mut store, 1, &create("general", &["alice"], 2, 0));
-        run(&mut store, 2, &Command::Posts(vec![post("general", "alice", "old")]));
-        run(&mut store, 3, &Command::Posts(vec![post("general", "alice", ""), post("general", "alice", "")]));
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 2, 0));
+        replica.run(2, &Command::Posts(vec![post("general", "alice", "old")]));
+        replica.run(3, &Command::Posts(vec![post("general", "alice", ""), post("general", "alice", "")]));
         // seq 3 entered, so the key of seq 1 left the window: a new commit.
-        let again = outcomes(run(&mut store, 4, &Command::Posts(vec![post("general", "alice", "old")])));
+        let again = outcomes(replica.run(4, &Command::Posts(vec![post("general", "alice", "old")])));
         assert_eq!(again[0], Ok(PostOutcome { seq: 4, duplicate: false }));
     }
 
     #[test]
     fn non_members_and_unknown_spaces_are_refused_and_change_nothing() {
-        let mut store = Store::new();
-        run(&mut store, 1, &create("general", &["alice"], 10, 0));
-        let before = store.clone();
-        let results = outcomes(run(
-            &mut store,
-            2,
-            &Command::Posts(vec![post("general", "mallory", "k"), post("nowhere", "alice", "k")]),
-        ));
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 10, 0));
+        let before = replica.store.clone();
+        let results = outcomes(
+            replica.run(2, &Command::Posts(vec![post("general", "mallory", "k"), post("nowhere", "alice", "k")])),
+        );
         assert_eq!(results[0], Err(ApplyError::NotMember { space: "general".into(), user: "mallory".into() }));
         assert_eq!(results[1], Err(ApplyError::UnknownSpace { space: "nowhere".into() }));
-        assert_eq!(store, before);
+        assert_eq!(replica.store, before);
     }
 
     #[test]
     fn creating_twice_is_idempotent_but_a_different_definition_conflicts() {
-        let mut store = Store::new();
+        let mut replica = Replica::default();
         assert_eq!(
-            run(&mut store, 1, &create("general", &["alice"], 10, 0)),
+            replica.run(1, &create("general", &["alice"], 10, 0)),
             CommandResult::SpaceCreated { existed: false, result: Ok(()) }
         );
         assert_eq!(
-            run(&mut store, 2, &create("general", &["alice"], 10, 0)),
+            replica.run(2, &create("general", &["alice"], 10, 0)),
             CommandResult::SpaceCreated { existed: true, result: Ok(()) }
         );
         assert_eq!(
-            run(&mut store, 3, &create("general", &["bob"], 10, 0)),
+            replica.run(3, &create("general", &["bob"], 10, 0)),
             CommandResult::SpaceCreated {
                 existed: true,
                 result: Err(ApplyError::SpaceExists { space: "general".into() })
@@ -293,16 +449,36 @@ mod tests {
 
     #[test]
     fn retention_trims_the_oldest_messages_and_their_keys() {
-        let mut store = Store::new();
-        run(&mut store, 1, &create("general", &["alice"], 100, 2));
-        run(&mut store, 2, &Command::Posts(vec![post("general", "alice", "a"), post("general", "alice", "b")]));
-        run(&mut store, 3, &Command::Posts(vec![post("general", "alice", "c")]));
-        let overlay = Overlay::new(&store);
-        let space = SpaceMachine::read_space(&overlay, "general").unwrap();
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 100, 2));
+        replica.run(2, &Command::Posts(vec![post("general", "alice", "a"), post("general", "alice", "b")]));
+        replica.run(3, &Command::Posts(vec![post("general", "alice", "c")]));
+        let mut overlay = Overlay::new(&replica.store);
+        let space = SpaceMachine::read_space(&mut overlay, "general").unwrap();
         assert_eq!((space.first_seq, space.last_seq), (2, 3));
-        assert!(!store.contains_key(&record::message_key("general", 1)));
-        assert!(!store.contains_key(&record::idempotency_key("general", "a")));
-        assert!(store.contains_key(&record::idempotency_key("general", "b")));
+        // The block holding seqs 1 and 2 stays while seq 2 is retained.
+        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(replica.dedup.lookup("general", "a"), None);
+        assert_eq!(replica.dedup.lookup("general", "b"), Some(2));
+        assert_eq!(replica.rebuilt_index(), replica.dedup);
+        // Once seq 2 goes, so does the whole block of seqs 1 and 2.
+        replica.run(4, &Command::Posts(vec![post("general", "alice", "d")]));
+        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(replica.rebuilt_index(), replica.dedup);
+    }
+
+    #[test]
+    fn a_large_batch_is_split_into_bounded_contiguous_blocks() {
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 10_000, 0));
+        let posts: Vec<PostCommand> = (0..600).map(|n| post("general", "alice", &format!("k{n}"))).collect();
+        replica.run(2, &Command::Posts(posts));
+        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=600).collect::<Vec<u64>>());
+        let blocks = replica.store.keys().filter(|key| key.first() == Some(&record::MESSAGE_PREFIX)).count();
+        assert_eq!(blocks, 600_usize.div_ceil(BLOCK_MESSAGES_MAX));
     }
 
     proptest! {
@@ -316,9 +492,9 @@ mod tests {
                 1..20,
             )
         ) {
-            let mut store = Store::new();
-            run(&mut store, 1, &create("s0", &["alice"], 1_000, 0));
-            run(&mut store, 2, &create("s1", &["alice"], 1_000, 0));
+            let mut replica = Replica::default();
+            replica.run(1, &create("s0", &["alice"], 1_000, 0));
+            replica.run(2, &create("s1", &["alice"], 1_000, 0));
             let mut committed: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
             let mut seq_of_key: BTreeMap<(String, String), u64> = BTreeMap::new();
             for (batch_number, batch) in batches.iter().enumerate() {
@@ -327,7 +503,7 @@ mod tests {
                     let key = key.map(|k| format!("key{k}")).unwrap_or_default();
                     post(space, if *member { "alice" } else { "eve" }, &key)
                 }).collect();
-                let results = outcomes(run(&mut store, 3 + batch_number as u64, &Command::Posts(posts.clone())));
+                let results = outcomes(replica.run(3 + batch_number as u64, &Command::Posts(posts.clone())));
                 for (sent, result) in posts.iter().zip(results) {
                     let member = sent.author == "alice";
                     match result {
@@ -348,6 +524,7 @@ mod tests {
                         Err(_) => prop_assert!(!member || sent.space == "nowhere"),
                     }
                 }
+                prop_assert_eq!(replica.rebuilt_index(), replica.dedup.clone());
             }
         }
     }

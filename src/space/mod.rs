@@ -22,5 +22,5 @@ pub mod record;
 pub mod validate;
 
 pub use command::{ApplyError, Command, CommandResult, PostCommand, PostOutcome};
-pub use machine::{KvRead, Overlay, SpaceMachine};
+pub use machine::{DedupIndex, KvRead, Overlay, SpaceMachine};
 pub use record::{MessageRecord, SpaceRecord};

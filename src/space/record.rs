@@ -3,9 +3,13 @@
 //!
 //! Keys (all within one tree per space cluster):
 //! - `s` name → [`SpaceRecord`]
-//! - `m` name 0x00 seq(u64 BE) → [`MessageRecord`]; big-endian seqs make a
-//!   range scan return a space's messages in seq order
-//! - `k` name 0x00 idempotency key → seq (u64 BE)
+//! - `m` name 0x00 first_seq(u64 BE) → [`MessageBlock`]: the messages with
+//!   seqs `first_seq..next block's first_seq`; big-endian seqs make a range
+//!   scan return a space's blocks in seq order. The posts of one apply batch
+//!   to one space share a block (bounded by [`BLOCK_MESSAGES_MAX`] and
+//!   [`BLOCK_BYTES_MAX`]), so a batch costs one write per space, not one per
+//!   post. Blocks of a space are contiguous: each starts where the previous
+//!   one ended.
 //!
 //! Space names never contain 0x00 (see [`crate::space::validate`]), so a
 //! name's prefix cannot collide with another name.
@@ -40,9 +44,33 @@ pub struct MessageRecord {
     pub log_index: u64,
 }
 
+/// A block of consecutive messages of one space, stored under the key of its
+/// first seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageBlock {
+    pub first_seq: u64,
+    pub messages: Vec<MessageRecord>,
+}
+
+impl MessageBlock {
+    /// The seq after this block's last message.
+    pub fn end_seq(&self) -> u64 {
+        self.first_seq + self.messages.len() as u64
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&MessageRecord> {
+        let offset = seq.checked_sub(self.first_seq)?;
+        self.messages.get(usize::try_from(offset).ok()?)
+    }
+}
+
+/// Bounds of one block; part of the stored format, so apply stays
+/// deterministic whatever a node's configuration.
+pub const BLOCK_MESSAGES_MAX: usize = 256;
+pub const BLOCK_BYTES_MAX: usize = 256 * 1024;
+
 pub const SPACE_PREFIX: u8 = b's';
 pub const MESSAGE_PREFIX: u8 = b'm';
-pub const KEY_PREFIX: u8 = b'k';
 
 pub fn space_key(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -71,15 +99,6 @@ pub fn seq_of_message_key(space: &str, key: &[u8]) -> Option<u64> {
     let prefix_len = space.len() + 2;
     let seq_bytes: [u8; 8] = key.get(prefix_len..prefix_len + 8)?.try_into().ok()?;
     Some(u64::from_be_bytes(seq_bytes))
-}
-
-pub fn idempotency_key(space: &str, key: &str) -> Vec<u8> {
-    let mut stored = Vec::with_capacity(2 + space.len() + key.len());
-    stored.push(KEY_PREFIX);
-    stored.extend_from_slice(space.as_bytes());
-    stored.push(0);
-    stored.extend_from_slice(key.as_bytes());
-    stored
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

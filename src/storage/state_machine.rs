@@ -26,7 +26,8 @@ use tokio::sync::watch;
 
 use super::snapshot_file::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::space::{record, CommandResult, KvRead, Overlay, SpaceMachine};
+use crate::space::machine::oldest_remembered_seq;
+use crate::space::{record, CommandResult, DedupIndex, KvRead, Overlay, SpaceMachine, SpaceRecord};
 
 /// Keys outside the space data (see [`crate::space::record`]) start with `_`.
 const APPLIED_KEY: &[u8] = b"_applied";
@@ -40,12 +41,6 @@ const RESTORE_BATCH_LEN: usize = 10_000;
 struct AppliedState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-}
-
-impl KvRead for sled::Tree {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        sled::Tree::get(self, key).expect("sled read failed: the state machine cannot go on").map(|v| v.to_vec())
-    }
 }
 
 type PreImages = Arc<Mutex<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>>;
@@ -67,6 +62,8 @@ pub struct SpaceStateMachine {
     applied_tx: watch::Sender<u64>,
     pre_images: PreImages,
     snapshot_in_progress: Arc<AtomicBool>,
+    /// Which idempotency keys committed; derived from the stored messages.
+    dedup: DedupIndex,
 }
 
 fn sled_error(error: sled::Error) -> io::Error {
@@ -95,6 +92,7 @@ impl SpaceStateMachine {
             applied_tx,
             pre_images: Arc::new(Mutex::new(None)),
             snapshot_in_progress: Arc::new(AtomicBool::new(false)),
+            dedup: DedupIndex::default(),
         };
         let restoring = machine.tree.contains_key(RESTORING_KEY).map_err(sled_error)?;
         if let Some(latest) = machine.latest_snapshot()? {
@@ -110,6 +108,13 @@ impl SpaceStateMachine {
                 "state machine was interrupted while restoring a snapshot, and the snapshot file is gone",
             ));
         }
+        machine.dedup = rebuild_dedup_index(&machine.tree)?;
+        tracing::info!(
+            group_id,
+            applied = ?machine.state.last_applied.map(|id| id.index),
+            remembered_keys = machine.dedup.len(),
+            "state machine opened"
+        );
         Ok(machine)
     }
 
@@ -190,6 +195,7 @@ impl SpaceStateMachine {
         .await
         .map_err(io::Error::other)??;
         self.state = state;
+        self.dedup = rebuild_dedup_index(&self.tree)?;
         self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
         Ok(())
     }
@@ -228,7 +234,9 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             while let Some((entry, responder)) = entries.try_next().await? {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
-                    EntryPayload::Normal(command) => SpaceMachine::apply(&mut overlay, entry.log_id.index, command),
+                    EntryPayload::Normal(command) => {
+                        SpaceMachine::apply(&mut overlay, &mut self.dedup, entry.log_id.index, command)
+                    }
                     EntryPayload::Membership(membership) => {
                         next_state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                         CommandResult::None
@@ -394,6 +402,65 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
     }
 }
 
+/// The dedup index as the stored messages define it: the keys of each
+/// space's newest `dedup_window_len` retained messages.
+fn rebuild_dedup_index(tree: &sled::Tree) -> io::Result<DedupIndex> {
+    let mut index = DedupIndex::default();
+    for item in tree.scan_prefix([record::SPACE_PREFIX]) {
+        let (_, value) = item.map_err(sled_error)?;
+        let space: SpaceRecord = record::decode(&value)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt space record: {e}")))?;
+        if space.last_seq == 0 {
+            continue;
+        }
+        let mut messages = Vec::new();
+        for block in blocks_from(tree, &space.name, oldest_remembered_seq(&space), space.last_seq) {
+            let block = block?;
+            for (offset, message) in block.messages.into_iter().enumerate() {
+                messages.push((block.first_seq + offset as u64, message.idempotency_key));
+            }
+        }
+        index.rebuild_space(&space, messages.into_iter());
+    }
+    Ok(index)
+}
+
+/// The stored blocks of `space` from the one holding `from_seq` up to the
+/// one holding `last_seq`, in order.
+fn blocks_from<'a>(
+    tree: &'a sled::Tree,
+    space: &'a str,
+    from_seq: u64,
+    last_seq: u64,
+) -> impl Iterator<Item = io::Result<record::MessageBlock>> + 'a {
+    // The block holding `from_seq` starts at or before it.
+    let start = tree
+        .range(record::message_key(space, 0)..=record::message_key(space, from_seq))
+        .next_back()
+        .and_then(|item| item.ok())
+        .map(|(key, _)| key.to_vec())
+        .unwrap_or_else(|| record::message_key(space, from_seq));
+    let end = record::message_key(space, last_seq);
+    tree.range(start..=end).map(|item| {
+        let (_, value) = item.map_err(sled_error)?;
+        record::decode::<record::MessageBlock>(&value)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt message block: {e}")))
+    })
+}
+
+impl KvRead for sled::Tree {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        sled::Tree::get(self, key).expect("sled read failed: the state machine cannot go on").map(|v| v.to_vec())
+    }
+
+    fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
+        self.range(start..=end)
+            .keys()
+            .map(|key| key.expect("sled read failed: the state machine cannot go on").to_vec())
+            .collect()
+    }
+}
+
 impl SpaceReader {
     pub fn space(&self, name: &str) -> Result<Option<crate::space::SpaceRecord>, crate::error::ApiError> {
         let Some(bytes) = self.tree.get(record::space_key(name)).map_err(read_error)? else {
@@ -418,26 +485,28 @@ impl SpaceReader {
         if from_seq > last_seq || limit == 0 {
             return Ok(messages);
         }
-        let start = record::message_key(space, from_seq);
-        let end = record::message_key(space, last_seq);
-        for (expected, item) in (from_seq..).zip(self.tree.range(start..=end)) {
-            let (key, value) = item.map_err(read_error)?;
-            let Some(seq) = record::seq_of_message_key(space, &key) else { break };
-            if seq != expected {
+        let mut expected = from_seq;
+        'blocks: for block in blocks_from(&self.tree, space, from_seq, last_seq) {
+            let block = block.map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
+            if block.first_seq > expected || block.end_seq() <= expected {
+                // A gap (trimmed, or a restore in progress): stop before it.
                 break;
             }
-            let message: crate::space::MessageRecord = record::decode(&value)
-                .map_err(|e| crate::error::ApiError::Internal(format!("corrupt message record: {e}")))?;
-            messages.push(crate::pb::Message {
-                space: space.to_string(),
-                seq,
-                author: message.author,
-                body: message.body,
-                idempotency_key: message.idempotency_key,
-                log_index: message.log_index,
-            });
-            if messages.len() >= limit {
-                break;
+            let block_from = expected;
+            for seq in block_from..block.end_seq().min(last_seq + 1) {
+                let message = block.get(seq).expect("seq within block");
+                messages.push(crate::pb::Message {
+                    space: space.to_string(),
+                    seq,
+                    author: message.author.clone(),
+                    body: message.body.clone(),
+                    idempotency_key: message.idempotency_key.clone(),
+                    log_index: message.log_index,
+                });
+                expected = seq + 1;
+                if messages.len() >= limit {
+                    break 'blocks;
+                }
             }
         }
         Ok(messages)

@@ -179,6 +179,16 @@ impl Drop for TestCluster {
         for id in 1..=self.nodes.len() as u64 {
             self.kill_node(id);
         }
+        // Keep the node logs of a failed test for the post-mortem.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!("spaceraft-failed-test-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for node in &self.nodes {
+                let log = node.data_dir.with_extension("log");
+                let _ = std::fs::copy(&log, keep.join(format!("node-{}.log", node.id)));
+            }
+            eprintln!("node logs kept in {}", keep.display());
+        }
     }
 }
 
