@@ -199,3 +199,58 @@ async fn a_second_node_with_a_taken_id_refuses_to_start() {
     common::create_space(&cluster, 2, "after", &["alice"]).await;
     client.post(post("after", "alice", "hi", "")).await.expect("cluster still serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_below_retention_is_refused_not_skipped() {
+    let cluster = TestCluster::start_with("[space]\nretain_messages_max = 5\n").await;
+    common::create_space(&cluster, 1, "general", &["alice"]).await;
+    let mut client = cluster.client(1).await;
+    for n in 1..=12 {
+        client.post(post("general", "alice", &format!("m{n}"), &format!("k{n}"))).await.expect("post");
+    }
+    let mut follower = cluster.client(2).await;
+    // Wait until the follower has applied everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = follower.get_space(pb::GetSpaceRequest { name: "general".into() }).await.unwrap().into_inner();
+        if info.last_seq == 12 {
+            assert_eq!(info.first_seq, 8);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "follower did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let message = expect_code(follower.history(history("general", "alice")).await, Code::OutOfRange, "history below retention").await;
+    assert!(message.contains("oldest retained seq is 8"), "{message}");
+    expect_code(
+        follower.subscribe(pb::SubscribeRequest { space: "general".into(), user: "alice".into(), from_seq: 3 }).await,
+        Code::OutOfRange,
+        "subscribe below retention",
+    )
+    .await;
+    let kept = follower
+        .history(pb::HistoryRequest { space: "general".into(), user: "alice".into(), from_seq: 8, limit: 0, linearizable: false })
+        .await
+        .expect("history of what is retained")
+        .into_inner();
+    let seqs: Vec<u64> = kept.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [8, 9, 10, 11, 12]);
+    let mut stream = follower
+        .subscribe(pb::SubscribeRequest { space: "general".into(), user: "alice".into(), from_seq: 8 })
+        .await
+        .expect("subscribe from the oldest retained seq")
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match stream.message().await.expect("stream").expect("event").event {
+            Some(pb::subscribe_event::Event::Message(message)) => seen.push(message.seq),
+            Some(pb::subscribe_event::Event::CaughtUp(_)) | None => {}
+        }
+    }
+    assert_eq!(seen, [8, 9, 10, 11, 12]);
+    // A retried key of a trimmed message is no longer remembered: it commits anew.
+    let again = client.post(post("general", "alice", "m1 again", "k1")).await.unwrap().into_inner();
+    assert_eq!((again.seq, again.duplicate), (13, false));
+    let kept_key = client.post(post("general", "alice", "m12 again", "k12")).await.unwrap().into_inner();
+    assert_eq!((kept_key.seq, kept_key.duplicate), (12, true));
+}
