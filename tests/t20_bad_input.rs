@@ -220,7 +220,9 @@ async fn a_cursor_below_retention_is_refused_not_skipped() {
         assert!(std::time::Instant::now() < deadline, "follower did not catch up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let message = expect_code(follower.history(history("general", "alice")).await, Code::OutOfRange, "history below retention").await;
+    let message =
+        expect_code(follower.history(history("general", "alice")).await, Code::OutOfRange, "history below retention")
+            .await;
     assert!(message.contains("oldest retained seq is 8"), "{message}");
     expect_code(
         follower.subscribe(pb::SubscribeRequest { space: "general".into(), user: "alice".into(), from_seq: 3 }).await,
@@ -229,7 +231,13 @@ async fn a_cursor_below_retention_is_refused_not_skipped() {
     )
     .await;
     let kept = follower
-        .history(pb::HistoryRequest { space: "general".into(), user: "alice".into(), from_seq: 8, limit: 0, linearizable: false })
+        .history(pb::HistoryRequest {
+            space: "general".into(),
+            user: "alice".into(),
+            from_seq: 8,
+            limit: 0,
+            linearizable: false,
+        })
         .await
         .expect("history of what is retained")
         .into_inner();
