@@ -309,6 +309,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         }
         self.restore_from(&final_path, meta).await?;
         self.remove_snapshots_except(&final_path);
+        tracing::info!(group_id = self.group_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
     }
 
