@@ -42,11 +42,23 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     // --- phase: one follower down while 400 posts commit and the log is purged
     cluster.kill_node(lagging);
     post_many(&cluster, leader, 0, 400).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while snapshot_files(&cluster, leader) == 0 {
-        assert!(Instant::now() < deadline, "the leader never built a snapshot");
+    // The leader purges only once no replication attempt to the dead
+    // follower holds the range: wait until it has.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut admin = cluster.admin(leader).await;
+        let status = admin.node_status(pb::NodeStatusRequest {}).await.expect("node status").into_inner();
+        if status.replicas[0].purged_index >= 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never purged its log behind a snapshot: {:?}",
+            status.replicas[0]
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(snapshot_files(&cluster, leader) >= 1);
 
     // --- phase: it comes back and must be sent a snapshot
     cluster.start_node(lagging);

@@ -104,8 +104,10 @@ async fn spacectl_outputs_and_exit_codes() {
             "last_log_index",
             "leader_id",
             "node_id",
+            "purged_index",
             "region",
             "role",
+            "snapshot_index",
             "term"
         ]
     );

@@ -119,6 +119,8 @@ impl Output {
                             "applied_index": r.applied_index,
                             "leader_id": if r.leader_id == 0 { serde_json::Value::Null } else { json!(r.leader_id) },
                             "error": if r.error.is_empty() { serde_json::Value::Null } else { json!(r.error) },
+                            "snapshot_index": r.snapshot_index,
+                            "purged_index": r.purged_index,
                         })
                     })
                     .collect();

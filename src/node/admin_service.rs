@@ -50,6 +50,8 @@ impl AdminService {
                     applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
                     leader_id: metrics.current_leader.unwrap_or(0),
                     error: String::new(),
+                    snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
+                    purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
                 }
             })
             .collect()
