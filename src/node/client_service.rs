@@ -48,6 +48,13 @@ enum Route {
     Forward(String),
 }
 
+/// The outcome of one attempt at a write on this replica.
+enum Attempt<T> {
+    Done(Result<T, Status>),
+    /// This replica no longer leads (leader id and address if known).
+    NotLeader(Option<(NodeId, String)>),
+}
+
 impl ClientService {
     /// The group that orders `space`; a single space cluster for now.
     fn group_for(&self, _space: &str) -> Result<Arc<Group>, ApiError> {
@@ -108,57 +115,36 @@ impl ClientService {
         validate::check_body(&request.body, &limits).map_err(ApiError::from)?;
         validate::check_idempotency_key(&request.idempotency_key, &limits).map_err(ApiError::from)?;
         let group = self.group_for(&request.space)?;
-        // A proposal can race a leader change: route again (after a short
-        // pause, so the new leader is known) until the leader wait is over.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms);
-        let mut attempt = 0u32;
-        while tokio::time::Instant::now() < deadline {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(ROUTE_RETRY_PAUSE_MS)).await;
-            }
-            attempt += 1;
-            match self.route(&group, forwarded).await? {
-                Route::Forward(addr) => {
-                    let mut client = self.forward_client(&addr)?;
-                    return match client.post(self.forwarded_request(request.clone())).await {
-                        Ok(response) => Ok(response.into_inner()),
-                        // The leader we knew stepped down: learn the new one.
-                        Err(status) if status.code() == tonic::Code::Unavailable && !forwarded => {
-                            tracing::debug!(%status, "forwarded post failed; routing again");
-                            continue;
-                        }
-                        Err(status) => Err(status),
-                    };
-                }
-                Route::Local => {
-                    let post = PostCommand {
+        let post = PostCommand {
+            space: request.space.clone(),
+            author: request.author.clone(),
+            body: request.body.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+        };
+        self.on_leader(
+            &group,
+            forwarded,
+            || async {
+                match group.proposer.propose(post.clone()).await {
+                    Ok(outcome) => Attempt::Done(Ok(pb::PostResponse {
                         space: request.space.clone(),
-                        author: request.author.clone(),
-                        body: request.body.clone(),
-                        idempotency_key: request.idempotency_key.clone(),
-                    };
-                    match group.proposer.propose(post).await {
-                        Ok(outcome) => {
-                            return Ok(pb::PostResponse { space: request.space, seq: outcome.seq, duplicate: outcome.duplicate })
-                        }
-                        Err(ProposeError::Refused(error)) => return Err(ApiError::from(error).into()),
-                        Err(ProposeError::NotLeader(leader)) => {
-                            if forwarded {
-                                return Err(ApiError::NotLeader { cluster_id: group.id, leader }.into());
-                            }
-                            continue;
-                        }
-                        Err(ProposeError::Unknown(why)) => {
-                            return Err(Status::unavailable(format!(
-                                "leadership changed while posting; the post may or may not have committed, retry with the same idempotency key ({why})"
-                            )))
-                        }
-                        Err(ProposeError::Stopped(why)) => return Err(Status::unavailable(format!("node is stopping: {why}"))),
+                        seq: outcome.seq,
+                        duplicate: outcome.duplicate,
+                    })),
+                    Err(ProposeError::Refused(error)) => Attempt::Done(Err(ApiError::from(error).into())),
+                    Err(ProposeError::NotLeader(leader)) => Attempt::NotLeader(leader),
+                    Err(ProposeError::Unknown(why)) => Attempt::Done(Err(Status::unavailable(format!(
+                        "leadership changed while posting; the post may or may not have committed, retry with the same idempotency key ({why})"
+                    )))),
+                    Err(ProposeError::Stopped(why)) => {
+                        Attempt::Done(Err(Status::unavailable(format!("node is stopping: {why}"))))
                     }
                 }
-            }
-        }
-        Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: self.config.raft.leader_wait_ms }.into())
+            },
+            |mut client, request_to_forward| async move { client.post(request_to_forward).await.map(|r| r.into_inner()) },
+            &request,
+        )
+        .await
     }
 
     async fn create_space(
@@ -176,6 +162,67 @@ impl ClientService {
             }
         }
         let group = self.group_for(&request.name)?;
+        let command = Command::CreateSpace {
+            name: request.name.clone(),
+            members: request.members.clone(),
+            attrs: request.attrs.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            dedup_window_len: self.config.space.dedup_window_len,
+            retain_messages_max: self.config.space.retain_messages_max,
+        };
+        self.on_leader(
+            &group,
+            forwarded,
+            || async {
+                match group.raft.client_write(command.clone()).await {
+                    Ok(response) => {
+                        let CommandResult::SpaceCreated { existed, result } = response.data else {
+                            return Attempt::Done(Err(Status::internal("unexpected apply result for create space")));
+                        };
+                        if let Err(error) = result {
+                            return Attempt::Done(Err(ApiError::from(error).into()));
+                        }
+                        let space = space_info(&group.reader, group.id, &request.name);
+                        Attempt::Done(
+                            space
+                                .map(|space| pb::CreateSpaceResponse { space: Some(space), existed })
+                                .ok_or_else(|| Status::internal("created space is not readable")),
+                        )
+                    }
+                    Err(error) => match error.api_error() {
+                        Some(ClientWriteError::ForwardToLeader(forward)) => Attempt::NotLeader(
+                            forward.leader_id.zip(forward.leader_node.as_ref().map(|node| node.addr.clone())),
+                        ),
+                        _ => Attempt::Done(Err(Status::unavailable(format!("create space failed: {error}")))),
+                    },
+                }
+            },
+            |mut client, request_to_forward| async move {
+                client.create_space(request_to_forward).await.map(|r| r.into_inner())
+            },
+            &request,
+        )
+        .await
+    }
+
+    /// Runs a write where the leader is: `local` when this replica leads,
+    /// else `forward` (one hop) to the leader's node. A write can race a
+    /// leader change, so it routes again, after a short pause that lets the
+    /// new leader become known, until `raft.leader_wait_ms` is over.
+    async fn on_leader<Req, T, L, LF, F, FF>(
+        &self,
+        group: &Group,
+        forwarded: bool,
+        mut local: L,
+        mut forward: F,
+        request: &Req,
+    ) -> Result<T, Status>
+    where
+        Req: Clone,
+        L: FnMut() -> LF,
+        LF: std::future::Future<Output = Attempt<T>>,
+        F: FnMut(pb::client_client::ClientClient<tonic::transport::Channel>, Request<Req>) -> FF,
+        FF: std::future::Future<Output = Result<T, Status>>,
+    {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms);
         let mut attempt = 0u32;
         while tokio::time::Instant::now() < deadline {
@@ -183,39 +230,24 @@ impl ClientService {
                 tokio::time::sleep(Duration::from_millis(ROUTE_RETRY_PAUSE_MS)).await;
             }
             attempt += 1;
-            match self.route(&group, forwarded).await? {
+            match self.route(group, forwarded).await? {
                 Route::Forward(addr) => {
-                    let mut client = self.forward_client(&addr)?;
-                    return match client.create_space(self.forwarded_request(request.clone())).await {
-                        Ok(response) => Ok(response.into_inner()),
-                        Err(status) if status.code() == tonic::Code::Unavailable && !forwarded => continue,
-                        Err(status) => Err(status),
-                    };
-                }
-                Route::Local => {
-                    let command = Command::CreateSpace {
-                        name: request.name.clone(),
-                        members: request.members.clone(),
-                        attrs: request.attrs.clone().into_iter().collect::<BTreeMap<_, _>>(),
-                        dedup_window_len: self.config.space.dedup_window_len,
-                        retain_messages_max: self.config.space.retain_messages_max,
-                    };
-                    match group.raft.client_write(command).await {
-                        Ok(response) => {
-                            let CommandResult::SpaceCreated { existed, result } = response.data else {
-                                return Err(Status::internal("unexpected apply result for create space"));
-                            };
-                            result.map_err(ApiError::from)?;
-                            let space = space_info(&group.reader, group.id, &request.name)
-                                .ok_or_else(|| Status::internal("created space is not readable"))?;
-                            return Ok(pb::CreateSpaceResponse { space: Some(space), existed });
+                    let client = self.forward_client(&addr)?;
+                    match forward(client, self.forwarded_request(request.clone())).await {
+                        // The leader we knew stepped down or died: learn the new one.
+                        Err(status) if status.code() == tonic::Code::Unavailable && !forwarded => {
+                            tracing::debug!(%status, "forwarded write failed; routing again");
                         }
-                        Err(error) => match error.api_error() {
-                            Some(ClientWriteError::ForwardToLeader(_)) if !forwarded => continue,
-                            _ => return Err(Status::unavailable(format!("create space failed: {error}"))),
-                        },
+                        done => return done,
                     }
                 }
+                Route::Local => match local().await {
+                    Attempt::Done(done) => return done,
+                    Attempt::NotLeader(leader) if forwarded => {
+                        return Err(ApiError::NotLeader { cluster_id: group.id, leader }.into());
+                    }
+                    Attempt::NotLeader(_) => {}
+                },
             }
         }
         Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: self.config.raft.leader_wait_ms }.into())
