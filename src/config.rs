@@ -176,8 +176,6 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     pub connect_timeout_ms: u64,
-    /// Timeout of one Raft RPC (vote, one append batch).
-    pub raft_rpc_timeout_ms: u64,
     /// Timeout of a forwarded client request.
     pub forward_timeout_ms: u64,
     /// HTTP/2 flow-control windows: large, so one shared connection is not
@@ -192,7 +190,6 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             connect_timeout_ms: 2_000,
-            raft_rpc_timeout_ms: 5_000,
             forward_timeout_ms: 10_000,
             http2_stream_window_bytes: 16 * 1024 * 1024,
             http2_connection_window_bytes: 64 * 1024 * 1024,
