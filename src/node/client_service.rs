@@ -295,7 +295,10 @@ impl ClientService {
             0 => self.config.limits.history_len_max,
             asked => asked.min(self.config.limits.history_len_max),
         } as usize;
-        read_history(&group.reader, &request.space, &request.user, request.from_seq.max(1), limit).map_err(Status::from)
+        let reader = group.reader.clone();
+        off_runtime(move || read_history(&reader, &request.space, &request.user, request.from_seq.max(1), limit))
+            .await
+            .map_err(Status::from)
     }
 }
 
@@ -328,6 +331,14 @@ pub fn space_info(reader: &SpaceReader, cluster_id: u64, name: &str) -> Option<p
         first_seq: record.first_seq,
         last_seq: record.last_seq,
     })
+}
+
+/// Runs a read of the state machine store on a blocking thread: a sled read
+/// that misses its cache goes to disk, and disk waits stay off the runtime.
+async fn off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(read).await.map_err(|e| ApiError::Internal(format!("read task failed: {e}")))?
 }
 
 /// An empty reader is an operator read. Until authentication lands a user
@@ -379,8 +390,11 @@ impl pb::client_server::Client for ClientService {
         check_reader(&request.user, &limits)?;
         let group = self.group_for(&request.space)?;
         let reader = group.reader.clone();
-        let record =
-            reader.space(&request.space)?.ok_or_else(|| ApiError::UnknownSpace { space: request.space.clone() })?;
+        let stored = {
+            let (reader, space) = (reader.clone(), request.space.clone());
+            off_runtime(move || reader.space(&space)).await?
+        };
+        let record = stored.ok_or_else(|| ApiError::UnknownSpace { space: request.space.clone() })?;
         if !may_read(&record, &request.user) {
             return Err(ApiError::NotMember { space: request.space, user: request.user }.into());
         }
@@ -418,7 +432,11 @@ async fn follow(
         // Mark the current applied index as seen before reading, so an apply
         // that lands during the read wakes the next wait.
         applied.borrow_and_update();
-        let record = match reader.space(&space) {
+        let space_read = {
+            let (reader, space) = (reader.clone(), space.clone());
+            off_runtime(move || reader.space(&space)).await
+        };
+        let record = match space_read {
             Ok(Some(record)) => record,
             Ok(None) => {
                 let _ = sender.send(Err(ApiError::UnknownSpace { space: space.clone() }.into())).await;
@@ -438,7 +456,11 @@ async fn follow(
             let _ = sender.send(Err(error.into())).await;
             return;
         }
-        let messages = match reader.messages(&space, next_seq, record.last_seq, SUBSCRIBE_READ_LEN) {
+        let messages_read = {
+            let (reader, space, last_seq) = (reader.clone(), space.clone(), record.last_seq);
+            off_runtime(move || reader.messages(&space, next_seq, last_seq, SUBSCRIBE_READ_LEN)).await
+        };
+        let messages = match messages_read {
             Ok(messages) => messages,
             Err(error) => {
                 let _ = sender.send(Err(error.into())).await;
