@@ -78,6 +78,8 @@ pub struct RaftConfig {
     pub snapshot_logs_kept_len: u64,
     /// Posts batched into one Raft entry by the leader's proposer.
     pub propose_batch_len_max: usize,
+    /// Bytes of posts batched into one Raft entry (a larger post goes alone).
+    pub propose_batch_bytes_max: usize,
     /// Proposal batches in flight at once on the leader.
     pub propose_inflight_max: usize,
     /// How long a request waits for a leader to be known before failing.
@@ -91,10 +93,11 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             install_snapshot_timeout_ms: 120_000,
-            append_entries_len_max: 4_096,
+            append_entries_len_max: 64,
             snapshot_logs_since_last: 50_000,
             snapshot_logs_kept_len: 10_000,
             propose_batch_len_max: 1_024,
+            propose_batch_bytes_max: 4 * 1024 * 1024,
             propose_inflight_max: 16,
             leader_wait_ms: 5_000,
         }

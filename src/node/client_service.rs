@@ -143,6 +143,7 @@ impl ClientService {
             },
             |mut client, request_to_forward| async move { client.post(request_to_forward).await.map(|r| r.into_inner()) },
             &request,
+            !request.idempotency_key.is_empty(),
         )
         .await
     }
@@ -200,6 +201,7 @@ impl ClientService {
                 client.create_space(request_to_forward).await.map(|r| r.into_inner())
             },
             &request,
+            true,
         )
         .await
     }
@@ -215,6 +217,7 @@ impl ClientService {
         mut local: L,
         mut forward: F,
         request: &Req,
+        retry_is_safe: bool,
     ) -> Result<T, Status>
     where
         Req: Clone,
@@ -234,8 +237,14 @@ impl ClientService {
                 Route::Forward(addr) => {
                     let client = self.forward_client(&addr)?;
                     match forward(client, self.forwarded_request(request.clone())).await {
-                        // The leader we knew stepped down or died: learn the new one.
-                        Err(status) if status.code() == tonic::Code::Unavailable && !forwarded => {
+                        // The leader we knew stepped down or died: learn the new
+                        // one. Sending again is safe when the write is
+                        // idempotent, or surely was not proposed.
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable
+                                && !forwarded
+                                && (retry_is_safe || surely_not_proposed(&status)) =>
+                        {
                             tracing::debug!(%status, "forwarded write failed; routing again");
                         }
                         done => return done,
@@ -331,6 +340,16 @@ pub fn space_info(reader: &SpaceReader, cluster_id: u64, name: &str) -> Option<p
         first_seq: record.first_seq,
         last_seq: record.last_seq,
     })
+}
+
+/// A forwarded write that failed in a way that proves the leader did not
+/// propose it: it answered "not the leader" / "no leader", or it could not
+/// be connected to at all.
+fn surely_not_proposed(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(crate::error::LEADER_HINT_METADATA)
+        || status.message().starts_with("not the leader")
+        || status.message().starts_with("no leader")
+        || status.message().contains("tcp connect error")
 }
 
 /// Runs a read of the state machine store on a blocking thread: a sled read

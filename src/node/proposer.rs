@@ -37,9 +37,9 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn spawn(raft: Raft, batch_len_max: usize, inflight_max: usize) -> Proposer {
-        let (queue, receiver) = mpsc::channel(batch_len_max * inflight_max.max(1) * 2);
-        tokio::spawn(run(raft, receiver, batch_len_max.max(1), inflight_max.max(1)));
+    pub fn spawn(raft: Raft, bounds: BatchBounds) -> Proposer {
+        let (queue, receiver) = mpsc::channel(bounds.len_max.max(1) * bounds.inflight_max.max(1) * 2);
+        tokio::spawn(run(raft, receiver, bounds));
         Proposer { queue }
     }
 
@@ -50,7 +50,36 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>, batch_len_max: usize, inflight_max: usize) {
+/// Bounds of the proposer's batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchBounds {
+    /// Posts per entry.
+    pub len_max: usize,
+    /// Bytes of post bodies per entry (a post larger than this goes alone).
+    pub bytes_max: usize,
+    /// Full batches in flight at once.
+    pub inflight_max: usize,
+}
+
+/// How many of the queued posts the next batch takes, and whether that is a
+/// full batch.
+fn next_batch_len(queued: &[Pending], bounds: &BatchBounds) -> (usize, bool) {
+    let mut bytes = 0usize;
+    for (taken, pending) in queued.iter().enumerate() {
+        if taken == bounds.len_max {
+            return (taken, true);
+        }
+        bytes += pending.post.body.len() + pending.post.author.len() + pending.post.idempotency_key.len();
+        if bytes > bounds.bytes_max && taken > 0 {
+            return (taken, true);
+        }
+    }
+    (queued.len(), false)
+}
+
+async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>, bounds: BatchBounds) {
+    let batch_len_max = bounds.len_max.max(1);
+    let inflight_max = bounds.inflight_max.max(1);
     // Completions of in-flight batches.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let mut inflight = 0usize;
@@ -75,8 +104,11 @@ async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>, batch_len_max: u
         // Send at once when nothing is in flight (lowest latency); while a
         // batch is in flight, only full batches go ahead, so posts that
         // arrive during a commit round share the next entry.
-        while !queued.is_empty() && (inflight == 0 || (queued.len() >= batch_len_max && inflight < inflight_max)) {
-            let take = queued.len().min(batch_len_max);
+        while !queued.is_empty() {
+            let (take, full) = next_batch_len(&queued, &bounds);
+            if !(inflight == 0 || (full && inflight < inflight_max)) {
+                break;
+            }
             let batch: Vec<Pending> = queued.drain(..take).collect();
             inflight += 1;
             dispatch(raft.clone(), batch, done_tx.clone());

@@ -14,13 +14,19 @@ use crate::config::{NodeConfig, DEFAULT_CLUSTER_ID};
 use crate::node::admin_service::AdminService;
 use crate::node::client_service::ClientService;
 use crate::node::group::{Group, Groups};
-use crate::node::proposer::Proposer;
+use crate::node::proposer::{BatchBounds, Proposer};
 use crate::pb;
 use crate::raft::network::{PeerChannels, RaftNetwork};
 use crate::raft::service::RaftService;
 use crate::raft::types::{NodeAddr, Raft};
 use crate::storage::data_dir::DataDir;
 use crate::storage::{flusher, LogEngine, SpaceStateMachine};
+
+/// Bound on one Raft message (an AppendEntries batch, a snapshot chunk):
+/// `raft.append_entries_len_max` entries of at most
+/// `raft.propose_batch_bytes_max` each fit below it with the defaults, and a
+/// peer cannot make a node buffer more.
+const RAFT_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// openraft's configuration from ours.
 pub fn openraft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -112,7 +118,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let raft = Raft::new(config.node_id, raft_config, network, engine.group(group_id), state_machine)
         .await
         .context("cannot start raft")?;
-    let proposer = Proposer::spawn(raft.clone(), config.raft.propose_batch_len_max, config.raft.propose_inflight_max);
+    let proposer = Proposer::spawn(
+        raft.clone(),
+        BatchBounds {
+            len_max: config.raft.propose_batch_len_max,
+            bytes_max: config.raft.propose_batch_bytes_max,
+            inflight_max: config.raft.propose_inflight_max,
+        },
+    );
     groups.insert(Group { id: group_id, raft: raft.clone(), reader, proposer, snapshot_dir });
 
     if config.bootstrap {
@@ -140,8 +153,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(pb::admin_server::AdminServer::new(admin_service))
         .add_service(
             pb::raft_server::RaftServer::new(raft_service)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
         );
     // Our own listener (bound early, so a busy port fails start), with
     // Nagle off: a Raft reply delayed 40 ms by Nagle and delayed ACKs would

@@ -261,9 +261,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.read_meta(TAG_PURGED)?;
+        // Entries at or below the purge point may survive a crash between
+        // recording the purge and removing them: they do not count.
         let last_log_id = match self.last_entry()? {
-            Some(entry) => Some(entry.log_id),
-            None => last_purged_log_id,
+            Some(entry) if Some(entry.log_id) > last_purged_log_id => Some(entry.log_id),
+            _ => last_purged_log_id,
         };
         Ok(LogState { last_purged_log_id, last_log_id })
     }

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, TryStreamExt};
@@ -61,7 +60,10 @@ pub struct SpaceStateMachine {
     state: AppliedState,
     applied_tx: watch::Sender<u64>,
     pre_images: PreImages,
-    snapshot_in_progress: Arc<AtomicBool>,
+    /// Held by a snapshot builder from creation to the end of its build, and
+    /// by an install: an install never rewrites the tree under a scan, and a
+    /// build never sees a half-installed tree.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     /// Which idempotency keys committed; derived from the stored messages.
     dedup: DedupIndex,
 }
@@ -75,6 +77,13 @@ impl SpaceStateMachine {
     /// snapshot when the tree is behind it (lost pages) or was mid-restore.
     pub async fn open(db: sled::Db, group_id: u64, snapshot_dir: PathBuf) -> io::Result<SpaceStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        // Leftovers of a build or a transfer cut short by a crash.
+        for entry in std::fs::read_dir(&snapshot_dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "tmp" || ext == "recv") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         let tree = db.open_tree(format!("sm.{group_id}")).map_err(sled_error)?;
         let state = match tree.get(APPLIED_KEY).map_err(sled_error)? {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
@@ -91,7 +100,7 @@ impl SpaceStateMachine {
             state,
             applied_tx,
             pre_images: Arc::new(Mutex::new(None)),
-            snapshot_in_progress: Arc::new(AtomicBool::new(false)),
+            snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
             dedup: DedupIndex::default(),
         };
         let restoring = machine.tree.contains_key(RESTORING_KEY).map_err(sled_error)?;
@@ -151,7 +160,7 @@ impl SpaceStateMachine {
         let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path != keep && path.extension().is_some_and(|ext| ext == "bin" || ext == "tmp" || ext == "recv") {
+            if path != keep && path.extension().is_some_and(|ext| ext == "bin" || ext == "tmp") {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -272,9 +281,9 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SpaceSnapshotBuilder> {
-        if self.snapshot_in_progress.swap(true, Ordering::SeqCst) {
+        let Ok(guard) = self.snapshot_lock.clone().try_lock_owned() else {
             return None;
-        }
+        };
         // Runs between applies: from here on, apply records pre-images, so
         // the builder can reconstruct the tree as of this applied id.
         *self.pre_images.lock().expect("pre-image lock") = Some(BTreeMap::new());
@@ -287,7 +296,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             snapshot_dir: self.snapshot_dir.clone(),
             meta,
             pre_images: self.pre_images.clone(),
-            in_progress: self.snapshot_in_progress.clone(),
+            guard: Some(guard),
         })
     }
 
@@ -302,6 +311,8 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        // Wait for a build in progress: it scans the tree this rewrites.
+        let _guard = self.snapshot_lock.clone().lock_owned().await;
         let final_path = self.snapshot_path(meta);
         if snapshot.path != final_path {
             std::fs::rename(&snapshot.path, &final_path)?;
@@ -326,7 +337,26 @@ pub struct SpaceSnapshotBuilder {
     snapshot_dir: PathBuf,
     meta: SnapshotMeta,
     pre_images: PreImages,
-    in_progress: Arc<AtomicBool>,
+    /// The snapshot lock, held until the build ends; `None` once released
+    /// (and on the copy that does the work).
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for SpaceSnapshotBuilder {
+    fn drop(&mut self) {
+        // A builder dropped without building must stop the pre-image
+        // recording it started. Only the holder of the lock may: a released
+        // builder's recording may already belong to the next builder.
+        if self.guard.is_some() {
+            self.pre_images.lock().expect("pre-image lock").take();
+        }
+    }
+}
+
+/// The last log index a snapshot file name carries (`snapshot-<index>-<term>.bin`).
+fn snapshot_index_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("snapshot-")?.split('-').next()?.parse().ok()
 }
 
 impl SpaceSnapshotBuilder {
@@ -377,29 +407,40 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
             snapshot_dir: self.snapshot_dir.clone(),
             meta: self.meta.clone(),
             pre_images: self.pre_images.clone(),
-            in_progress: self.in_progress.clone(),
+            guard: None,
         };
         let result = tokio::task::spawn_blocking(move || {
             let result = this.write_file();
             // Stop recording pre-images whatever happened.
             this.pre_images.lock().expect("pre-image lock").take();
-            this.in_progress.store(false, Ordering::SeqCst);
             result.map(|file| (file, this))
         })
         .await
-        .map_err(io::Error::other)?;
-        let (file, this) = result?;
-        // Older snapshots are no longer needed once this one is durable.
-        let Ok(entries) = std::fs::read_dir(&this.snapshot_dir) else {
-            return Ok(Snapshot { meta: this.meta, snapshot: file });
+        .map_err(io::Error::other);
+        let built = match result {
+            Ok(Ok(built)) => built,
+            Ok(Err(error)) | Err(error) => {
+                // Still holding the lock, so the recording is ours to stop.
+                self.pre_images.lock().expect("pre-image lock").take();
+                self.guard.take();
+                return Err(error);
+            }
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path != file.path && path.extension().is_some_and(|ext| ext == "bin") {
-                let _ = std::fs::remove_file(&path);
+        let (file, this) = built;
+        // Older snapshots are no longer needed once this one is durable; a
+        // newer one (installed from the leader meanwhile) stays.
+        let own_index = snapshot_index_of(&file.path);
+        if let Ok(entries) = std::fs::read_dir(&this.snapshot_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let older = snapshot_index_of(&path).zip(own_index).is_some_and(|(index, own)| index < own);
+                if path != file.path && path.extension().is_some_and(|ext| ext == "bin") && older {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
-        Ok(Snapshot { meta: this.meta, snapshot: file })
+        self.guard.take();
+        Ok(Snapshot { meta: this.meta.clone(), snapshot: file })
     }
 }
 
