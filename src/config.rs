@@ -113,7 +113,8 @@ pub struct LimitsConfig {
     pub idempotency_key_len_max: usize,
     /// Messages a History call returns at most.
     pub history_len_max: u32,
-    /// Messages buffered per subscriber before the stream is ended.
+    /// Messages buffered per subscriber. A subscriber that reads slower waits
+    /// at its cursor (nothing more is buffered); it resumes from the store.
     pub subscribe_queue_len_max: usize,
 }
 

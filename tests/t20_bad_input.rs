@@ -3,7 +3,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{full_history, TestCluster};
@@ -173,26 +172,14 @@ async fn a_second_node_with_a_taken_id_refuses_to_start() {
     let peers: Vec<(u64, String)> = cluster.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
     // Same id as node 2, another address and directory.
     common::write_config(&config_path, 2, &format!("127.0.0.1:{port}"), &data_dir, &peers, "");
-    let output = Command::new(common::spaceraft_bin())
-        .args(["node", "--config"])
-        .arg(&config_path)
-        .output()
-        .expect("run impostor");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::node_refuses_to_start(&config_path, &[]);
     assert!(stderr.contains("node 2") && stderr.contains("two nodes with one id"), "{stderr}");
 
     // Without itself in the peers list it asks the peers, which know node 2
     // at another address.
     let others: Vec<(u64, String)> = peers.iter().filter(|(id, _)| *id != 2).cloned().collect();
     common::write_config(&config_path, 2, &format!("127.0.0.1:{port}"), &data_dir, &others, "");
-    let output = Command::new(common::spaceraft_bin())
-        .args(["node", "--config"])
-        .arg(&config_path)
-        .output()
-        .expect("run impostor");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::node_refuses_to_start(&config_path, &[]);
     assert!(stderr.contains("node id 2 is registered at"), "{stderr}");
     // The cluster is unaffected.
     let mut client = cluster.client(2).await;

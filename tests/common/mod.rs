@@ -36,6 +36,20 @@ pub fn spaceraft_bin() -> &'static str {
     env!("CARGO_BIN_EXE_spaceraft")
 }
 
+/// Runs `spaceraft node --config CONFIG ARGS…`, expects it to refuse to
+/// start, and returns what it said on stderr.
+pub fn node_refuses_to_start(config: &Path, args: &[&str]) -> String {
+    let output = Command::new(spaceraft_bin())
+        .args(["node", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run spaceraft node");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "the node started but should have refused: {stderr}");
+    stderr
+}
+
 pub fn spacectl_bin() -> &'static str {
     env!("CARGO_BIN_EXE_spacectl")
 }
