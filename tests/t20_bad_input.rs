@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{full_history, TestCluster};
+use common::TestCluster;
 use spaceraft::pb;
 use tonic::Code;
 
@@ -148,9 +148,12 @@ async fn bad_requests_are_refused_and_change_nothing() {
         client.post(post("general", "alice", "still here", "k3")).await.expect("node 1 still serves").into_inner().seq;
     assert_eq!(seq, 3);
     for node in 1..=3 {
+        // A follower may not have applied the space yet: wait with a deadline.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut reader = cluster.client(node).await;
         let messages = loop {
-            let messages = full_history(&cluster, node, "general").await;
+            let read = reader.history(history("general", "alice")).await;
+            let messages = read.map(|r| r.into_inner().messages).unwrap_or_default();
             if messages.len() == 3 || std::time::Instant::now() > deadline {
                 break messages;
             }
@@ -198,10 +201,13 @@ async fn a_cursor_below_retention_is_refused_not_skipped() {
     // Wait until the follower has applied everything.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let info = follower.get_space(pb::GetSpaceRequest { name: "general".into() }).await.unwrap().into_inner();
-        if info.last_seq == 12 {
-            assert_eq!(info.first_seq, 8);
-            break;
+        // NotFound until the follower has applied the space's creation.
+        let read = follower.get_space(pb::GetSpaceRequest { name: "general".into() }).await;
+        if let Ok(info) = read.map(|r| r.into_inner()) {
+            if info.last_seq == 12 {
+                assert_eq!(info.first_seq, 8);
+                break;
+            }
         }
         assert!(std::time::Instant::now() < deadline, "follower did not catch up");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -73,7 +73,8 @@ async fn spacectl_outputs_and_exit_codes() {
     .unwrap();
     assert_eq!((retried["seq"].as_u64(), retried["duplicate"].as_bool()), (Some(2), Some(true)));
 
-    let table = ok(spacectl(&one, &["history", "general"]));
+    // Linearizable: node 3 may not have applied the latest post yet.
+    let table = ok(spacectl(&one, &["history", "general", "--linearizable"]));
     assert!(table.contains("SEQ") && table.contains("hello") && table.contains("again"), "{table}");
     let lines =
         ok(spacectl(&one, &["history", "general", "--from", "2", "-o", "json", "--as", "alice", "--linearizable"]));
@@ -85,7 +86,16 @@ async fn spacectl_outputs_and_exit_codes() {
         (Some(2), Some("bob"), Some("k-2"))
     );
 
-    let info: Value = serde_json::from_str(&ok(spacectl(&one, &["space", "info", "general", "-o", "json"]))).unwrap();
+    // Node 3 answers from what it has applied: wait until it has both posts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        let info: Value =
+            serde_json::from_str(&ok(spacectl(&one, &["space", "info", "general", "-o", "json"]))).unwrap();
+        if info["last_seq"] == 2 || Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(info["attrs"]["org"], "acme");
     assert_eq!(info["last_seq"], 2);
 
@@ -154,6 +164,11 @@ async fn spacectl_outputs_and_exit_codes() {
 
     // --- phase: no quorum
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    // Every node applies the three posts before two of them die.
+    let mut admin = cluster.admin(leader).await;
+    let applied =
+        admin.node_status(spaceraft::pb::NodeStatusRequest {}).await.unwrap().into_inner().replicas[0].applied_index;
+    cluster.wait_applied(applied, Duration::from_secs(20)).await;
     let survivor = (1..=3).find(|id| *id != leader).unwrap();
     for id in (1..=3).filter(|id| *id != survivor) {
         cluster.kill_node(id);

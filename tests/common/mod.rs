@@ -12,11 +12,25 @@ use tonic::transport::Channel;
 
 pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
-/// Ports that were free a moment ago.
+/// Ports that were free a moment ago, never the same one twice in a test
+/// binary: tests run in parallel, and a port handed to one test's cluster is
+/// not yet bound when the next test asks.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    while ports.len() < count {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = listener.local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            ports.push(port);
+        }
+        // Keep it bound until all are chosen, so the kernel picks others.
+        held.push(listener);
+    }
+    ports
 }
 
 pub struct TestNode {
