@@ -2,7 +2,12 @@
 //! compiler), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/spaceraft/v1/client.proto", "proto/spaceraft/v1/admin.proto", "proto/spaceraft/v1/raft.proto"];
+    let protos = [
+        "proto/spaceraft/v1/client.proto",
+        "proto/spaceraft/v1/admin.proto",
+        "proto/spaceraft/v1/raft.proto",
+        "proto/spaceraft/v1/gateway.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -188,6 +188,9 @@ pub struct NetworkConfig {
     pub http2_connection_window_bytes: u32,
     /// AppendEntries requests in flight on one replication stream.
     pub append_pipeline_len_max: usize,
+    /// How often a Follow stream reports progress to its gateway, which
+    /// switches replicas when progress stops.
+    pub follow_progress_interval_ms: u64,
 }
 
 impl Default for NetworkConfig {
@@ -198,6 +201,7 @@ impl Default for NetworkConfig {
             http2_stream_window_bytes: 16 * 1024 * 1024,
             http2_connection_window_bytes: 64 * 1024 * 1024,
             append_pipeline_len_max: 64,
+            follow_progress_interval_ms: 250,
         }
     }
 }
@@ -223,6 +227,8 @@ pub struct FlagOverrides {
 
 /// Environment variables that belong to the tools, not to a node's config.
 const ENV_NOT_CONFIG: &[&str] = &["endpoints", "output", "log"];
+/// `SPACERAFT_GATEWAY_*` variables configure gateways, not nodes.
+const ENV_GATEWAY_PREFIX: &str = "gateway_";
 
 impl NodeConfig {
     /// Loads the layers: `file` (if given), then `SPACERAFT_*` variables
@@ -237,11 +243,10 @@ impl NodeConfig {
             figment = figment.merge(Toml::file_exact(file));
         }
         let figment = figment
-            .merge(
-                Env::prefixed("SPACERAFT_")
-                    .split("__")
-                    .filter(|key| !ENV_NOT_CONFIG.contains(&key.as_str().to_ascii_lowercase().as_str())),
-            )
+            .merge(Env::prefixed("SPACERAFT_").split("__").filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                !ENV_NOT_CONFIG.contains(&key.as_str()) && !key.starts_with(ENV_GATEWAY_PREFIX)
+            }))
             .merge(Serialized::globals(flags));
         let config: NodeConfig = figment.extract().map_err(|error| {
             let messages: Vec<String> = error.into_iter().map(|one| one.to_string()).collect();

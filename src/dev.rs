@@ -1,9 +1,12 @@
-//! `spaceraft dev`: a whole local cluster, one OS process per node, one node
-//! per region, each with its own data directory; no setup.
+//! `spaceraft dev`: a whole local cluster, one OS process per node and one
+//! per gateway, one node and one gateway per region, each node with its own
+//! data directory; no setup.
 //!
 //! The first run writes each node's config (`<data-dir>/node-<id>.toml`) and
-//! bootstraps the space cluster; later runs on the same data directory reuse
-//! the configs and restart the same cluster with its data.
+//! each gateway's (`<data-dir>/gateway-<region>.toml`), bootstraps the space
+//! cluster and creates a demo space `general` (members alice, bob, carol);
+//! later runs on the same data directory reuse the configs and restart the
+//! same cluster with its data.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +16,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeConfig, PeerConfig};
+use crate::gateway::config::GatewayConfig;
 
 /// Region names for `--regions N`, in order.
 pub const REGION_NAMES: &[&str] =
@@ -26,14 +30,31 @@ pub struct DevArgs {
     /// Where the nodes keep their data, configs and endpoints.json.
     #[arg(long, default_value = "./data/dev")]
     pub data_dir: PathBuf,
-    /// First gRPC port; node i listens on base + i - 1 (first run only).
+    /// First gRPC port; node i listens on base + i - 1, gateway i's page and
+    /// WebSocket on base + 1000 + i - 1 and its gRPC on base + 1100 + i - 1
+    /// (first run only).
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
+    /// Gateways follow two replicas in different regions at once.
+    #[arg(long)]
+    pub redundant_upstream: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointsFile {
     pub nodes: Vec<NodeEndpoint>,
+    #[serde(default)]
+    pub gateways: Vec<GatewayEndpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GatewayEndpoint {
+    pub region: String,
+    /// The WebSocket endpoint.
+    pub ws: String,
+    /// The web page (and `/v1/status`).
+    pub http: String,
+    pub grpc: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -104,25 +125,71 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, NodeConfig)>> {
     Ok(nodes)
 }
 
-/// Runs the cluster until Ctrl-C, then stops every node.
+/// Writes (first run) or reads the gateways' configs: one per region, each
+/// knowing every node.
+pub fn prepare_gateways(
+    args: &DevArgs,
+    nodes: &[(PathBuf, NodeConfig)],
+) -> anyhow::Result<Vec<(PathBuf, GatewayConfig)>> {
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let endpoints: Vec<crate::gateway::config::NodeEndpoint> = nodes
+        .iter()
+        .map(|(_, node)| crate::gateway::config::NodeEndpoint {
+            region: node.region.clone(),
+            addr: node.advertise_addr().to_string(),
+        })
+        .collect();
+    let mut gateways = Vec::new();
+    for (index, (_, node)) in nodes.iter().enumerate() {
+        let path = data_dir.join(format!("gateway-{}.toml", node.region));
+        if path.exists() {
+            gateways.push((path.clone(), GatewayConfig::load(Some(&path), &Default::default())?));
+            continue;
+        }
+        let port = |offset: usize| -> anyhow::Result<std::net::SocketAddr> {
+            Ok(format!("127.0.0.1:{}", args.base_port as usize + offset + index).parse()?)
+        };
+        let config = GatewayConfig {
+            region: node.region.clone(),
+            http_addr: port(1000)?,
+            grpc_addr: port(1100)?,
+            nodes: endpoints.clone(),
+            regions_by_distance: Vec::new(),
+            upstream: crate::gateway::config::UpstreamConfig {
+                redundant: args.redundant_upstream,
+                ..Default::default()
+            },
+            clients: Default::default(),
+        };
+        std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+        gateways.push((path, config));
+    }
+    Ok(gateways)
+}
+
+fn spawn_process(exe: &Path, role: &str, config: &Path, log_path: &Path) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+    tokio::process::Command::new(exe)
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {role} with {}", config.display()))
+}
+
+/// Runs the cluster until Ctrl-C, then stops every process.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let nodes = prepare(&args)?;
+    let gateways = prepare_gateways(&args, &nodes)?;
     let exe = std::env::current_exe().context("finding the spaceraft executable")?;
     let mut children = Vec::new();
     for (path, config) in &nodes {
-        let log_path = config.data_dir.with_extension("log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let child = tokio::process::Command::new(&exe)
-            .arg("node")
-            .arg("--config")
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting node {}", config.node_id))?;
-        children.push((config.node_id, child));
+        let child = spawn_process(&exe, "node", path, &config.data_dir.with_extension("log"))?;
+        children.push((format!("node {}", config.node_id), child));
     }
     let endpoints = EndpointsFile {
         nodes: nodes
@@ -133,13 +200,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 grpc: c.advertise_addr().to_string(),
             })
             .collect(),
+        gateways: gateways
+            .iter()
+            .map(|(_, gateway)| GatewayEndpoint {
+                region: gateway.region.clone(),
+                ws: format!("ws://{}/v1/ws", gateway.http_addr),
+                http: format!("http://{}", gateway.http_addr),
+                grpc: gateway.grpc_addr.to_string(),
+            })
+            .collect(),
     };
     let data_dir = nodes[0].1.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    for (path, gateway) in &gateways {
+        let log_path = data_dir.join(format!("gateway-{}.log", gateway.region));
+        children.push((format!("gateway {}", gateway.region), spawn_process(&exe, "gateway", path, &log_path)?));
+    }
     let endpoints_path = data_dir.join("endpoints.json");
     std::fs::write(&endpoints_path, serde_json::to_vec_pretty(&endpoints)?)?;
 
     let all: Vec<String> = endpoints.nodes.iter().map(|n| n.grpc.clone()).collect();
     let leader = wait_for_leader(&all, Duration::from_secs(30)).await;
+    let demo = match leader {
+        Some(_) => create_demo_space(&all).await,
+        None => None,
+    };
     println!("spaceraft dev: {} regions, data in {}", nodes.len(), data_dir.display());
     for node in &endpoints.nodes {
         println!(
@@ -150,26 +234,42 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir.join(format!("node-{}.log", node.id)).display()
         );
     }
+    for gateway in &endpoints.gateways {
+        println!(
+            "  gateway {:<10} page {}   ws {}   grpc {}   log {}",
+            gateway.region,
+            gateway.http,
+            gateway.ws,
+            gateway.grpc,
+            data_dir.join(format!("gateway-{}.log", gateway.region)).display()
+        );
+    }
     match leader {
         Some(leader) => println!("  space cluster 1 leader: node {leader}"),
         None => println!("  space cluster 1 has no leader yet (see the node logs)"),
     }
+    if let Some(demo) = demo {
+        println!("  {demo}");
+    }
     println!("  endpoints: {}", endpoints_path.display());
     println!("try:");
+    if let (Some(first), Some(second)) = (endpoints.gateways.first(), endpoints.gateways.get(1)) {
+        println!("  open {}/?user=alice and {}/?user=bob in two browser windows", first.http, second.http);
+    }
     println!("  export SPACERAFT_ENDPOINTS={}", all.join(","));
     println!("  spacectl space create general --members alice,bob");
     println!("  spacectl post general 'hello' --as alice");
     println!("  spacectl tail general --from 1");
     println!("Ctrl-C stops the cluster.");
 
-    // A node that exits (or is killed to try a failover) is reported; the
-    // others keep running until Ctrl-C.
-    let mut running: Vec<(u64, tokio::process::Child)> = children;
+    // A process that exits (or is killed to try a failover) is reported;
+    // the others keep running until Ctrl-C.
+    let mut running: Vec<(String, tokio::process::Child)> = children;
     let mut stopped = Vec::new();
     loop {
-        let waits = running.iter_mut().map(|(id, child)| {
-            let id = *id;
-            Box::pin(async move { (id, child.wait().await) })
+        let waits = running.iter_mut().map(|(name, child)| {
+            let name = name.clone();
+            Box::pin(async move { (name, child.wait().await) })
         });
         let any_exit = futures::future::select_all(waits);
         tokio::select! {
@@ -178,13 +278,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 break;
             }
             ((id, status), _, _) = any_exit => {
-                eprintln!("node {id} exited ({}); the others keep running", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                eprintln!("{id} exited ({}); the others keep running", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
                 stopped.push(id);
             }
         }
         running.retain_mut(|(id, _)| !stopped.contains(id));
         if running.is_empty() {
-            eprintln!("every node has exited");
+            eprintln!("every process has exited");
             return Ok(());
         }
     }
@@ -196,7 +296,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!("node {id} did not stop in 10s; killing it");
+                eprintln!("{id} did not stop in 10s; killing it");
                 let _ = child.kill().await;
             }
         }
@@ -205,7 +305,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends SIGTERM so the node shuts down cleanly.
+/// Creates the demo space `general` unless it exists; says what happened.
+async fn create_demo_space(endpoints: &[String]) -> Option<String> {
+    let members: Vec<String> = ["alice", "bob", "carol"].iter().map(|m| m.to_string()).collect();
+    for addr in endpoints {
+        let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
+        let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await else { continue };
+        let mut client = crate::pb::client_client::ClientClient::new(channel);
+        let request = crate::pb::CreateSpaceRequest {
+            name: "general".into(),
+            members: members.clone(),
+            attrs: [("org".to_string(), "demo".to_string())].into_iter().collect(),
+        };
+        match tokio::time::timeout(Duration::from_secs(10), client.create_space(request)).await {
+            Ok(Ok(_)) => return Some("demo space: general (members alice, bob, carol)".into()),
+            Ok(Err(status)) if status.code() == tonic::Code::AlreadyExists => {
+                return Some("space general exists with other members; no demo space created".into())
+            }
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Sends SIGTERM so the process shuts down cleanly.
 fn terminate(pid: u32) {
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }

@@ -7,6 +7,8 @@
 //! - [`node`]: a `spaceraft node` process: its gRPC services, the proposer
 //!   that batches posts into Raft entries, its hosted groups.
 //! - [`raft`]: openraft's types and the gRPC transport between nodes.
+//! - [`gateway`]: a `spaceraft gateway` process: follows replicas and fans
+//!   committed messages out to WebSocket and gRPC clients.
 //! - [`space`]: the deterministic state machine logic: seqs, dedup,
 //!   membership; no I/O.
 //! - [`storage`]: the Raft log (fjall, group-committed fsync) and the space
@@ -21,6 +23,7 @@ pub mod config;
 pub mod ctl;
 pub mod dev;
 pub mod error;
+pub mod gateway;
 pub mod node;
 pub mod pb;
 pub mod raft;

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run one node.
     Node(NodeArgs),
+    /// Run one gateway: follows replicas, serves WebSocket/gRPC clients and the web page.
+    Gateway(GatewayArgs),
     /// Run a local multi-region cluster (one process per node).
     Dev(spaceraft::dev::DevArgs),
     /// Benchmarks that print figures.
@@ -66,6 +68,24 @@ struct NodeArgs {
     peers: Vec<PeerConfig>,
 }
 
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// TOML config file; env SPACERAFT_GATEWAY_* and these flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    region: Option<String>,
+    /// host:port for the page, /v1/ws and /v1/status.
+    #[arg(long)]
+    http: Option<String>,
+    /// host:port for the gRPC Gateway service.
+    #[arg(long)]
+    grpc: Option<String>,
+    /// A node to follow and forward to, as REGION@HOST:PORT; repeatable.
+    #[arg(long = "node", value_parser = spaceraft::gateway::config::parse_node)]
+    nodes: Vec<spaceraft::gateway::config::NodeEndpoint>,
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPACERAFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
@@ -79,6 +99,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Node(args) => run_node(args).await,
+            Command::Gateway(args) => run_gateway(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
             Command::Bench(BenchCommand::Post { args, json }) => {
                 let report = spaceraft::bench::post(args).await?;
@@ -115,4 +136,19 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     spaceraft::dev::shutdown_signal().await;
     tracing::info!("shutting down");
     node.stop().await
+}
+
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let flags = spaceraft::gateway::config::GatewayFlags {
+        region: args.region,
+        http_addr: args.http,
+        grpc_addr: args.grpc,
+        nodes: (!args.nodes.is_empty()).then_some(args.nodes),
+    };
+    let config = spaceraft::gateway::config::GatewayConfig::load(args.config.as_deref(), &flags)?;
+    let gateway = spaceraft::gateway::server::start(config).await?;
+    spaceraft::dev::shutdown_signal().await;
+    tracing::info!("shutting down");
+    gateway.stop().await;
+    Ok(())
 }

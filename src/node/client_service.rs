@@ -38,6 +38,7 @@ const SUBSCRIBE_READ_LEN: usize = 512;
 
 pub struct ClientService {
     pub node_id: NodeId,
+    pub region: String,
     pub groups: Groups,
     pub config: Arc<NodeConfig>,
     pub peers: PeerChannels,
@@ -305,13 +306,14 @@ impl ClientService {
             asked => asked.min(self.config.limits.history_len_max),
         } as usize;
         let reader = group.reader.clone();
-        off_runtime(move || read_history(&reader, &request.space, &request.user, request.from_seq.max(1), limit))
+        off_runtime(move || read_history(&reader, &request.space, &request.user, request.from_seq, limit))
             .await
             .map_err(Status::from)
     }
 }
 
-/// Reads up to `limit` messages of `space` from `from_seq` for `user`.
+/// Reads up to `limit` messages of `space` from `from_seq` for `user`;
+/// `from_seq` 0 means the first retained seq.
 pub fn read_history(
     reader: &SpaceReader,
     space: &str,
@@ -323,6 +325,7 @@ pub fn read_history(
     if !may_read(&record, user) {
         return Err(ApiError::NotMember { space: space.to_string(), user: user.to_string() });
     }
+    let from_seq = if from_seq == 0 { record.first_seq } else { from_seq };
     if from_seq < record.first_seq {
         return Err(ApiError::Trimmed { space: space.to_string(), from_seq, first_seq: record.first_seq });
     }
@@ -332,14 +335,18 @@ pub fn read_history(
 
 pub fn space_info(reader: &SpaceReader, cluster_id: u64, name: &str) -> Option<pb::SpaceInfo> {
     let record = reader.space(name).ok().flatten()?;
-    Some(pb::SpaceInfo {
+    Some(record_info(record, cluster_id))
+}
+
+fn record_info(record: crate::space::SpaceRecord, cluster_id: u64) -> pb::SpaceInfo {
+    pb::SpaceInfo {
         name: record.name,
         members: record.members.into_iter().collect(),
         attrs: record.attrs.into_iter().collect(),
         cluster_id,
         first_seq: record.first_seq,
         last_seq: record.last_seq,
-    })
+    }
 }
 
 /// A forwarded write that failed in a way that proves the leader did not
@@ -379,6 +386,7 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEvent, Status>> + Send + 'static>>;
+type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::FollowEvent, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::client_server::Client for ClientService {
@@ -423,6 +431,41 @@ impl pb::client_server::Client for ClientService {
         }
         let (sender, receiver) = mpsc::channel(self.config.limits.subscribe_queue_len_max.max(1));
         tokio::spawn(follow(reader, request.space, request.user, from_seq, sender));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_spaces(
+        &self,
+        request: Request<pb::ListSpacesRequest>,
+    ) -> Result<Response<pb::ListSpacesResponse>, Status> {
+        let request = request.into_inner();
+        check_reader(&request.user, &self.config.limits.request_limits())?;
+        let group = self.group_for("")?;
+        let reader = group.reader.clone();
+        let records = off_runtime(move || reader.spaces()).await?;
+        let spaces = records
+            .into_iter()
+            .filter(|record| may_read(record, &request.user))
+            .map(|record| record_info(record, group.id))
+            .collect();
+        Ok(Response::new(pb::ListSpacesResponse { spaces }))
+    }
+
+    type FollowStream = FollowStream;
+
+    async fn follow(
+        &self,
+        request: Request<tonic::Streaming<pb::FollowRequest>>,
+    ) -> Result<Response<FollowStream>, Status> {
+        let group = self.group_for("")?;
+        let context = crate::node::follow::FollowContext {
+            node_id: self.node_id,
+            region: self.region.clone(),
+            group,
+            progress_interval: Duration::from_millis(self.config.network.follow_progress_interval_ms.max(1)),
+        };
+        let (sender, receiver) = mpsc::channel(self.config.limits.subscribe_queue_len_max.max(1));
+        tokio::spawn(crate::node::follow::serve(context, request.into_inner(), sender));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 

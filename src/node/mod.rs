@@ -5,6 +5,7 @@
 
 pub mod admin_service;
 pub mod client_service;
+pub mod follow;
 pub mod group;
 pub mod proposer;
 pub mod server;

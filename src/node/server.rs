@@ -137,8 +137,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::client_server::ClientServer<ClientService>>().await;
-    let client_service =
-        ClientService { node_id: config.node_id, groups: groups.clone(), config: config.clone(), peers: peers.clone() };
+    let client_service = ClientService {
+        node_id: config.node_id,
+        region: config.region.clone(),
+        groups: groups.clone(),
+        config: config.clone(),
+        peers: peers.clone(),
+    };
     let admin_service = AdminService { groups: groups.clone(), config: config.clone(), peers: peers.clone() };
     let raft_service = RaftService { node_id: config.node_id, groups: groups.clone() };
     let message_bytes_max = config.limits.body_bytes_max * 4 + 64 * 1024;

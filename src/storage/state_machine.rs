@@ -513,6 +513,18 @@ impl SpaceReader {
             .map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))
     }
 
+    /// Every space record, in name order.
+    pub fn spaces(&self) -> Result<Vec<crate::space::SpaceRecord>, crate::error::ApiError> {
+        let mut spaces = Vec::new();
+        for item in self.tree.scan_prefix([record::SPACE_PREFIX]) {
+            let (_, value) = item.map_err(read_error)?;
+            let space = record::decode(&value)
+                .map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))?;
+            spaces.push(space);
+        }
+        Ok(spaces)
+    }
+
     /// Up to `limit` messages of `space` with seqs `from_seq..=last_seq`, in
     /// order, stopping before any gap (a message trimmed or not yet restored)
     /// so a caller never skips a seq.

@@ -3,6 +3,8 @@
 //! restarted on the same directory.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +46,7 @@ pub struct TestNode {
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
+    pub gateways: Vec<gateway::TestGateway>,
 }
 
 pub fn spaceraft_bin() -> &'static str {
@@ -107,7 +110,7 @@ impl TestCluster {
             write_config(&config_path, *id, addr, &data_dir, &peers, extra_config);
             nodes.push(TestNode { id: *id, addr: addr.clone(), config_path, data_dir, process: None });
         }
-        let mut cluster = TestCluster { dir, nodes };
+        let mut cluster = TestCluster { dir, nodes, gateways: Vec::new() };
         for id in 1..=3 {
             cluster.start_node(id);
         }
@@ -207,6 +210,9 @@ impl Drop for TestCluster {
         for id in 1..=self.nodes.len() as u64 {
             self.kill_node(id);
         }
+        for index in 0..self.gateways.len() {
+            self.kill_gateway(index);
+        }
         // Keep the node logs of a failed test for the post-mortem.
         if std::thread::panicking() {
             let keep = std::env::temp_dir().join(format!("spaceraft-failed-test-{}", std::process::id()));
@@ -214,6 +220,9 @@ impl Drop for TestCluster {
             for node in &self.nodes {
                 let log = node.data_dir.with_extension("log");
                 let _ = std::fs::copy(&log, keep.join(format!("node-{}.log", node.id)));
+            }
+            for gateway in &self.gateways {
+                let _ = std::fs::copy(&gateway.log_path, keep.join(format!("gateway-{}.log", gateway.region)));
             }
             eprintln!("node logs kept in {}", keep.display());
         }

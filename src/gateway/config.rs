@@ -1,0 +1,223 @@
+//! Gateway configuration: a TOML file, overridden by `SPACERAFT_GATEWAY_*`
+//! environment variables (nested keys joined by `__`, e.g.
+//! `SPACERAFT_GATEWAY_CLIENTS__SEND_QUEUE_LEN_MAX`), overridden by flags.
+//! Every bound has a default and its unit last in its name.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The region this gateway serves; it follows a replica here when one
+    /// is healthy.
+    pub region: String,
+    /// HTTP: the web page, `/v1/ws` (WebSocket), `/v1/status`, `/healthz`.
+    pub http_addr: SocketAddr,
+    /// gRPC: `spaceraft.v1.Gateway` for native clients.
+    pub grpc_addr: SocketAddr,
+    /// The nodes of the deployment; the gateway follows and forwards to them.
+    pub nodes: Vec<NodeEndpoint>,
+    /// Other regions, nearest first: where to follow from when no replica in
+    /// this region is healthy. Regions not listed come after, in the order of
+    /// `nodes`.
+    #[serde(default)]
+    pub regions_by_distance: Vec<String>,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub clients: ClientsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEndpoint {
+    pub region: String,
+    /// host:port of the node's gRPC server.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Follow two replicas in different regions at once and dedupe by
+    /// (space, seq), so losing one costs no delivery delay.
+    pub redundant: bool,
+    /// A followed replica that sends nothing (not even progress) for this
+    /// long is given up and another is followed.
+    pub silence_ms_max: u64,
+    /// A followed replica whose applied index stays behind one another
+    /// replica reached for this long is lagging: another is followed.
+    pub lag_ms_max: u64,
+    /// How often the gateway probes every node's health and applied index.
+    pub probe_interval_ms: u64,
+    /// A replica of this region must have been healthy this long before the
+    /// gateway moves back to it from another region.
+    pub home_healthy_ms_min: u64,
+    /// A replica that failed is not chosen again for this long (unless no
+    /// other is left).
+    pub failed_cooldown_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Timeout of a post, history or list call forwarded to a node.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            redundant: false,
+            silence_ms_max: 1_500,
+            lag_ms_max: 3_000,
+            probe_interval_ms: 500,
+            home_healthy_ms_min: 3_000,
+            failed_cooldown_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Frames queued per client. A client whose queue overflows is closed
+    /// with code 4008 (slow consumer) and resumes from its cursors.
+    pub send_queue_len_max: usize,
+    /// How long a catch-up or reply may wait for room in a client's queue
+    /// before the client is closed as a slow consumer.
+    pub send_wait_ms_max: u64,
+    /// After a close is decided, how long the writer may take to get the
+    /// close frame out before the connection is dropped.
+    pub close_wait_ms_max: u64,
+    /// Largest frame accepted from a client.
+    pub frame_bytes_max: usize,
+    /// The first frame must be `hello` within this.
+    pub hello_wait_ms_max: u64,
+    /// Newest messages kept per followed space to serve resuming clients
+    /// without a history read.
+    pub space_buffer_len_max: usize,
+    /// Spaces one client may subscribe to.
+    pub subscriptions_len_max: usize,
+    /// Posts of one client in flight at once.
+    pub posts_inflight_max: usize,
+    /// Connected clients at most; more are refused (HTTP 503 on WebSocket,
+    /// UNAVAILABLE on gRPC) and should try another gateway.
+    pub connections_max: usize,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig {
+            send_queue_len_max: 1_024,
+            send_wait_ms_max: 5_000,
+            close_wait_ms_max: 5_000,
+            frame_bytes_max: 256 * 1024,
+            hello_wait_ms_max: 10_000,
+            space_buffer_len_max: 1_024,
+            subscriptions_len_max: 1_000,
+            posts_inflight_max: 64,
+            connections_max: 100_000,
+        }
+    }
+}
+
+/// Values given as flags; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GatewayFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeEndpoint>>,
+}
+
+impl GatewayConfig {
+    pub fn load(file: Option<&Path>, flags: &GatewayFlags) -> Result<GatewayConfig, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment.merge(Env::prefixed("SPACERAFT_GATEWAY_").split("__")).merge(Serialized::globals(flags));
+        let config: GatewayConfig = figment.extract().map_err(|error| {
+            let messages: Vec<String> = error.into_iter().map(|one| one.to_string()).collect();
+            ConfigError(messages.join("; "))
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid value for key \"{key}\": {why}")));
+        if self.region.is_empty() {
+            return bad("region", "must not be empty");
+        }
+        if self.nodes.is_empty() {
+            return bad("nodes", "at least one node is needed");
+        }
+        if self.clients.send_queue_len_max == 0 || self.clients.space_buffer_len_max == 0 {
+            return bad("clients.send_queue_len_max", "queue and buffer bounds must be at least 1");
+        }
+        if self.upstream.silence_ms_max == 0 || self.upstream.probe_interval_ms == 0 {
+            return bad("upstream.silence_ms_max", "intervals must be above 0");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a node flag: REGION@HOST:PORT.
+pub fn parse_node(text: &str) -> Result<NodeEndpoint, String> {
+    let (region, addr) = text.split_once('@').ok_or_else(|| format!("expected REGION@HOST:PORT, got {text:?}"))?;
+    if region.is_empty() || addr.is_empty() {
+        return Err(format!("expected REGION@HOST:PORT, got {text:?}"));
+    }
+    Ok(NodeEndpoint { region: region.to_string(), addr: addr.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_with_flags_on_top_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "region = \"us-east\"\nhttp_addr = \"127.0.0.1:8001\"\ngrpc_addr = \"127.0.0.1:8101\"\n\
+             [[nodes]]\nregion = \"us-east\"\naddr = \"127.0.0.1:7001\"\n[upstream]\nredundant = true\n",
+        )
+        .unwrap();
+        let flags = GatewayFlags { region: Some("eu-west".into()), ..Default::default() };
+        let config = GatewayConfig::load(Some(&path), &flags).unwrap();
+        assert_eq!(config.region, "eu-west");
+        assert!(config.upstream.redundant);
+        assert_eq!(config.clients.send_queue_len_max, 1_024);
+    }
+
+    #[test]
+    fn an_unknown_key_and_a_bad_node_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "region = \"x\"\nhttp_addr = \"127.0.0.1:1\"\ngrpc_addr = \"127.0.0.1:2\"\nnodes = []\nspeed = 3\n",
+        )
+        .unwrap();
+        let error = GatewayConfig::load(Some(&path), &GatewayFlags::default()).unwrap_err();
+        assert!(error.0.contains("speed"), "{error}");
+        assert!(parse_node("no-at-sign").is_err());
+        assert_eq!(parse_node("us-east@127.0.0.1:7001").unwrap().region, "us-east");
+    }
+}

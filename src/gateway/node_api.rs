@@ -1,0 +1,81 @@
+//! Calls a gateway makes on nodes for its clients: post, history, list.
+//! Each carries the client's user, so the node checks membership again.
+//!
+//! A call goes to the best node first and moves on to the next when that
+//! node cannot be reached; a post without an idempotency key moves on only
+//! when it surely was not delivered (connect failure), since sending it
+//! twice could commit it twice.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::gateway::nodes::NodePool;
+use crate::pb;
+
+#[derive(Clone)]
+pub struct NodeApi {
+    pub pool: NodePool,
+    pub timeout: Duration,
+}
+
+impl NodeApi {
+    fn client(&self, index: usize) -> pb::client_client::ClientClient<tonic::transport::Channel> {
+        pb::client_client::ClientClient::new(self.pool.nodes[index].channel.clone())
+            .max_decoding_message_size(512 * 1024 * 1024)
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    pub async fn post(&self, request: pb::PostRequest) -> Result<pb::PostResponse, Status> {
+        let keyed = !request.idempotency_key.is_empty();
+        let mut last_error = Status::unavailable("no node configured");
+        for index in self.pool.ranked(&[]) {
+            match self.client(index).post(self.request(request.clone())).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if may_try_elsewhere(&status, keyed) => last_error = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last_error)
+    }
+
+    pub async fn history(&self, request: pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> {
+        let mut last_error = Status::unavailable("no node configured");
+        for index in self.pool.ranked(&[]) {
+            match self.client(index).history(self.request(request.clone())).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if may_try_elsewhere(&status, true) => last_error = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last_error)
+    }
+
+    pub async fn list_spaces(&self, user: &str) -> Result<Vec<pb::SpaceInfo>, Status> {
+        let mut last_error = Status::unavailable("no node configured");
+        for index in self.pool.ranked(&[]) {
+            let request = self.request(pb::ListSpacesRequest { user: user.to_string() });
+            match self.client(index).list_spaces(request).await {
+                Ok(response) => return Ok(response.into_inner().spaces),
+                Err(status) if may_try_elsewhere(&status, true) => last_error = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// Whether a failed call may be sent to another node: always for calls
+/// that are safe to repeat, else only when the node was never reached.
+fn may_try_elsewhere(status: &Status, repeatable: bool) -> bool {
+    let unreachable = matches!(status.code(), Code::Unavailable | Code::Unknown)
+        && ["tcp connect error", "connection refused", "error trying to connect", "transport error"]
+            .iter()
+            .any(|sign| status.message().contains(sign));
+    unreachable || (repeatable && matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled))
+}

@@ -1,0 +1,166 @@
+//! The nodes a gateway talks to: one lazy gRPC channel each, their health
+//! as probed at a fixed interval, and the order in which to try them.
+//!
+//! The order is the gateway's idea of "near": a healthy replica in its own
+//! region first, then healthy ones in the other regions nearest first, then
+//! the unhealthy ones (a probe can be wrong, and trying costs little).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::gateway::config::{GatewayConfig, NodeEndpoint};
+use crate::pb;
+
+/// What the last probes said about one node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeHealth {
+    pub healthy: bool,
+    /// Since when it has been healthy without a break.
+    pub healthy_since: Option<Instant>,
+    pub applied_index: u64,
+    /// When a follow of it last failed; it is avoided for a while.
+    pub failed_at: Option<Instant>,
+}
+
+pub struct NodeInfo {
+    pub endpoint: NodeEndpoint,
+    pub channel: Channel,
+    /// 0 for this gateway's region, then by `regions_by_distance`.
+    pub distance: usize,
+}
+
+/// The nodes and their health. Cheap to clone.
+#[derive(Clone)]
+pub struct NodePool {
+    pub nodes: Arc<Vec<NodeInfo>>,
+    health: Arc<Mutex<Vec<NodeHealth>>>,
+    /// (when, highest applied index any probe saw then), newest last.
+    applied_seen: Arc<Mutex<Vec<(Instant, u64)>>>,
+    failed_cooldown: Duration,
+}
+
+impl NodePool {
+    pub fn new(config: &GatewayConfig) -> Result<NodePool, String> {
+        let mut order: Vec<String> = vec![config.region.clone()];
+        for region in config.regions_by_distance.iter().chain(config.nodes.iter().map(|node| &node.region)) {
+            if !order.contains(region) {
+                order.push(region.clone());
+            }
+        }
+        let mut nodes = Vec::new();
+        for endpoint in &config.nodes {
+            let channel = Endpoint::from_shared(format!("http://{}", endpoint.addr))
+                .map_err(|e| format!("bad node address {}: {e}", endpoint.addr))?
+                .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(Some(8 * 1024 * 1024))
+                .initial_connection_window_size(Some(32 * 1024 * 1024))
+                .connect_lazy();
+            let distance = order.iter().position(|region| *region == endpoint.region).unwrap_or(order.len());
+            nodes.push(NodeInfo { endpoint: endpoint.clone(), channel, distance });
+        }
+        let health = vec![NodeHealth::default(); nodes.len()];
+        Ok(NodePool {
+            nodes: Arc::new(nodes),
+            health: Arc::new(Mutex::new(health)),
+            applied_seen: Arc::new(Mutex::new(Vec::new())),
+            failed_cooldown: Duration::from_millis(config.upstream.failed_cooldown_ms),
+        })
+    }
+
+    pub fn health(&self, index: usize) -> NodeHealth {
+        self.health.lock().expect("health lock")[index].clone()
+    }
+
+    pub fn mark_failed(&self, index: usize) {
+        let mut health = self.health.lock().expect("health lock");
+        health[index].failed_at = Some(Instant::now());
+        health[index].healthy = false;
+        health[index].healthy_since = None;
+    }
+
+    /// Node indexes, best first, leaving out `exclude`.
+    pub fn ranked(&self, exclude: &[usize]) -> Vec<usize> {
+        let health = self.health.lock().expect("health lock");
+        let now = Instant::now();
+        let mut indexes: Vec<usize> = (0..self.nodes.len()).filter(|index| !exclude.contains(index)).collect();
+        indexes.sort_by_key(|&index| {
+            let one = &health[index];
+            let cooling = one.failed_at.is_some_and(|at| now.duration_since(at) < self.failed_cooldown);
+            (cooling, !one.healthy, self.nodes[index].distance, index)
+        });
+        indexes
+    }
+
+    /// Whether a replica in a region nearer than `distance` has been healthy
+    /// for `healthy_for` and is not cooling down after a failure.
+    pub fn nearer_is_healthy(&self, distance: usize, healthy_for: Duration) -> bool {
+        let health = self.health.lock().expect("health lock");
+        let now = Instant::now();
+        self.nodes.iter().enumerate().any(|(index, node)| {
+            let one = &health[index];
+            node.distance < distance
+                && one.healthy
+                && one.healthy_since.is_some_and(|since| now.duration_since(since) >= healthy_for)
+                && one.failed_at.is_none_or(|at| now.duration_since(at) >= self.failed_cooldown * 2)
+        })
+    }
+
+    /// Whether a replica that has applied only `applied_index` is lagging:
+    /// another replica had applied more at least `lag_max` ago.
+    pub fn is_lagging(&self, applied_index: u64, lag_max: Duration) -> bool {
+        let seen = self.applied_seen.lock().expect("applied lock");
+        let now = Instant::now();
+        seen.iter().any(|(at, index)| now.duration_since(*at) >= lag_max && *index > applied_index)
+    }
+
+    /// Probes every node forever: health and applied index.
+    pub async fn probe_forever(self, interval: Duration, keep_for: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let probes = self.nodes.iter().map(|node| probe(node.channel.clone(), interval));
+            let results = futures::future::join_all(probes).await;
+            let now = Instant::now();
+            let mut highest = 0;
+            {
+                let mut health = self.health.lock().expect("health lock");
+                for (one, result) in health.iter_mut().zip(results) {
+                    match result {
+                        Some(applied_index) => {
+                            if !one.healthy {
+                                one.healthy_since = Some(now);
+                            }
+                            one.healthy = true;
+                            one.applied_index = applied_index;
+                            highest = highest.max(applied_index);
+                        }
+                        None => {
+                            one.healthy = false;
+                            one.healthy_since = None;
+                        }
+                    }
+                }
+            }
+            let mut seen = self.applied_seen.lock().expect("applied lock");
+            seen.push((now, highest));
+            seen.retain(|(at, _)| now.duration_since(*at) <= keep_for);
+        }
+    }
+}
+
+/// A node's applied index when it answers in time and knows a leader.
+async fn probe(channel: Channel, timeout: Duration) -> Option<u64> {
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let mut request = tonic::Request::new(pb::NodeStatusRequest {});
+    request.set_timeout(timeout);
+    let status = tokio::time::timeout(timeout, admin.node_status(request)).await.ok()?.ok()?.into_inner();
+    let replica =
+        status.replicas.into_iter().find(|replica| replica.cluster_id == crate::config::DEFAULT_CLUSTER_ID)?;
+    (replica.leader_id != 0).then_some(replica.applied_index)
+}

@@ -1,0 +1,215 @@
+//! A `spaceraft gateway` process: binds its HTTP (page, WebSocket, status)
+//! and gRPC listeners, starts the node prober and the upstream slots, and
+//! closes every client with "going away" on shutdown. It holds no durable
+//! state: clients resume elsewhere from their own cursors.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::gateway::config::GatewayConfig;
+use crate::gateway::fanout::{ClientHandle, Fanout};
+use crate::gateway::node_api::NodeApi;
+use crate::gateway::nodes::NodePool;
+use crate::gateway::protocol::CloseReason;
+use crate::gateway::session::Shared;
+use crate::gateway::upstream::{self, SlotStatus, UpstreamStatus};
+
+/// What the transports share: the sessions' context, the connected clients
+/// and the counters the status page shows.
+pub struct GatewayState {
+    pub shared: Arc<Shared>,
+    pub pool: NodePool,
+    pub upstream: UpstreamStatus,
+    next_client_id: AtomicU64,
+    clients: Mutex<HashMap<u64, ClientHandle>>,
+    connections: AtomicUsize,
+    pub slow_consumers_closed: AtomicU64,
+}
+
+impl GatewayState {
+    /// Registers a client; None when the gateway is full.
+    pub fn admit(&self, user: String) -> Option<(ClientHandle, crate::gateway::fanout::ClientEnds)> {
+        let connections_max = self.shared.config.clients.connections_max;
+        if self.connections.fetch_add(1, Ordering::SeqCst) >= connections_max {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let (client, ends) = ClientHandle::new(id, user, self.shared.config.clients.send_queue_len_max);
+        self.clients.lock().expect("clients lock").insert(id, client.clone());
+        Some((client, ends))
+    }
+
+    /// Whether new connections are refused now.
+    pub fn is_full(&self) -> bool {
+        self.connections.load(Ordering::SeqCst) >= self.shared.config.clients.connections_max
+    }
+
+    pub fn leave(&self, client: &ClientHandle, reason: Option<&CloseReason>) {
+        if self.clients.lock().expect("clients lock").remove(&client.id).is_some() {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+        if reason == Some(&CloseReason::SlowConsumer) {
+            self.slow_consumers_closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn close_all(&self, reason: CloseReason) {
+        for client in self.clients.lock().expect("clients lock").values() {
+            client.close(reason.clone());
+        }
+    }
+
+    pub fn status(&self) -> GatewayStatus {
+        let (feeds, subscriptions) = self.shared.fanout.counts();
+        let nodes = self
+            .pool
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let health = self.pool.health(index);
+                NodeView {
+                    region: node.endpoint.region.clone(),
+                    addr: node.endpoint.addr.clone(),
+                    healthy: health.healthy,
+                    applied_index: health.applied_index,
+                }
+            })
+            .collect();
+        GatewayStatus {
+            region: self.shared.region.clone(),
+            redundant: self.shared.config.upstream.redundant,
+            clients: self.connections.load(Ordering::SeqCst),
+            feeds,
+            subscriptions,
+            slow_consumers_closed: self.slow_consumers_closed.load(Ordering::Relaxed),
+            upstreams: self.upstream.snapshot(),
+            nodes,
+        }
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct GatewayStatus {
+    pub region: String,
+    pub redundant: bool,
+    pub clients: usize,
+    /// Spaces followed.
+    pub feeds: usize,
+    pub subscriptions: usize,
+    pub slow_consumers_closed: u64,
+    pub upstreams: Vec<SlotStatus>,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub region: String,
+    pub addr: String,
+    pub healthy: bool,
+    pub applied_index: u64,
+}
+
+pub struct RunningGateway {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub state: Arc<GatewayState>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Closes every client with "going away" and stops serving.
+    pub async fn stop(self) {
+        self.state.close_all(CloseReason::GoingAway);
+        let wait = Duration::from_millis(self.state.shared.config.clients.close_wait_ms_max.min(2_000));
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.state.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            server.abort();
+        }
+    }
+}
+
+pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
+    let config = Arc::new(config);
+    let pool = NodePool::new(&config).map_err(anyhow::Error::msg)?;
+    let fanout = Fanout::new(config.clients.space_buffer_len_max);
+    let api = NodeApi { pool: pool.clone(), timeout: Duration::from_millis(config.upstream.request_timeout_ms) };
+    let shared =
+        Arc::new(Shared { region: config.region.clone(), api, fanout: fanout.clone(), config: config.clone() });
+    let state = Arc::new(GatewayState {
+        shared,
+        pool: pool.clone(),
+        upstream: UpstreamStatus::default(),
+        next_client_id: AtomicU64::new(1),
+        clients: Mutex::new(HashMap::new()),
+        connections: AtomicUsize::new(0),
+        slow_consumers_closed: AtomicU64::new(0),
+    });
+
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on http_addr {}", config.http_addr))?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let mut servers = Vec::new();
+    let probe_interval = Duration::from_millis(config.upstream.probe_interval_ms);
+    let keep_for = Duration::from_millis(config.upstream.lag_ms_max * 2 + config.upstream.probe_interval_ms);
+    servers.push(tokio::spawn(pool.clone().probe_forever(probe_interval, keep_for)));
+    let slots = if config.upstream.redundant { 2 } else { 1 };
+    for slot in 0..slots {
+        let run =
+            upstream::run_slot(slot, pool.clone(), fanout.clone(), config.upstream.clone(), state.upstream.clone());
+        servers.push(tokio::spawn(run));
+        if slot == 0 && slots > 1 {
+            // Let the main slot pick first so the redundant one takes
+            // another region.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let router = crate::gateway::ws::router(state.clone());
+    let mut http_shutdown = shutdown_receiver.clone();
+    servers.push(tokio::spawn(async move {
+        let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "http server failed");
+        }
+    }));
+    let grpc_service = crate::gateway::grpc::GatewayGrpc { state: state.clone() };
+    let mut grpc_shutdown = shutdown_receiver;
+    servers.push(tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let serve = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(crate::pb::gateway_server::GatewayServer::new(grpc_service))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+            });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "grpc server failed");
+        }
+    }));
+    tracing::info!(region = %config.region, %http_addr, %grpc_addr, nodes = config.nodes.len(), redundant = config.upstream.redundant, "gateway serving");
+    Ok(RunningGateway { http_addr, grpc_addr, state, shutdown, servers })
+}

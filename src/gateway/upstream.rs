@@ -1,0 +1,279 @@
+//! Upstream: the gateway's Follow streams to replicas. One slot follows the
+//! best replica (its own region's when healthy, else the nearest); in
+//! redundant mode a second slot follows a replica in another region at the
+//! same time, and the fan-out dedupes by (space, seq).
+//!
+//! A slot gives its replica up when the stream breaks, when it is silent
+//! for `silence_ms_max` (no message and no progress), when it lags another
+//! replica for `lag_ms_max`, or when a nearer replica has been healthy for
+//! `home_healthy_ms_min`. It then follows the next best one, watching every
+//! space from the fan-out's cursor: nothing is skipped and the fan-out drops
+//! what it already had.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::gateway::config::UpstreamConfig;
+use crate::gateway::fanout::Fanout;
+use crate::gateway::nodes::NodePool;
+use crate::gateway::protocol::{ErrorCode, ServerEvent};
+use crate::pb;
+use crate::pb::follow_event::Event;
+
+/// What a slot is following now, for status.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SlotStatus {
+    pub slot: usize,
+    /// `region@addr` of the followed replica; empty while connecting.
+    pub node: String,
+    pub region: String,
+    pub connected: bool,
+    pub applied_index: u64,
+    /// Replica switches since start, and why the last one happened.
+    pub switches: u64,
+    pub last_switch_reason: String,
+}
+
+/// The slots' status, shared with the status page. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct UpstreamStatus {
+    slots: Arc<Mutex<HashMap<usize, SlotStatus>>>,
+}
+
+impl UpstreamStatus {
+    pub fn snapshot(&self) -> Vec<SlotStatus> {
+        let slots = self.slots.lock().expect("status lock");
+        let mut all: Vec<SlotStatus> = slots.values().cloned().collect();
+        all.sort_by_key(|slot| slot.slot);
+        all
+    }
+
+    fn update(&self, slot: usize, change: impl FnOnce(&mut SlotStatus)) {
+        let mut slots = self.slots.lock().expect("status lock");
+        let entry = slots.entry(slot).or_insert_with(|| SlotStatus { slot, ..Default::default() });
+        change(entry);
+    }
+
+    /// The node index each slot follows now.
+    fn followed(&self, pool: &NodePool) -> HashMap<usize, usize> {
+        let slots = self.slots.lock().expect("status lock");
+        slots
+            .iter()
+            .filter_map(|(slot, status)| {
+                let index = pool.nodes.iter().position(|node| format_node(node) == status.node)?;
+                Some((*slot, index))
+            })
+            .collect()
+    }
+}
+
+fn format_node(node: &crate::gateway::nodes::NodeInfo) -> String {
+    format!("{}@{}", node.endpoint.region, node.endpoint.addr)
+}
+
+/// Runs one upstream slot forever.
+pub async fn run_slot(slot: usize, pool: NodePool, fanout: Fanout, config: UpstreamConfig, status: UpstreamStatus) {
+    let mut switches = 0u64;
+    loop {
+        let index = choose(slot, &pool, &status);
+        let node = &pool.nodes[index];
+        let node_name = format_node(node);
+        status.update(slot, |one| {
+            one.node = node_name.clone();
+            one.region = node.endpoint.region.clone();
+            one.connected = false;
+        });
+        let reason = follow_once(slot, index, &pool, &fanout, &config, &status).await;
+        switches += 1;
+        tracing::info!(slot, node = %node_name, %reason, "upstream switch");
+        if reason.is_failure() {
+            pool.mark_failed(index);
+        }
+        status.update(slot, |one| {
+            one.connected = false;
+            one.switches = switches;
+            one.last_switch_reason = reason.to_string();
+        });
+        if reason.is_failure() {
+            // A short pause so a cluster with every replica down is not
+            // dialled in a tight loop; the next replica is tried right after.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The best replica for a slot: slot 0 takes the best; slot 1 (redundant
+/// mode) the best in a region slot 0 does not follow.
+fn choose(slot: usize, pool: &NodePool, status: &UpstreamStatus) -> usize {
+    let followed = status.followed(pool);
+    let others: Vec<usize> = followed.iter().filter(|(other, _)| **other != slot).map(|(_, index)| *index).collect();
+    let ranked = pool.ranked(&[]);
+    let other_regions: Vec<&str> = others.iter().map(|index| pool.nodes[*index].endpoint.region.as_str()).collect();
+    ranked
+        .iter()
+        .copied()
+        .find(|index| !others.contains(index) && !other_regions.contains(&pool.nodes[*index].endpoint.region.as_str()))
+        .or_else(|| ranked.iter().copied().find(|index| !others.contains(index)))
+        .unwrap_or(ranked[0])
+}
+
+#[derive(Debug)]
+enum SwitchReason {
+    ConnectFailed(String),
+    StreamEnded,
+    StreamError(String),
+    Silent(u64),
+    Lagging(u64),
+    GoingHome,
+}
+
+impl SwitchReason {
+    fn is_failure(&self) -> bool {
+        !matches!(self, SwitchReason::GoingHome)
+    }
+}
+
+impl std::fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SwitchReason::ConnectFailed(why) => write!(f, "connect failed: {why}"),
+            SwitchReason::StreamEnded => write!(f, "stream ended"),
+            SwitchReason::StreamError(why) => write!(f, "stream error: {why}"),
+            SwitchReason::Silent(ms) => write!(f, "silent for {ms} ms"),
+            SwitchReason::Lagging(applied) => write!(f, "lagging at applied index {applied}"),
+            SwitchReason::GoingHome => write!(f, "a nearer replica is healthy again"),
+        }
+    }
+}
+
+async fn follow_once(
+    slot: usize,
+    index: usize,
+    pool: &NodePool,
+    fanout: &Fanout,
+    config: &UpstreamConfig,
+    status: &UpstreamStatus,
+) -> SwitchReason {
+    let node = &pool.nodes[index];
+    let (requests, request_receiver) = mpsc::channel::<pb::FollowRequest>(1024);
+    let mut spaces_changed = fanout.spaces_changed();
+    spaces_changed.borrow_and_update();
+    // Watch every followed space from the fan-out's cursor before the call,
+    // so the replica starts sending at once.
+    let mut watched: HashMap<String, ()> = HashMap::new();
+    for (space, next_seq) in fanout.cursors() {
+        let _ = requests.try_send(watch_request(&space, next_seq));
+        watched.insert(space, ());
+    }
+    let mut client =
+        pb::client_client::ClientClient::new(node.channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
+    let connect = client.follow(tokio_stream::wrappers::ReceiverStream::new(request_receiver));
+    let response =
+        match tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms + config.silence_ms_max), connect)
+            .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(status)) => return SwitchReason::ConnectFailed(status.message().to_string()),
+            Err(_) => return SwitchReason::ConnectFailed("timed out".into()),
+        };
+    let mut events = response.into_inner();
+    status.update(slot, |one| one.connected = true);
+    let silence_max = Duration::from_millis(config.silence_ms_max);
+    let lag_max = Duration::from_millis(config.lag_ms_max);
+    let home_after = Duration::from_millis(config.home_healthy_ms_min);
+    let mut checks = tokio::time::interval(Duration::from_millis(config.probe_interval_ms));
+    let mut last_heard = Instant::now();
+    let mut applied_index = 0u64;
+    let mut lagging_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let event = match event {
+                    None => return SwitchReason::StreamEnded,
+                    Some(Err(status)) => return SwitchReason::StreamError(status.message().to_string()),
+                    Some(Ok(event)) => event,
+                };
+                last_heard = Instant::now();
+                match event.event {
+                    Some(Event::Watching(watching)) => fanout.on_watching(&watching),
+                    Some(Event::Messages(batch)) => {
+                        fanout.publish(batch.messages);
+                    }
+                    Some(Event::Ended(ended)) => {
+                        if ended.code == "trimmed" {
+                            // Retention overtook the cursor: follow again
+                            // from the first retained seq; the fan-out treats
+                            // the jump as a discontinuity.
+                            let _ = requests.try_send(watch_request(&ended.space, ended.first_seq.max(1)));
+                        } else {
+                            watched.remove(&ended.space);
+                            let code = if ended.code == "unknown_space" { ErrorCode::UnknownSpace } else { ErrorCode::Internal };
+                            let event = ServerEvent::error(None, Some(&ended.space), code, ended.message);
+                            fanout.on_ended(&ended.space, event);
+                        }
+                    }
+                    Some(Event::Progress(progress)) => {
+                        applied_index = progress.applied_index;
+                        status.update(slot, |one| one.applied_index = applied_index);
+                    }
+                    None => {}
+                }
+            }
+            changed = spaces_changed.changed() => {
+                if changed.is_err() {
+                    return SwitchReason::StreamEnded;
+                }
+                let cursors = fanout.cursors();
+                let current: HashMap<String, u64> = cursors.into_iter().collect();
+                for (space, next_seq) in &current {
+                    if !watched.contains_key(space) {
+                        watched.insert(space.clone(), ());
+                        if requests.send(watch_request(space, *next_seq)).await.is_err() {
+                            return SwitchReason::StreamEnded;
+                        }
+                    }
+                }
+                let gone: Vec<String> = watched.keys().filter(|space| !current.contains_key(*space)).cloned().collect();
+                for space in gone {
+                    watched.remove(&space);
+                    let unwatch = pb::FollowRequest {
+                        request: Some(pb::follow_request::Request::Unwatch(pb::Unwatch { space })),
+                    };
+                    if requests.send(unwatch).await.is_err() {
+                        return SwitchReason::StreamEnded;
+                    }
+                }
+            }
+            _ = checks.tick() => {
+                let silent_for = last_heard.elapsed();
+                if silent_for >= silence_max {
+                    return SwitchReason::Silent(silent_for.as_millis() as u64);
+                }
+                if pool.is_lagging(applied_index, lag_max) {
+                    let since = *lagging_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= lag_max.min(Duration::from_millis(config.probe_interval_ms * 2)) {
+                        return SwitchReason::Lagging(applied_index);
+                    }
+                } else {
+                    lagging_since = None;
+                }
+                // Only the main slot moves home; a redundant slot follows
+                // another region on purpose.
+                if slot == 0 && pool.nearer_is_healthy(node.distance, home_after) {
+                    return SwitchReason::GoingHome;
+                }
+            }
+        }
+    }
+}
+
+fn watch_request(space: &str, next_seq: u64) -> pb::FollowRequest {
+    pb::FollowRequest {
+        request: Some(pb::follow_request::Request::Watch(pb::Watch { space: space.to_string(), next_seq })),
+    }
+}

@@ -1,0 +1,196 @@
+//! The gateway's HTTP side (axum): the chat page, the WebSocket endpoint
+//! `/v1/ws` speaking the JSON protocol of docs/protocol.md, `/v1/status`
+//! and `/healthz`.
+//!
+//! Each connection has a reader (this task: frames in, requests to the
+//! session), a session task, and a writer task that drains the client's
+//! bounded queue into the socket, several frames per flush. When the gateway
+//! decides to close a client (protocol error, slow consumer, shutdown) the
+//! writer sends the close frame after what is already written; a writer
+//! stuck on a client that reads nothing is dropped after `close_wait_ms_max`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::gateway::fanout::{ClientEnds, Outbound};
+use crate::gateway::protocol::{parse_request, ClientRequest, CloseReason};
+use crate::gateway::server::GatewayState;
+use crate::gateway::session::Session;
+use crate::space::validate;
+
+const INDEX_HTML: &str = include_str!("web/index.html");
+const APP_JS: &str = include_str!("web/app.js");
+const STYLE_CSS: &str = include_str!("web/style.css");
+
+/// Frames written per flush at most: a fan-out burst goes out in few
+/// syscalls, and a flush still happens often enough to bound latency.
+const FRAMES_PER_FLUSH_MAX: usize = 64;
+/// Requests parsed ahead of the session.
+const REQUESTS_AHEAD_LEN_MAX: usize = 64;
+
+pub fn router(state: Arc<GatewayState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML) }))
+        .route("/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS) }))
+        .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        .route("/v1/ws", get(upgrade))
+        .with_state(state)
+}
+
+async fn status(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
+    Json(state.status())
+}
+
+async fn upgrade(State(state): State<Arc<GatewayState>>, upgrade: WebSocketUpgrade) -> Response {
+    if state.is_full() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "gateway is full; try another\n").into_response();
+    }
+    let frame_bytes_max = state.shared.config.clients.frame_bytes_max;
+    upgrade
+        .max_message_size(frame_bytes_max)
+        .max_frame_size(frame_bytes_max)
+        .on_upgrade(move |socket| serve_socket(state, socket))
+}
+
+fn close_message(reason: &CloseReason) -> Message {
+    Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(reason.text()) }))
+}
+
+/// Waits for the `hello` frame.
+async fn read_hello(socket: &mut WebSocket, wait: Duration) -> Result<ClientRequest, CloseReason> {
+    let frame = match tokio::time::timeout(wait, socket.next()).await {
+        Err(_) => return Err(CloseReason::Protocol("no hello in time".into())),
+        Ok(None) | Ok(Some(Err(_))) => return Err(CloseReason::Protocol("connection ended before hello".into())),
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let Message::Text(text) = frame else {
+        return Err(CloseReason::Protocol("the first frame must be a hello text frame".into()));
+    };
+    match parse_request(&text) {
+        Ok(hello @ ClientRequest::Hello { .. }) => Ok(hello),
+        Ok(_) => Err(CloseReason::Protocol("the first frame must be hello".into())),
+        Err(why) => Err(CloseReason::Protocol(why)),
+    }
+}
+
+async fn serve_socket(state: Arc<GatewayState>, mut socket: WebSocket) {
+    let clients = &state.shared.config.clients;
+    let hello = match read_hello(&mut socket, Duration::from_millis(clients.hello_wait_ms_max)).await {
+        Ok(hello) => hello,
+        Err(reason) => {
+            let _ = socket.send(close_message(&reason)).await;
+            return;
+        }
+    };
+    let ClientRequest::Hello { user, cursors } = hello else { unreachable!("read_hello returns a hello") };
+    if let Err(error) = validate::check_name("user name", &user, &validate::Limits::default()) {
+        let _ = socket.send(close_message(&CloseReason::Protocol(error.to_string()))).await;
+        return;
+    }
+    let Some((client, ends)) = state.admit(user) else {
+        let _ = socket.send(close_message(&CloseReason::GoingAway)).await;
+        return;
+    };
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_frames(sink, ends));
+    let (requests, requests_receiver) = mpsc::channel(REQUESTS_AHEAD_LEN_MAX);
+    let session = tokio::spawn(Session::new(state.shared.clone(), client.clone()).run(cursors, requests_receiver));
+    let mut close_requested = client.close_requested();
+    let client_left = loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => match parse_request(&text) {
+                    Ok(request) => {
+                        if requests.send(request).await.is_err() {
+                            break true;
+                        }
+                    }
+                    Err(why) => {
+                        client.close(CloseReason::Protocol(why));
+                        break false;
+                    }
+                },
+                Some(Ok(Message::Binary(_))) => {
+                    client.close(CloseReason::Protocol("binary frames are not part of the protocol".into()));
+                    break false;
+                }
+                Some(Ok(Message::Close(_))) | None => break true,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    if error.to_string().contains("too long") || error.to_string().contains("Space limit") {
+                        client.close(CloseReason::TooBig);
+                        break false;
+                    }
+                    break true;
+                }
+            },
+            _ = crate::gateway::fanout::close_decided(&mut close_requested) => break false,
+        }
+    };
+    drop(requests);
+    if client_left {
+        writer.abort();
+    } else {
+        // Let the writer get the close frame out after what it already
+        // wrote, but not wait forever on a client that reads nothing.
+        let wait = Duration::from_millis(clients.close_wait_ms_max);
+        if tokio::time::timeout(wait, &mut writer).await.is_err() {
+            writer.abort();
+        }
+    }
+    let reason = close_requested.borrow().clone();
+    state.leave(&client, reason.as_ref());
+    let _ = session.await;
+}
+
+/// Drains a client's queue into its socket; on a close request, sends the
+/// close frame and ends.
+async fn write_frames(mut sink: futures::stream::SplitSink<WebSocket, Message>, ends: ClientEnds) {
+    let ClientEnds { mut queue, mut close } = ends;
+    loop {
+        let closing = close.borrow_and_update().clone();
+        if let Some(reason) = closing {
+            let _ = sink.send(close_message(&reason)).await;
+            return;
+        }
+        tokio::select! {
+            biased;
+            changed = close.changed() => if changed.is_err() { return },
+            item = queue.recv() => {
+                let Some(item) = item else { return };
+                if sink.feed(frame(item)).await.is_err() {
+                    return;
+                }
+                let mut written = 1;
+                while written < FRAMES_PER_FLUSH_MAX {
+                    let Ok(item) = queue.try_recv() else { break };
+                    if sink.feed(frame(item)).await.is_err() {
+                        return;
+                    }
+                    written += 1;
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn frame(item: Outbound) -> Message {
+    match item {
+        Outbound::Deliver(delivery) => Message::Text(delivery.json.clone()),
+        Outbound::Event(event) => Message::Text(Utf8Bytes::from(event.to_json())),
+    }
+}

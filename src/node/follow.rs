@@ -1,0 +1,260 @@
+//! The `Follow` stream a gateway opens on a replica: many spaces of one
+//! space cluster over one stream, each with its own cursor.
+//!
+//! Invariant: for every watched space the messages sent are exactly the
+//! committed seqs from the cursor on, in order, once each. A read that finds
+//! fewer messages than the space record promises (a gap: a restore in
+//! progress) stops before the gap and looks again after the next apply.
+//! A progress event goes out at a fixed interval whatever happens, so the
+//! gateway can tell a dead or lagging replica from an idle space.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::error::ApiError;
+use crate::node::group::Group;
+use crate::pb;
+use crate::pb::follow_event::Event;
+use crate::storage::state_machine::SpaceReader;
+
+/// Messages read per space per step, and per batch event at most.
+const FOLLOW_READ_LEN: usize = 512;
+
+type EventSender = mpsc::Sender<Result<pb::FollowEvent, Status>>;
+
+/// What one follow session needs to know about where it runs.
+pub struct FollowContext {
+    pub node_id: u64,
+    pub region: String,
+    pub group: Arc<Group>,
+    pub progress_interval: Duration,
+}
+
+/// A watched space's cursor: the next seq to send.
+type Cursors = BTreeMap<String, u64>;
+
+/// Serves one follow stream until the gateway hangs up.
+pub async fn serve(
+    context: FollowContext,
+    mut requests: impl futures::Stream<Item = Result<pb::FollowRequest, Status>> + Unpin + Send,
+    sender: EventSender,
+) {
+    let reader = context.group.reader.clone();
+    let mut applied = reader.applied.clone();
+    let mut cursors = Cursors::new();
+    let mut progress = tokio::time::interval(context.progress_interval);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether the last pump stopped at its length bound, or a watch was added,
+    // so it must run again without waiting for a new apply.
+    let mut more = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = sender.closed() => return,
+            request = requests.next() => {
+                let Some(Ok(request)) = request else { return };
+                match request.request {
+                    Some(pb::follow_request::Request::Watch(watch)) => {
+                        match start_watch(&reader, &watch).await {
+                            Ok((next_seq, event)) => {
+                                cursors.insert(watch.space, next_seq);
+                                if sender.send(Ok(event)).await.is_err() {
+                                    return;
+                                }
+                                more = true;
+                            }
+                            Err(event) => {
+                                cursors.remove(&watch.space);
+                                if sender.send(Ok(event)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Some(pb::follow_request::Request::Unwatch(unwatch)) => {
+                        cursors.remove(&unwatch.space);
+                    }
+                    None => {}
+                }
+            }
+            _ = progress.tick() => {
+                let (applied_index, has_leader) = {
+                    let metrics = context.group.raft.metrics();
+                    let current = metrics.borrow_watched();
+                    (current.last_applied.as_ref().map(|id| id.index()).unwrap_or(0), current.current_leader.is_some())
+                };
+                let event = pb::FollowEvent {
+                    event: Some(Event::Progress(pb::Progress {
+                        node_id: context.node_id,
+                        region: context.region.clone(),
+                        applied_index,
+                        has_leader,
+                    })),
+                };
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            changed = applied.changed(), if !more => {
+                if changed.is_err() {
+                    return;
+                }
+                more = true;
+            }
+            _ = std::future::ready(()), if more => {
+                applied.borrow_and_update();
+                match pump(&reader, &mut cursors, &sender).await {
+                    Ok(again) => more = again,
+                    Err(()) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Answers a watch: where delivery starts, or why it cannot.
+async fn start_watch(reader: &SpaceReader, watch: &pb::Watch) -> Result<(u64, pb::FollowEvent), pb::FollowEvent> {
+    let record = {
+        let (reader, space) = (reader.clone(), watch.space.clone());
+        off_runtime(move || reader.space(&space)).await
+    };
+    let record = match record {
+        Ok(Some(record)) => record,
+        Ok(None) => return Err(ended(&watch.space, "unknown_space", "space does not exist", 0)),
+        Err(error) => return Err(ended(&watch.space, "internal", &error.to_string(), 0)),
+    };
+    let (next_seq, resumed) = match watch.next_seq {
+        0 => (record.last_seq + 1, true),
+        wanted if wanted < record.first_seq => (record.first_seq, false),
+        wanted => (wanted, true),
+    };
+    let space = pb::SpaceInfo {
+        name: record.name,
+        members: record.members.into_iter().collect(),
+        attrs: record.attrs.into_iter().collect(),
+        cluster_id: 0,
+        first_seq: record.first_seq,
+        last_seq: record.last_seq,
+    };
+    let event =
+        pb::FollowEvent { event: Some(Event::Watching(pb::Watching { space: Some(space), next_seq, resumed })) };
+    Ok((next_seq, event))
+}
+
+fn ended(space: &str, code: &str, message: &str, first_seq: u64) -> pb::FollowEvent {
+    pb::FollowEvent {
+        event: Some(Event::Ended(pb::WatchEnded {
+            space: space.to_string(),
+            code: code.to_string(),
+            message: message.to_string(),
+            first_seq,
+        })),
+    }
+}
+
+/// What one read step found for one space.
+enum Step {
+    Messages(Vec<pb::Message>, bool),
+    Ended(pb::FollowEvent),
+}
+
+/// Sends what was committed past every cursor. Returns whether more is
+/// readable right away (a read stopped at its length bound), Err when the
+/// gateway left.
+async fn pump(reader: &SpaceReader, cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
+    let wanted: Vec<(String, u64)> = cursors.iter().map(|(space, next)| (space.clone(), *next)).collect();
+    let steps = {
+        let reader = reader.clone();
+        off_runtime(move || Ok(read_step(&reader, wanted))).await
+    };
+    let Ok(steps) = steps else { return Err(()) };
+    let mut more = false;
+    let mut batch = Vec::new();
+    for (space, step) in steps {
+        match step {
+            Step::Messages(messages, full) => {
+                more |= full;
+                if let Some(last) = messages.last() {
+                    let next = cursors.get_mut(&space).expect("cursor of a read space");
+                    debug_assert_eq!(messages[0].seq, *next, "follow must not skip or repeat a seq");
+                    *next = last.seq + 1;
+                }
+                batch.extend(messages);
+                if batch.len() >= FOLLOW_READ_LEN {
+                    send_batch(sender, &mut batch).await?;
+                }
+            }
+            Step::Ended(event) => {
+                cursors.remove(&space);
+                send_batch(sender, &mut batch).await?;
+                sender.send(Ok(event)).await.map_err(|_| ())?;
+            }
+        }
+    }
+    send_batch(sender, &mut batch).await?;
+    Ok(more)
+}
+
+async fn send_batch(sender: &EventSender, batch: &mut Vec<pb::Message>) -> Result<(), ()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let messages = std::mem::take(batch);
+    let event = pb::FollowEvent { event: Some(Event::Messages(pb::MessageBatch { messages })) };
+    sender.send(Ok(event)).await.map_err(|_| ())
+}
+
+/// Reads, for each (space, next seq), what is committed from there (up to
+/// [`FOLLOW_READ_LEN`]), and whether more is readable now.
+fn read_step(reader: &SpaceReader, wanted: Vec<(String, u64)>) -> Vec<(String, Step)> {
+    let mut steps = Vec::with_capacity(wanted.len());
+    for (space, next_seq) in wanted {
+        let record = match reader.space(&space) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let event = ended(&space, "unknown_space", "space does not exist", 0);
+                steps.push((space, Step::Ended(event)));
+                continue;
+            }
+            Err(error) => {
+                let event = ended(&space, "internal", &error.to_string(), 0);
+                steps.push((space, Step::Ended(event)));
+                continue;
+            }
+        };
+        if record.last_seq < next_seq {
+            continue;
+        }
+        if next_seq < record.first_seq {
+            let message = ApiError::Trimmed { space: space.clone(), from_seq: next_seq, first_seq: record.first_seq };
+            let event = ended(&space, "trimmed", &message.to_string(), record.first_seq);
+            steps.push((space, Step::Ended(event)));
+            continue;
+        }
+        match reader.messages(&space, next_seq, record.last_seq, FOLLOW_READ_LEN) {
+            Ok(messages) => {
+                // A full read may have left more behind: read again now. A
+                // short read before last_seq is a gap: wait for the next apply.
+                let full = messages.len() == FOLLOW_READ_LEN;
+                steps.push((space, Step::Messages(messages, full)));
+            }
+            Err(error) => {
+                let event = ended(&space, "internal", &error.to_string(), 0);
+                steps.push((space, Step::Ended(event)));
+            }
+        }
+    }
+    steps
+}
+
+async fn off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(read).await.map_err(|e| ApiError::Internal(format!("read task failed: {e}")))?
+}
