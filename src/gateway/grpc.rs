@@ -177,11 +177,12 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
             }
             drop(requests);
             let reason = close_requested.borrow().clone();
+            state.closing(reason.as_ref());
             if reason.is_none() {
                 // The client hung up: end its event stream too.
                 session_client.close(CloseReason::GoingAway);
             }
-            state.leave(&session_client, reason.as_ref());
+            state.leave(&session_client);
             let _ = session.await;
         });
         Ok(Response::new(events(ends)))

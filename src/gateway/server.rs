@@ -52,12 +52,17 @@ impl GatewayState {
         self.connections.load(Ordering::SeqCst) >= self.shared.config.clients.connections_max
     }
 
-    pub fn leave(&self, client: &ClientHandle, reason: Option<&CloseReason>) {
-        if self.clients.lock().expect("clients lock").remove(&client.id).is_some() {
-            self.connections.fetch_sub(1, Ordering::SeqCst);
-        }
+    /// Counts a close the gateway decided, when it is decided (the close
+    /// frame may take a while to reach a client that reads nothing).
+    pub fn closing(&self, reason: Option<&CloseReason>) {
         if reason == Some(&CloseReason::SlowConsumer) {
             self.slow_consumers_closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn leave(&self, client: &ClientHandle) {
+        if self.clients.lock().expect("clients lock").remove(&client.id).is_some() {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

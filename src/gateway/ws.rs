@@ -139,6 +139,8 @@ async fn serve_socket(state: Arc<GatewayState>, mut socket: WebSocket) {
         }
     };
     drop(requests);
+    let reason = close_requested.borrow().clone();
+    state.closing(reason.as_ref());
     if client_left {
         writer.abort();
     } else {
@@ -149,8 +151,7 @@ async fn serve_socket(state: Arc<GatewayState>, mut socket: WebSocket) {
             writer.abort();
         }
     }
-    let reason = close_requested.borrow().clone();
-    state.leave(&client, reason.as_ref());
+    state.leave(&client);
     let _ = session.await;
 }
 

@@ -263,7 +263,7 @@ pub async fn full_history(cluster: &TestCluster, node: u64, space: &str) -> Vec<
                 space: space.into(),
                 user: String::new(),
                 from_seq,
-                limit: 1000,
+                limit: 100,
                 linearizable: false,
             })
             .await

@@ -1,0 +1,215 @@
+//! Gateways across failures: the replica a gateway follows is SIGKILLed,
+//! then a whole region (node and gateway); a slow client is closed without
+//! slowing the others. Every client must end with every message of its
+//! spaces exactly once, in order.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::gateway::{next_json, ws_hello, Recorder, TEST_UPSTREAM};
+use common::{create_space, full_history, TestCluster};
+use spaceraft::pb;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Posts with an idempotency key, retrying on any node until acknowledged.
+async fn post_until_acked(addrs: &[String], space: &str, body: &str, key: &str) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let mut attempt = 0;
+    loop {
+        let addr = &addrs[attempt % addrs.len()];
+        attempt += 1;
+        if let Ok(channel) = common::try_connect(addr).await {
+            let mut client = pb::client_client::ClientClient::new(channel);
+            let request = pb::PostRequest {
+                space: space.into(),
+                author: "poster".into(),
+                body: body.into(),
+                idempotency_key: key.into(),
+            };
+            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), client.post(request)).await {
+                return response.into_inner().seq;
+            }
+        }
+        assert!(Instant::now() < deadline, "post {key} not acknowledged within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node index (1-based) a gateway's main upstream follows now.
+async fn followed_node(cluster: &TestCluster, gateway: usize) -> Option<u64> {
+    let status = cluster.gateway_status(gateway).await?;
+    let slot = &status["upstreams"][0];
+    if slot["connected"] != true {
+        return None;
+    }
+    let addr = slot["node"].as_str()?.split_once('@')?.1.to_string();
+    cluster.nodes.iter().find(|node| node.addr == addr).map(|node| node.id)
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_keep_receiving_when_the_followed_node_and_then_a_region_die() {
+    let mut cluster = TestCluster::start().await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    let users = ["u0", "u1", "u2", "u3", "poster"];
+    create_space(&cluster, 1, "a", &users).await;
+    create_space(&cluster, 1, "b", &users).await;
+    let urls: Vec<String> = cluster.gateways.iter().map(|g| g.ws_url()).collect();
+    let rotate = |first: usize| -> Vec<String> { (0..3).map(|i| urls[(first + i) % 3].clone()).collect() };
+    let recorders = [
+        Recorder::start("u0", &["a", "b"], rotate(0)),
+        Recorder::start("u1", &["a", "b"], rotate(1)),
+        Recorder::start("u2", &["a", "b"], rotate(2)),
+        Recorder::start("u3", &["a"], rotate(1)),
+    ];
+
+    // --- phase: a steady stream of posts to both spaces
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = {
+        let (acked, stop, addrs) = (acked.clone(), stop.clone(), addrs.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let space = if n % 2 == 0 { "a" } else { "b" };
+                let body = format!("post {n}");
+                let seq = post_until_acked(&addrs, space, &body, &format!("key-{n}")).await;
+                acked.lock().unwrap().push((space.to_string(), seq, body));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let acked_len = || acked.lock().unwrap().len();
+    wait_until("40 posts acknowledged", || async { acked_len() >= 40 }).await;
+
+    // --- phase: SIGKILL the node the us-east gateway follows
+    let followed = followed_node(&cluster, 0).await.expect("us-east gateway follows a node");
+    cluster.kill_node(followed);
+    wait_until("the us-east gateway follows another node", || async {
+        followed_node(&cluster, 0).await.is_some_and(|node| node != followed)
+    })
+    .await;
+    let before = acked_len();
+    wait_until("40 more posts acknowledged", || async { acked_len() >= before + 40 }).await;
+
+    // --- phase: bring it back, then SIGKILL the whole eu-west region
+    cluster.start_node(followed);
+    cluster.kill_node(2);
+    cluster.kill_gateway(1);
+    let before = acked_len();
+    wait_until("40 more posts acknowledged without eu-west", || async { acked_len() >= before + 40 }).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    poster.await.unwrap();
+
+    // --- phase: every acknowledged post is in the history, every client has it all
+    let survivor = if followed == 3 { 1 } else { 3 };
+    let acked = acked.lock().unwrap().clone();
+    for space in ["a", "b"] {
+        let acked_max = acked.iter().filter(|(s, _, _)| s == space).map(|(_, seq, _)| *seq).max().unwrap();
+        let deadline = Instant::now() + WAIT;
+        let history = loop {
+            let history = full_history(&cluster, survivor, space).await;
+            if history.len() as u64 >= acked_max {
+                break history;
+            }
+            assert!(Instant::now() < deadline, "the survivor did not apply {space}/{acked_max} within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for (_, seq, body) in acked.iter().filter(|(s, _, _)| s == space) {
+            assert_eq!(&history[*seq as usize - 1].body, body, "acknowledged post at {space}/{seq} lost or changed");
+        }
+        let last = history.len() as u64;
+        for recorder in recorders.iter().filter(|r| r.user != "u3" || space == "a") {
+            recorder.wait_for(space, last, WAIT).await;
+            recorder.assert_exactly(space, last);
+        }
+    }
+    let u1 = recorders[1].seen.lock().unwrap();
+    assert!(u1.connects >= 2, "the eu-west client reconnected elsewhere (connects {})", u1.connects);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_client_is_closed_with_4008_and_the_others_keep_up() {
+    let mut cluster = TestCluster::start().await;
+    let config = format!("{TEST_UPSTREAM}[clients]\nsend_queue_len_max = 64\nclose_wait_ms_max = 30000\n");
+    cluster.start_gateways(&config).await;
+    create_space(&cluster, 1, "big", &["fast1", "fast2", "slow", "poster"]).await;
+    let url = cluster.gateways[0].ws_url();
+    let fast =
+        [Recorder::start("fast1", &["big"], vec![url.clone()]), Recorder::start("fast2", &["big"], vec![url.clone()])];
+    // The slow client subscribes, then reads nothing.
+    let cursors = BTreeMap::from([("big".to_string(), 0u64)]);
+    let (mut slow, _) = ws_hello(&url, "slow", &cursors).await.unwrap();
+
+    // --- phase: 32 MiB of posts, more than socket buffers and the queue hold
+    let total = 1_000u64;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    let body = "x".repeat(32 * 1024);
+    let mut posters = Vec::new();
+    for worker in 0..8u64 {
+        let (addrs, body) = (addrs.clone(), body.clone());
+        posters.push(tokio::spawn(async move {
+            for n in (worker..total).step_by(8) {
+                post_until_acked(&addrs, "big", &body, &format!("k{n}")).await;
+            }
+        }));
+    }
+    for poster in posters {
+        poster.await.unwrap();
+    }
+
+    // --- phase: the fast clients got everything; the slow one was closed
+    for client in &fast {
+        client.wait_for("big", total, WAIT).await;
+        client.assert_exactly("big", total);
+    }
+    wait_until("the gateway closed the slow consumer", || async {
+        cluster.gateway_status(0).await.is_some_and(|status| status["slow_consumers_closed"] == 1)
+    })
+    .await;
+    for client in &fast {
+        assert_eq!(client.seen.lock().unwrap().connects, 1, "a fast client was disconnected");
+    }
+
+    // --- phase: the slow client reads what was sent, then the 4008 close
+    let mut seqs = Vec::new();
+    let close = loop {
+        match next_json(&mut slow, WAIT).await {
+            Ok(event) if event["type"] == "message" => seqs.push(event["seq"].as_u64().unwrap()),
+            Ok(_) => {}
+            Err(why) => break why,
+        }
+    };
+    assert!(close.starts_with("closed 4008"), "slow client closed with {close}");
+    assert!((seqs.len() as u64) < total, "the slow client was closed before the end");
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "a prefix, in order");
+
+    // --- phase: it resumes from its cursor and misses nothing
+    let cursors = BTreeMap::from([("big".to_string(), seqs.len() as u64)]);
+    let (mut resumed, _) = ws_hello(&url, "slow", &cursors).await.unwrap();
+    while (seqs.len() as u64) < total {
+        let event = next_json(&mut resumed, WAIT).await.unwrap();
+        if event["type"] == "message" {
+            seqs.push(event["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    assert_eq!(full_history(&cluster, 1, "big").await.len() as u64, total);
+}
