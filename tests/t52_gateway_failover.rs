@@ -88,7 +88,7 @@ async fn clients_keep_receiving_when_the_followed_node_and_then_a_region_die() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
-                let space = if n % 2 == 0 { "a" } else { "b" };
+                let space = if n.is_multiple_of(2) { "a" } else { "b" };
                 let body = format!("post {n}");
                 let seq = post_until_acked(&addrs, space, &body, &format!("key-{n}")).await;
                 acked.lock().unwrap().push((space.to_string(), seq, body));
