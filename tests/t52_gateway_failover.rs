@@ -213,3 +213,87 @@ async fn a_slow_client_is_closed_with_4008_and_the_others_keep_up() {
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
     assert_eq!(full_history(&cluster, 1, "big").await.len() as u64, total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redundant_gateway_delivers_through_its_second_upstream_without_switching() {
+    let mut cluster = TestCluster::start().await;
+    // Silence is detected only after 60 s: any delivery while the main
+    // upstream's node is frozen came through the second upstream.
+    let config = TEST_UPSTREAM
+        .replace("silence_ms_max = 1000", "silence_ms_max = 60000")
+        .replace("lag_ms_max = 2000", "lag_ms_max = 60000")
+        + "redundant = true\n";
+    cluster.start_gateways(&config).await;
+    create_space(&cluster, 1, "r", &["reader", "poster"]).await;
+    let status = cluster.gateway_status(0).await.unwrap();
+    let regions: Vec<&str> =
+        status["upstreams"].as_array().unwrap().iter().map(|slot| slot["region"].as_str().unwrap()).collect();
+    assert_eq!(regions.len(), 2, "{status}");
+    assert_ne!(regions[0], regions[1], "the two upstreams are in different regions");
+    let reader = Recorder::start("reader", &["r"], vec![cluster.gateways[0].ws_url()]);
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    for n in 1..=20 {
+        post_until_acked(&addrs, "r", &format!("before {n}"), &format!("b{n}")).await;
+    }
+    reader.wait_for("r", 20, WAIT).await;
+
+    // --- phase: freeze the main upstream's node (no FIN, no RST: a dead region)
+    let frozen = followed_node(&cluster, 0).await.expect("main upstream");
+    cluster.signal_node(frozen, "STOP");
+    let others: Vec<String> = cluster.nodes.iter().filter(|n| n.id != frozen).map(|n| n.addr.clone()).collect();
+    let mut last = 20;
+    for n in 1..=20 {
+        last = post_until_acked(&others, "r", &format!("during {n}"), &format!("d{n}")).await;
+    }
+    reader.wait_for("r", last, WAIT).await;
+    let status = cluster.gateway_status(0).await.unwrap();
+    assert_eq!(status["upstreams"][0]["switches"], 0, "delivered without a switch: {status}");
+    cluster.signal_node(frozen, "CONT");
+    reader.assert_exactly("r", last);
+    assert_eq!(reader.seen.lock().unwrap().connects, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_absorbs_the_reconnect_storm_of_a_dead_peer() {
+    let mut cluster = TestCluster::start().await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    let clients_per_gateway = 100;
+    let mut members: Vec<String> = (0..2 * clients_per_gateway).map(|i| format!("user{i}")).collect();
+    members.push("poster".into());
+    let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_space(&cluster, 1, "storm", &member_refs).await;
+    let (us_east, eu_west) = (cluster.gateways[0].ws_url(), cluster.gateways[1].ws_url());
+    let own: Vec<Recorder> = (0..clients_per_gateway)
+        .map(|i| Recorder::start(&format!("user{i}"), &["storm"], vec![us_east.clone()]))
+        .collect();
+    let peers: Vec<Recorder> = (clients_per_gateway..2 * clients_per_gateway)
+        .map(|i| Recorder::start(&format!("user{i}"), &["storm"], vec![eu_west.clone(), us_east.clone()]))
+        .collect();
+    wait_until("every client connected", || async {
+        own.iter().chain(&peers).all(|client| client.seen.lock().unwrap().connects == 1)
+    })
+    .await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    for n in 1..=30 {
+        post_until_acked(&addrs, "storm", &format!("before {n}"), &format!("b{n}")).await;
+    }
+
+    // --- phase: the eu-west gateway dies; its clients all come to us-east
+    cluster.kill_gateway(1);
+    let mut last = 0;
+    for n in 1..=30 {
+        last = post_until_acked(&addrs, "storm", &format!("after {n}"), &format!("a{n}")).await;
+    }
+    for client in own.iter().chain(&peers) {
+        client.wait_for("storm", last, WAIT).await;
+        client.assert_exactly("storm", last);
+    }
+    for client in &own {
+        assert_eq!(client.seen.lock().unwrap().connects, 1, "{} was dropped by its own gateway", client.user);
+    }
+    for client in &peers {
+        assert_eq!(client.seen.lock().unwrap().connects, 2, "{} reconnected once", client.user);
+    }
+    let status = cluster.gateway_status(0).await.unwrap();
+    assert_eq!(status["clients"], 2 * clients_per_gateway as u64, "{status}");
+}

@@ -160,13 +160,15 @@ async fn follow_once(
     status: &UpstreamStatus,
 ) -> SwitchReason {
     let node = &pool.nodes[index];
-    let (requests, request_receiver) = mpsc::channel::<pb::FollowRequest>(1024);
     let mut spaces_changed = fanout.spaces_changed();
     spaces_changed.borrow_and_update();
+    let cursors = fanout.cursors();
+    // Room for every initial watch plus the changes that follow.
+    let (requests, request_receiver) = mpsc::channel::<pb::FollowRequest>(cursors.len() + 1024);
     // Watch every followed space from the fan-out's cursor before the call,
     // so the replica starts sending at once.
     let mut watched: HashMap<String, ()> = HashMap::new();
-    for (space, next_seq) in fanout.cursors() {
+    for (space, next_seq) in cursors {
         let _ = requests.try_send(watch_request(&space, next_seq));
         watched.insert(space, ());
     }

@@ -156,6 +156,13 @@ impl TestCluster {
         }
     }
 
+    /// Sends a signal (e.g. "STOP", "CONT") to a running node.
+    pub fn signal_node(&self, id: u64, signal: &str) {
+        let pid = self.node(id).process.as_ref().expect("node is running").id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub fn node_log(&self, id: u64) -> String {
         std::fs::read_to_string(self.node(id).data_dir.with_extension("log")).unwrap_or_default()
     }
