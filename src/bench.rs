@@ -3,7 +3,10 @@
 //! `bench post` runs N concurrent clients for S seconds, each posting
 //! BYTES-byte messages with idempotency keys to a fresh space, one request
 //! at a time per client, and prints throughput and commit latency
-//! percentiles (HdrHistogram, microseconds).
+//! percentiles (HdrHistogram, microseconds). `bench failover` ([`failover`])
+//! measures delivery through a gateway across the loss of its upstream.
+
+pub mod failover;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

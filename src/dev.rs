@@ -167,7 +167,7 @@ pub fn prepare_gateways(
     Ok(gateways)
 }
 
-fn spawn_process(exe: &Path, role: &str, config: &Path, log_path: &Path) -> anyhow::Result<tokio::process::Child> {
+pub fn spawn_process(exe: &Path, role: &str, config: &Path, log_path: &Path) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
     tokio::process::Command::new(exe)
         .arg(role)

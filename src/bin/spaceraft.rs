@@ -33,6 +33,15 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Delivery latency through a gateway across the loss of the replica it
+    /// follows, with one upstream and with two (starts its own clusters).
+    Failover {
+        #[command(flatten)]
+        args: spaceraft::bench::failover::FailoverBenchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Concurrent posters; throughput and commit latency.
     Post {
         #[command(flatten)]
@@ -101,6 +110,15 @@ fn main() -> ExitCode {
             Command::Node(args) => run_node(args).await,
             Command::Gateway(args) => run_gateway(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
+            Command::Bench(BenchCommand::Failover { args, json }) => {
+                let report = spaceraft::bench::failover::failover(args).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    spaceraft::bench::failover::print_failover_report(&report);
+                }
+                Ok(())
+            }
             Command::Bench(BenchCommand::Post { args, json }) => {
                 let report = spaceraft::bench::post(args).await?;
                 if json {

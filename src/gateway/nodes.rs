@@ -76,6 +76,14 @@ impl NodePool {
         self.health.lock().expect("health lock")[index].clone()
     }
 
+    /// Sets what the probes said, for tests of the choice of replica.
+    #[cfg(test)]
+    pub fn set_health(&self, index: usize, healthy: bool, healthy_since: Option<Instant>) {
+        let mut health = self.health.lock().expect("health lock");
+        health[index].healthy = healthy;
+        health[index].healthy_since = healthy_since;
+    }
+
     pub fn mark_failed(&self, index: usize) {
         let mut health = self.health.lock().expect("health lock");
         health[index].failed_at = Some(Instant::now());
@@ -96,18 +104,15 @@ impl NodePool {
         indexes
     }
 
-    /// Whether a replica in a region nearer than `distance` has been healthy
-    /// for `healthy_for` and is not cooling down after a failure.
-    pub fn nearer_is_healthy(&self, distance: usize, healthy_for: Duration) -> bool {
+    /// Whether a node has been healthy for `healthy_for` and is not cooling
+    /// down after a failure.
+    pub fn healthy_for(&self, index: usize, healthy_for: Duration) -> bool {
         let health = self.health.lock().expect("health lock");
         let now = Instant::now();
-        self.nodes.iter().enumerate().any(|(index, node)| {
-            let one = &health[index];
-            node.distance < distance
-                && one.healthy
-                && one.healthy_since.is_some_and(|since| now.duration_since(since) >= healthy_for)
-                && one.failed_at.is_none_or(|at| now.duration_since(at) >= self.failed_cooldown * 2)
-        })
+        let one = &health[index];
+        one.healthy
+            && one.healthy_since.is_some_and(|since| now.duration_since(since) >= healthy_for)
+            && one.failed_at.is_none_or(|at| now.duration_since(at) >= self.failed_cooldown * 2)
     }
 
     /// Whether a replica that has applied only `applied_index` is lagging:

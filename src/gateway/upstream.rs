@@ -264,9 +264,12 @@ async fn follow_once(
                 } else {
                     lagging_since = None;
                 }
-                // Only the main slot moves home; a redundant slot follows
-                // another region on purpose.
-                if slot == 0 && pool.nearer_is_healthy(node.distance, home_after) {
+                // Move only to the replica this slot would choose now, and
+                // only when it is nearer and has been healthy for a while:
+                // a redundant slot keeps to a region the other slot does not
+                // follow, and a flapping replica does not pull slots back
+                // and forth.
+                if should_go_home(slot, index, pool, status, home_after) {
                     return SwitchReason::GoingHome;
                 }
             }
@@ -274,8 +277,79 @@ async fn follow_once(
     }
 }
 
+/// Whether a slot following node `index` should move to the replica it
+/// would choose now: only when that one is nearer and has been healthy for
+/// `home_after`.
+fn should_go_home(slot: usize, index: usize, pool: &NodePool, status: &UpstreamStatus, home_after: Duration) -> bool {
+    let best = choose(slot, pool, status);
+    best != index && pool.nodes[best].distance < pool.nodes[index].distance && pool.healthy_for(best, home_after)
+}
+
 fn watch_request(space: &str, next_seq: u64) -> pb::FollowRequest {
     pb::FollowRequest {
         request: Some(pb::follow_request::Request::Watch(pb::Watch { space: space.to_string(), next_seq })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::config::{GatewayConfig, NodeEndpoint};
+
+    fn pool() -> NodePool {
+        let config = GatewayConfig {
+            region: "us-east".into(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            nodes: ["us-east", "eu-west", "ap-south"]
+                .iter()
+                .enumerate()
+                .map(|(i, region)| NodeEndpoint { region: region.to_string(), addr: format!("127.0.0.1:{}", 7001 + i) })
+                .collect(),
+            regions_by_distance: vec!["eu-west".into(), "ap-south".into()],
+            upstream: Default::default(),
+            clients: Default::default(),
+        };
+        NodePool::new(&config).unwrap()
+    }
+
+    fn follow(status: &UpstreamStatus, pool: &NodePool, slot: usize, index: usize) {
+        let node = format_node(&pool.nodes[index]);
+        status.update(slot, |one| one.node = node);
+    }
+
+    #[tokio::test]
+    async fn a_redundant_pair_does_not_flap_while_home_is_down() {
+        let (pool, status) = (pool(), UpstreamStatus::default());
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        // us-east (home) is down; eu-west and ap-south are healthy.
+        pool.set_health(0, false, None);
+        pool.set_health(1, true, Some(long_ago));
+        pool.set_health(2, true, Some(long_ago));
+        follow(&status, &pool, 1, 1);
+        assert_eq!(choose(0, &pool, &status), 2, "the main slot takes the region the other does not follow");
+        follow(&status, &pool, 0, 2);
+        let home_after = Duration::from_secs(3);
+        assert!(!should_go_home(0, 2, &pool, &status, home_after), "eu-west is nearer but taken: stay");
+        assert!(!should_go_home(1, 1, &pool, &status, home_after));
+        // Home comes back: only after it has been healthy for a while.
+        pool.set_health(0, true, Some(Instant::now()));
+        assert!(!should_go_home(0, 2, &pool, &status, home_after));
+        pool.set_health(0, true, Some(long_ago));
+        assert!(should_go_home(0, 2, &pool, &status, home_after));
+    }
+
+    #[tokio::test]
+    async fn a_single_slot_prefers_home_then_the_nearest_region() {
+        let (pool, status) = (pool(), UpstreamStatus::default());
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        for index in 0..3 {
+            pool.set_health(index, true, Some(long_ago));
+        }
+        assert_eq!(choose(0, &pool, &status), 0);
+        pool.mark_failed(0);
+        assert_eq!(choose(0, &pool, &status), 1, "eu-west is the nearest other region");
+        pool.mark_failed(1);
+        assert_eq!(choose(0, &pool, &status), 2);
     }
 }

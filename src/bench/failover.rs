@@ -1,0 +1,303 @@
+//! `spaceraft bench failover`: delivery latency through a gateway across the
+//! loss of the replica (and region) it follows, with one upstream and with
+//! two (redundant mode), measured in the same run.
+//!
+//! Each run starts a fresh 3-region cluster (node processes, fsync on) and
+//! a gateway in the region of a follower, so losing that region's node costs
+//! the gateway its upstream but leaves commits running. A publisher posts at
+//! a fixed rate to the leader; a WebSocket reader on the gateway records,
+//! per message, the time from post to delivery. At `--fault-at-secs` the
+//! followed node is frozen (`stop`: SIGSTOP, like a region that vanishes
+//! without closing its connections) or killed (`kill`: SIGKILL, the kernel
+//! resets its connections at once).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::dev::{self, DevArgs};
+use crate::gateway::config::{GatewayConfig, NodeEndpoint, UpstreamConfig};
+use crate::pb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// SIGSTOP: the node freezes; its connections stay open and silent.
+    Stop,
+    /// SIGKILL: the node dies; its connections are reset.
+    Kill,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FailoverBenchArgs {
+    /// Seconds of posting per run.
+    #[arg(long, default_value_t = 12)]
+    pub secs: u64,
+    /// When the followed node is lost, in seconds from the start of posting.
+    #[arg(long, default_value_t = 4)]
+    pub fault_at_secs: u64,
+    /// Posts per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    #[arg(long, value_enum, default_value_t = Fault::Stop)]
+    pub fault: Fault,
+    /// First port of the runs' clusters (each run uses a few from here).
+    #[arg(long, default_value_t = 7301)]
+    pub base_port: u16,
+    /// The gateway's silence bound (upstream.silence_ms_max).
+    #[arg(long, default_value_t = UpstreamConfig::default().silence_ms_max)]
+    pub silence_ms_max: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverRun {
+    pub upstreams: usize,
+    pub fault: Fault,
+    pub posted: u64,
+    pub delivered: u64,
+    /// Deliveries out of order or repeated (must be 0).
+    pub anomalies: u64,
+    pub before_p50_ms: f64,
+    pub before_p99_ms: f64,
+    /// Messages posted in the 5 s after the fault.
+    pub after_p50_ms: f64,
+    pub after_p99_ms: f64,
+    pub after_max_ms: f64,
+    /// Messages of that window delivered more than 250 ms after their post.
+    pub after_delayed_over_250ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    pub runs: Vec<FailoverRun>,
+}
+
+/// One message's post time (from the run's start) and delivery latency.
+type Sample = (Duration, Duration);
+
+pub async fn failover(args: FailoverBenchArgs) -> anyhow::Result<FailoverReport> {
+    let mut runs = Vec::new();
+    for (run_index, upstreams) in [1usize, 2].into_iter().enumerate() {
+        eprintln!("run {}: {upstreams} upstream(s), fault {:?}", run_index + 1, args.fault);
+        let base_port = args.base_port + run_index as u16 * 10;
+        runs.push(run_once(&args, upstreams, base_port).await?);
+    }
+    Ok(FailoverReport { runs })
+}
+
+async fn run_once(args: &FailoverBenchArgs, upstreams: usize, base_port: u16) -> anyhow::Result<FailoverRun> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let dev_args =
+        DevArgs { regions: 3, data_dir: dir.path().to_path_buf(), base_port, redundant_upstream: upstreams == 2 };
+    let nodes = dev::prepare(&dev_args)?;
+    let exe = std::env::current_exe()?;
+    let mut processes = Vec::new();
+    for (path, config) in &nodes {
+        let child = dev::spawn_process(&exe, "node", path, &config.data_dir.with_extension("log"))?;
+        processes.push((config.node_id, child));
+    }
+    let addrs: Vec<String> = nodes.iter().map(|(_, c)| c.advertise_addr().to_string()).collect();
+    let leader = dev::wait_for_leader(&addrs, Duration::from_secs(30)).await.context("no leader")?;
+    let leader_addr = nodes.iter().find(|(_, c)| c.node_id == leader).map(|(_, c)| c.advertise_addr().to_string());
+    let leader_addr = leader_addr.context("leader address")?;
+    let (_, victim) = nodes.iter().find(|(_, c)| c.node_id != leader).context("a follower")?;
+    let victim_id = victim.node_id;
+
+    let mut client = pb::client_client::ClientClient::new(
+        crate::raft::network::endpoint(&leader_addr, &Default::default())?.connect().await?,
+    );
+    client
+        .create_space(pb::CreateSpaceRequest {
+            name: "bench".into(),
+            members: vec!["publisher".into(), "reader".into()],
+            attrs: Default::default(),
+        })
+        .await?;
+
+    let gateway_config = GatewayConfig {
+        region: victim.region.clone(),
+        http_addr: "127.0.0.1:0".parse()?,
+        grpc_addr: "127.0.0.1:0".parse()?,
+        nodes: nodes
+            .iter()
+            .map(|(_, c)| NodeEndpoint { region: c.region.clone(), addr: c.advertise_addr().to_string() })
+            .collect(),
+        regions_by_distance: Vec::new(),
+        upstream: UpstreamConfig {
+            redundant: upstreams == 2,
+            silence_ms_max: args.silence_ms_max,
+            ..Default::default()
+        },
+        clients: Default::default(),
+    };
+    let gateway = crate::gateway::server::start(gateway_config).await?;
+    let connected_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = gateway.state.status();
+        let ready = status.upstreams.len() == upstreams && status.upstreams.iter().all(|slot| slot.connected);
+        if ready && status.upstreams[0].region == victim.region {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < connected_deadline, "gateway did not follow its region's node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The reader: records (post time, latency) per seq.
+    let url = format!("ws://{}/v1/ws", gateway.http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let hello = serde_json::json!({"type": "hello", "user": "reader", "cursors": {"bench": 0}});
+    ws.send(Message::text(hello.to_string())).await?;
+    let start = Instant::now();
+    let samples: Arc<Mutex<BTreeMap<u64, Sample>>> = Arc::default();
+    let anomalies = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (samples, anomalies) = (samples.clone(), anomalies.clone());
+        tokio::spawn(async move {
+            let mut last_seq = 0u64;
+            while let Some(Ok(frame)) = ws.next().await {
+                let Message::Text(text) = frame else { continue };
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+                if event["type"] != "message" {
+                    continue;
+                }
+                let received = start.elapsed();
+                let seq = event["seq"].as_u64().unwrap_or(0);
+                if seq != last_seq + 1 {
+                    anomalies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                last_seq = last_seq.max(seq);
+                let posted_at = Duration::from_nanos(event["body"].as_str().and_then(|b| b.parse().ok()).unwrap_or(0));
+                samples.lock().expect("samples").insert(seq, (posted_at, received.saturating_sub(posted_at)));
+            }
+        })
+    };
+
+    // The publisher: `rate` posts a second, each its own task.
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
+    let posted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut fault_at = None;
+    let mut in_flight = Vec::new();
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        ticker.tick().await;
+        if fault_at.is_none() && start.elapsed() >= Duration::from_secs(args.fault_at_secs) {
+            let victim_process = processes.iter().find(|(id, _)| *id == victim_id).and_then(|(_, p)| p.id());
+            let signal = if args.fault == Fault::Stop { "-STOP" } else { "-KILL" };
+            if let Some(pid) = victim_process {
+                std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
+            }
+            fault_at = Some(start.elapsed());
+        }
+        let mut client = client.clone();
+        let posted = posted.clone();
+        let body = start.elapsed().as_nanos().to_string();
+        in_flight.push(tokio::spawn(async move {
+            let request = pb::PostRequest {
+                space: "bench".into(),
+                author: "publisher".into(),
+                body,
+                idempotency_key: String::new(),
+            };
+            if client.post(request).await.is_ok() {
+                posted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in in_flight {
+        let _ = task.await;
+    }
+    let posted = posted.load(std::sync::atomic::Ordering::Relaxed);
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    while (samples.lock().expect("samples").len() as u64) < posted && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    gateway.stop().await;
+    for (id, mut process) in processes {
+        if id == victim_id && args.fault == Fault::Stop {
+            if let Some(pid) = process.id() {
+                let _ = std::process::Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
+            }
+        }
+        let _ = process.kill().await;
+    }
+
+    let fault_at = fault_at.context("the run ended before the fault")?;
+    let samples = samples.lock().expect("samples").clone();
+    let mut before = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut after = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut delayed = 0;
+    for (posted_at, latency) in samples.values() {
+        let micros = (latency.as_micros() as u64).max(1);
+        if *posted_at < fault_at {
+            before.record(micros)?;
+        } else if *posted_at < fault_at + Duration::from_secs(5) {
+            after.record(micros)?;
+            if *latency > Duration::from_millis(250) {
+                delayed += 1;
+            }
+        }
+    }
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    Ok(FailoverRun {
+        upstreams,
+        fault: args.fault,
+        posted,
+        delivered: samples.len() as u64,
+        anomalies: anomalies.load(std::sync::atomic::Ordering::Relaxed),
+        before_p50_ms: ms(before.value_at_quantile(0.5)),
+        before_p99_ms: ms(before.value_at_quantile(0.99)),
+        after_p50_ms: ms(after.value_at_quantile(0.5)),
+        after_p99_ms: ms(after.value_at_quantile(0.99)),
+        after_max_ms: ms(after.max()),
+        after_delayed_over_250ms: delayed,
+    })
+}
+
+pub fn print_failover_report(report: &FailoverReport) {
+    println!(
+        "{:<10} {:<6} {:>7} {:>9} {:>9} {:>12} {:>12} {:>11} {:>11} {:>10} {:>9}",
+        "upstreams",
+        "fault",
+        "posted",
+        "delivered",
+        "anomalies",
+        "before p50",
+        "before p99",
+        "after p50",
+        "after p99",
+        "after max",
+        ">250ms"
+    );
+    for run in &report.runs {
+        println!(
+            "{:<10} {:<6} {:>7} {:>9} {:>9} {:>9.2} ms {:>9.2} ms {:>8.2} ms {:>8.2} ms {:>7.0} ms {:>9}",
+            run.upstreams,
+            format!("{:?}", run.fault).to_lowercase(),
+            run.posted,
+            run.delivered,
+            run.anomalies,
+            run.before_p50_ms,
+            run.before_p99_ms,
+            run.after_p50_ms,
+            run.after_p99_ms,
+            run.after_max_ms,
+            run.after_delayed_over_250ms
+        );
+    }
+    if let [one, two] = report.runs.as_slice() {
+        if two.after_max_ms > 0.0 {
+            println!(
+                "worst delivery after the fault: 1 upstream {:.0} ms, 2 upstreams {:.0} ms ({:.1}x)",
+                one.after_max_ms,
+                two.after_max_ms,
+                one.after_max_ms / two.after_max_ms
+            );
+        }
+    }
+}
