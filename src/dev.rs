@@ -257,7 +257,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  open {}/?user=alice and {}/?user=bob in two browser windows", first.http, second.http);
     }
     println!("  export SPACERAFT_ENDPOINTS={}", all.join(","));
-    println!("  spacectl space create general --members alice,bob");
+    println!("  spacectl space create random --members alice,bob");
     println!("  spacectl post general 'hello' --as alice");
     println!("  spacectl tail general --from 1");
     println!("Ctrl-C stops the cluster.");

@@ -144,11 +144,23 @@ struct SpaceFeed {
     subscribers: HashMap<u64, Subscriber>,
     /// Carries `next_seq`; sessions waiting for the feed to move watch it.
     head: watch::Sender<u64>,
+    /// Unique per feed created, so an upstream can tell a feed dropped and
+    /// created again (with another cursor) from the one it watched.
+    generation: u64,
+}
+
+/// Where a followed space's feed stands, for an upstream's watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedCursor {
+    pub space: String,
+    pub next_seq: u64,
+    pub generation: u64,
 }
 
 impl SpaceFeed {
-    fn new(next_seq: u64) -> SpaceFeed {
+    fn new(next_seq: u64, generation: u64) -> SpaceFeed {
         SpaceFeed {
+            generation,
             members: None,
             next_seq,
             recent: VecDeque::new(),
@@ -191,6 +203,7 @@ struct FanoutInner {
     /// Bumped whenever the set of followed spaces changes; upstreams watch it.
     spaces_version: watch::Sender<u64>,
     recent_len_max: usize,
+    feeds_created: std::sync::atomic::AtomicU64,
 }
 
 /// Counters of what the feeds did, for status and tests.
@@ -208,6 +221,7 @@ impl Fanout {
                 feeds: Mutex::new(HashMap::new()),
                 spaces_version: watch::channel(0).0,
                 recent_len_max,
+                feeds_created: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -226,8 +240,15 @@ impl Fanout {
     }
 
     /// The followed spaces and the next seq each feed needs.
-    pub fn cursors(&self) -> Vec<(String, u64)> {
-        self.feeds().iter().map(|(space, feed)| (space.clone(), feed.next_seq)).collect()
+    pub fn cursors(&self) -> Vec<FeedCursor> {
+        self.feeds()
+            .iter()
+            .map(|(space, feed)| FeedCursor {
+                space: space.clone(),
+                next_seq: feed.next_seq,
+                generation: feed.generation,
+            })
+            .collect()
     }
 
     /// Adds a (not yet live) subscriber at `next_seq`. When the space is not
@@ -243,7 +264,10 @@ impl Fanout {
         debug_assert!(feed_next_seq >= 1, "a feed starts at a real seq");
         let mut feeds = self.feeds();
         let created = !feeds.contains_key(space);
-        let feed = feeds.entry(space.to_string()).or_insert_with(|| SpaceFeed::new(feed_next_seq.max(1)));
+        let feed = feeds.entry(space.to_string()).or_insert_with(|| {
+            let generation = self.inner.feeds_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            SpaceFeed::new(feed_next_seq.max(1), generation)
+        });
         feed.subscribers.insert(client.id, Subscriber { client: client.clone(), next_seq, live: false });
         let head = feed.head.subscribe();
         drop(feeds);
@@ -513,6 +537,20 @@ mod tests {
         assert_eq!(*slow_ends.close.borrow(), Some(CloseReason::SlowConsumer));
         assert_eq!(drain(&mut fast_ends), (1..=10).collect::<Vec<_>>());
         assert_eq!(fanout.counts(), (1, 1), "the slow client was dropped from the feed");
+    }
+
+    #[tokio::test]
+    async fn a_feed_created_again_is_a_new_generation() {
+        let fanout = Fanout::new(16);
+        let (alice, _ends) = ClientHandle::new(1, "alice".into(), 64);
+        fanout.subscribe("general", &alice, 1, 5);
+        let first = fanout.cursors();
+        fanout.unsubscribe("general", 1);
+        assert!(fanout.cursors().is_empty());
+        fanout.subscribe("general", &alice, 1, 9);
+        let second = fanout.cursors();
+        assert_eq!((first[0].next_seq, second[0].next_seq), (5, 9));
+        assert_ne!(first[0].generation, second[0].generation);
     }
 
     #[tokio::test]

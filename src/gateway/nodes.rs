@@ -169,3 +169,33 @@ async fn probe(channel: Channel, timeout: Duration) -> Option<u64> {
         status.replicas.into_iter().find(|replica| replica.cluster_id == crate::config::DEFAULT_CLUSTER_ID)?;
     (replica.leader_id != 0).then_some(replica.applied_index)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::config::GatewayConfig;
+
+    fn pool() -> NodePool {
+        let config = GatewayConfig {
+            region: "us-east".into(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            nodes: vec![NodeEndpoint { region: "us-east".into(), addr: "127.0.0.1:7001".into() }],
+            regions_by_distance: Vec::new(),
+            upstream: Default::default(),
+            clients: Default::default(),
+        };
+        NodePool::new(&config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replica_lags_only_behind_what_another_had_long_enough_ago() {
+        let pool = pool();
+        let now = Instant::now();
+        pool.applied_seen.lock().unwrap().extend([(now - Duration::from_secs(5), 100), (now, 200)]);
+        let lag_max = Duration::from_secs(3);
+        assert!(pool.is_lagging(99, lag_max), "100 was applied elsewhere 5 s ago");
+        assert!(!pool.is_lagging(100, lag_max));
+        assert!(!pool.is_lagging(150, lag_max), "200 was seen only now");
+    }
+}

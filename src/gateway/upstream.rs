@@ -166,11 +166,13 @@ async fn follow_once(
     // Room for every initial watch plus the changes that follow.
     let (requests, request_receiver) = mpsc::channel::<pb::FollowRequest>(cursors.len() + 1024);
     // Watch every followed space from the fan-out's cursor before the call,
-    // so the replica starts sending at once.
-    let mut watched: HashMap<String, ()> = HashMap::new();
-    for (space, next_seq) in cursors {
-        let _ = requests.try_send(watch_request(&space, next_seq));
-        watched.insert(space, ());
+    // so the replica starts sending at once. `watched` holds the feed
+    // generation each watch was sent for: a feed dropped and created again
+    // is watched again from its new cursor.
+    let mut watched: HashMap<String, u64> = HashMap::new();
+    for cursor in cursors {
+        let _ = requests.try_send(watch_request(&cursor.space, cursor.next_seq));
+        watched.insert(cursor.space, cursor.generation);
     }
     let mut client =
         pb::client_client::ClientClient::new(node.channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
@@ -230,11 +232,14 @@ async fn follow_once(
                 if changed.is_err() {
                     return SwitchReason::StreamEnded;
                 }
-                let cursors = fanout.cursors();
-                let current: HashMap<String, u64> = cursors.into_iter().collect();
-                for (space, next_seq) in &current {
-                    if !watched.contains_key(space) {
-                        watched.insert(space.clone(), ());
+                let current: HashMap<String, (u64, u64)> = fanout
+                    .cursors()
+                    .into_iter()
+                    .map(|cursor| (cursor.space, (cursor.next_seq, cursor.generation)))
+                    .collect();
+                for (space, (next_seq, generation)) in &current {
+                    if watched.get(space) != Some(generation) {
+                        watched.insert(space.clone(), *generation);
                         if requests.send(watch_request(space, *next_seq)).await.is_err() {
                             return SwitchReason::StreamEnded;
                         }
