@@ -6,7 +6,9 @@
 //! percentiles (HdrHistogram, microseconds). `bench failover` ([`failover`])
 //! measures delivery through a gateway across the loss of its upstream.
 
+pub mod cluster;
 pub mod failover;
+pub mod fanout;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

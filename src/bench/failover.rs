@@ -21,8 +21,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::dev::{self, DevArgs};
-use crate::gateway::config::{GatewayConfig, NodeEndpoint, UpstreamConfig};
+use crate::bench::cluster::BenchCluster;
+use crate::gateway::config::UpstreamConfig;
 use crate::pb;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -92,50 +92,14 @@ pub async fn failover(args: FailoverBenchArgs) -> anyhow::Result<FailoverReport>
 }
 
 async fn run_once(args: &FailoverBenchArgs, upstreams: usize, base_port: u16) -> anyhow::Result<FailoverRun> {
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let dev_args =
-        DevArgs { regions: 3, data_dir: dir.path().to_path_buf(), base_port, redundant_upstream: upstreams == 2 };
-    let nodes = dev::prepare(&dev_args)?;
-    let exe = std::env::current_exe()?;
-    let mut processes = Vec::new();
-    for (path, config) in &nodes {
-        let child = dev::spawn_process(&exe, "node", path, &config.data_dir.with_extension("log"))?;
-        processes.push((config.node_id, child));
-    }
-    let addrs: Vec<String> = nodes.iter().map(|(_, c)| c.advertise_addr().to_string()).collect();
-    let leader = dev::wait_for_leader(&addrs, Duration::from_secs(30)).await.context("no leader")?;
-    let leader_addr = nodes.iter().find(|(_, c)| c.node_id == leader).map(|(_, c)| c.advertise_addr().to_string());
-    let leader_addr = leader_addr.context("leader address")?;
-    let (_, victim) = nodes.iter().find(|(_, c)| c.node_id != leader).context("a follower")?;
+    let mut cluster = BenchCluster::start(base_port).await?;
+    let victim = cluster.follower().clone();
     let victim_id = victim.node_id;
-
-    let mut client = pb::client_client::ClientClient::new(
-        crate::raft::network::endpoint(&leader_addr, &Default::default())?.connect().await?,
-    );
-    client
-        .create_space(pb::CreateSpaceRequest {
-            name: "bench".into(),
-            members: vec!["publisher".into(), "reader".into()],
-            attrs: Default::default(),
-        })
-        .await?;
-
-    let gateway_config = GatewayConfig {
-        region: victim.region.clone(),
-        http_addr: "127.0.0.1:0".parse()?,
-        grpc_addr: "127.0.0.1:0".parse()?,
-        nodes: nodes
-            .iter()
-            .map(|(_, c)| NodeEndpoint { region: c.region.clone(), addr: c.advertise_addr().to_string() })
-            .collect(),
-        regions_by_distance: Vec::new(),
-        upstream: UpstreamConfig {
-            redundant: upstreams == 2,
-            silence_ms_max: args.silence_ms_max,
-            ..Default::default()
-        },
-        clients: Default::default(),
-    };
+    cluster.create_space("bench", &["publisher".into(), "reader".into()]).await?;
+    let client = cluster.client.clone();
+    let upstream =
+        UpstreamConfig { redundant: upstreams == 2, silence_ms_max: args.silence_ms_max, ..Default::default() };
+    let gateway_config = cluster.gateway_config(&victim.region, upstream);
     let gateway = crate::gateway::server::start(gateway_config).await?;
     let connected_deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -186,11 +150,7 @@ async fn run_once(args: &FailoverBenchArgs, upstreams: usize, base_port: u16) ->
     while start.elapsed() < Duration::from_secs(args.secs) {
         ticker.tick().await;
         if fault_at.is_none() && start.elapsed() >= Duration::from_secs(args.fault_at_secs) {
-            let victim_process = processes.iter().find(|(id, _)| *id == victim_id).and_then(|(_, p)| p.id());
-            let signal = if args.fault == Fault::Stop { "-STOP" } else { "-KILL" };
-            if let Some(pid) = victim_process {
-                std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
-            }
+            cluster.signal(victim_id, if args.fault == Fault::Stop { "-STOP" } else { "-KILL" })?;
             fault_at = Some(start.elapsed());
         }
         let mut client = client.clone();
@@ -218,14 +178,7 @@ async fn run_once(args: &FailoverBenchArgs, upstreams: usize, base_port: u16) ->
     }
     reader.abort();
     gateway.stop().await;
-    for (id, mut process) in processes {
-        if id == victim_id && args.fault == Fault::Stop {
-            if let Some(pid) = process.id() {
-                let _ = std::process::Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
-            }
-        }
-        let _ = process.kill().await;
-    }
+    cluster.stop().await;
 
     let fault_at = fault_at.context("the run ended before the fault")?;
     let samples = samples.lock().expect("samples").clone();

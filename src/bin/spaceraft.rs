@@ -33,6 +33,15 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// One space, N subscribers: deliveries/s and latency through a gateway
+    /// and through direct node subscriptions (starts its own clusters).
+    Fanout {
+        #[command(flatten)]
+        args: spaceraft::bench::fanout::FanoutBenchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delivery latency through a gateway across the loss of the replica it
     /// follows, with one upstream and with two (starts its own clusters).
     Failover {
@@ -110,6 +119,15 @@ fn main() -> ExitCode {
             Command::Node(args) => run_node(args).await,
             Command::Gateway(args) => run_gateway(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
+            Command::Bench(BenchCommand::Fanout { args, json }) => {
+                let report = spaceraft::bench::fanout::fanout(args).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    spaceraft::bench::fanout::print_fanout_report(&report);
+                }
+                Ok(())
+            }
             Command::Bench(BenchCommand::Failover { args, json }) => {
                 let report = spaceraft::bench::failover::failover(args).await?;
                 if json {
