@@ -139,6 +139,7 @@ pub fn prepare_gateways(
             addr: node.advertise_addr().to_string(),
         })
         .collect();
+    let ws_url = |index: usize| format!("ws://127.0.0.1:{}/v1/ws", args.base_port as usize + 1000 + index);
     let mut gateways = Vec::new();
     for (index, (_, node)) in nodes.iter().enumerate() {
         let path = data_dir.join(format!("gateway-{}.toml", node.region));
@@ -155,6 +156,7 @@ pub fn prepare_gateways(
             grpc_addr: port(1100)?,
             nodes: endpoints.clone(),
             regions_by_distance: Vec::new(),
+            peer_gateways: (1..nodes.len()).map(|step| ws_url((index + step) % nodes.len())).collect(),
             upstream: crate::gateway::config::UpstreamConfig {
                 redundant: args.redundant_upstream,
                 ..Default::default()

@@ -1,7 +1,8 @@
 //! The gateway's web page in a real headless browser (Debian's chromium,
 //! which `.ci/run` installs when missing), driven over the Chrome DevTools
 //! Protocol: two pages on two regions' gateways; one posts, the other shows
-//! the message, and both show the same messages in the same order.
+//! the message, and both show the same messages in the same order; when a
+//! page's gateway dies, the page moves to another gateway and misses nothing.
 
 mod common;
 
@@ -187,4 +188,18 @@ async fn two_pages_on_two_regions_see_each_others_messages_in_the_same_order() {
     assert_eq!(alice_list[0].0, "1");
     assert!(alice_list[0].1.contains("hello from us-east"));
     assert_eq!(common::full_history(&cluster, 3, "general").await.len(), 2);
+
+    // --- phase: alice's gateway dies; her page moves to another gateway and
+    // carries on with no gap
+    cluster.kill_gateway(0);
+    post_from(&mut browser, &bob, "after us-east's gateway died").await;
+    browser
+        .wait_true(&alice, &page_shows("after us-east's gateway died"), "alice's page follows on another gateway")
+        .await;
+    let status = browser.eval(&alice, "document.querySelector('#status').innerText").await;
+    assert!(status.as_str().is_some_and(|s| s.contains("connected to") && !s.contains("us-east")), "{status}");
+    let shown_by_alice = browser.eval(&alice, SHOWN_MESSAGES).await;
+    let alice_list: Vec<(String, String)> = serde_json::from_str(shown_by_alice.as_str().unwrap()).unwrap();
+    let seqs: Vec<&str> = alice_list.iter().map(|(seq, _)| seq.as_str()).collect();
+    assert_eq!(seqs, ["1", "2", "3"]);
 }

@@ -70,6 +70,7 @@ impl BenchCluster {
                 .map(|c| NodeEndpoint { region: c.region.clone(), addr: c.advertise_addr().to_string() })
                 .collect(),
             regions_by_distance: Vec::new(),
+            peer_gateways: Vec::new(),
             upstream,
             clients: Default::default(),
         }

@@ -29,6 +29,11 @@ pub struct GatewayConfig {
     /// `nodes`.
     #[serde(default)]
     pub regions_by_distance: Vec<String>,
+    /// WebSocket URLs of other gateways, nearest first. Sent to clients in
+    /// `welcome`, so the web page can reconnect to another gateway when this
+    /// one is gone.
+    #[serde(default)]
+    pub peer_gateways: Vec<String>,
     #[serde(default)]
     pub upstream: UpstreamConfig,
     #[serde(default)]

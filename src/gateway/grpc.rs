@@ -59,8 +59,8 @@ fn message_to_pb(view: MessageView) -> pb::Message {
 
 pub fn event_to_pb(event: ServerEvent) -> pb::GatewayEvent {
     let event = match event {
-        ServerEvent::Welcome { user, region, spaces } => {
-            Event::Welcome(pb::Welcome { user, region, spaces: spaces.into_iter().map(Into::into).collect() })
+        ServerEvent::Welcome { user, region, spaces, gateways } => {
+            Event::Welcome(pb::Welcome { user, region, spaces: spaces.into_iter().map(Into::into).collect(), gateways })
         }
         ServerEvent::Subscribed { space, resumed, next_seq, last_seq } => {
             Event::Subscribed(pb::Subscribed { space, resumed, next_seq, last_seq })

@@ -182,6 +182,7 @@ mod tests {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             nodes: vec![NodeEndpoint { region: "us-east".into(), addr: "127.0.0.1:7001".into() }],
             regions_by_distance: Vec::new(),
+            peer_gateways: Vec::new(),
             upstream: Default::default(),
             clients: Default::default(),
         };

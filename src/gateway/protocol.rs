@@ -166,6 +166,8 @@ pub enum ServerEvent {
         user: String,
         region: String,
         spaces: Vec<SpaceView>,
+        /// Other gateways to reconnect to when this one is gone.
+        gateways: Vec<String>,
     },
     Subscribed {
         space: String,

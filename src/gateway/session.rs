@@ -69,8 +69,12 @@ impl Session {
                 Vec::new()
             }
         };
-        let welcome =
-            ServerEvent::Welcome { user: self.client.user.clone(), region: self.shared.region.clone(), spaces };
+        let welcome = ServerEvent::Welcome {
+            user: self.client.user.clone(),
+            region: self.shared.region.clone(),
+            spaces,
+            gateways: self.shared.config.peer_gateways.clone(),
+        };
         self.send(welcome).await;
         for (space, after) in cursors {
             self.subscribe(space, Some(after)).await;

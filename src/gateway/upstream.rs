@@ -312,6 +312,7 @@ mod tests {
                 .map(|(i, region)| NodeEndpoint { region: region.to_string(), addr: format!("127.0.0.1:{}", 7001 + i) })
                 .collect(),
             regions_by_distance: vec!["eu-west".into(), "ap-south".into()],
+            peer_gateways: Vec::new(),
             upstream: Default::default(),
             clients: Default::default(),
         };

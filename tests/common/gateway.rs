@@ -39,14 +39,19 @@ impl TestCluster {
     /// Starts one gateway per region (each knowing every node) and waits
     /// until each follows a replica.
     pub async fn start_gateways(&mut self, extra_config: &str) {
+        let ports_of_all = free_ports(2 * self.nodes.len());
+        let ws_url = |index: usize| format!("ws://127.0.0.1:{}/v1/ws", ports_of_all[2 * index]);
         for index in 0..self.nodes.len() {
-            let ports = free_ports(2);
+            let ports = &ports_of_all[2 * index..2 * index + 2];
             let region = REGIONS[index % 3].to_string();
             let config_path = self.dir.path().join(format!("gateway-{region}.toml"));
             let mut text = format!(
                 "region = \"{region}\"\nhttp_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\n",
                 ports[0], ports[1]
             );
+            let peers: Vec<String> =
+                (1..self.nodes.len()).map(|step| format!("{:?}", ws_url((index + step) % self.nodes.len()))).collect();
+            text.push_str(&format!("peer_gateways = [{}]\n", peers.join(", ")));
             for (node_index, node) in self.nodes.iter().enumerate() {
                 text.push_str(&format!(
                     "[[nodes]]\nregion = \"{}\"\naddr = \"{}\"\n",

@@ -28,6 +28,7 @@
     region: null,
     ws: null,
     welcomed: false,
+    gateways: [], // other gateways' WebSocket URLs, from welcome
     attempt: 0, // consecutive failed connections, drives the backoff
     reconnectAt: 0,
     lastFrameAt: 0,
@@ -87,8 +88,12 @@
 
   // ---- connection ----------------------------------------------------------
 
+  // The page's own gateway first; after a failure, the other gateways it
+  // named in welcome, in turn, so a dead gateway's pages move elsewhere.
   function wsUrl() {
-    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/v1/ws';
+    const home = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/v1/ws';
+    const candidates = [home].concat(state.gateways.filter((url) => url !== home));
+    return candidates[state.attempt % candidates.length];
   }
 
   function isLive() {
@@ -246,6 +251,7 @@
     state.welcomed = true;
     state.attempt = 0;
     state.region = f.region || '?';
+    if (Array.isArray(f.gateways) && f.gateways.length) state.gateways = f.gateways.slice();
     setStatus('connected', 'connected to ' + state.region, 'as ' + (f.user || state.user));
     clearInterval(timers.keepalive);
     timers.keepalive = setInterval(keepalive, KEEPALIVE_MS);
