@@ -202,11 +202,14 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         }
     }));
     let grpc_service = crate::gateway::grpc::GatewayGrpc { state: state.clone() };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<crate::pb::gateway_server::GatewayServer<crate::gateway::grpc::GatewayGrpc>>().await;
     let mut grpc_shutdown = shutdown_receiver;
     servers.push(tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let serve = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .add_service(health_service)
             .add_service(crate::pb::gateway_server::GatewayServer::new(grpc_service))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.wait_for(|stop| *stop).await;
