@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::gateway::protocol::{CloseReason, MessageView, ServerEvent};
+use crate::gateway::protocol::{CloseReason, ErrorCode, MessageView, ServerEvent};
 use crate::pb;
 
 /// A committed message ready to send: the message and its JSON frame,
@@ -86,17 +86,48 @@ impl ClientHandle {
         }
     }
 
-    /// Queues, waiting for room up to `wait`; a client that does not make
-    /// room in time is closed as a slow consumer.
+    /// Queues, waiting up to `wait` until the queue has room for this item
+    /// and still `reserve` free slots after it: what a session sends (backlog,
+    /// replies) must not fill the queue that live fan-out offers to without
+    /// waiting. A client that does not make room in time is closed as a slow
+    /// consumer.
     pub async fn send(&self, item: Outbound, wait: std::time::Duration) -> bool {
-        match tokio::time::timeout(wait, self.queue.send(item)).await {
-            Ok(Ok(())) => true,
+        let reserve = self.reserve();
+        match tokio::time::timeout(wait, self.queue.reserve_many(reserve + 1)).await {
+            Ok(Ok(mut permits)) => {
+                permits.next().expect("one permit at least").send(item);
+                true
+            }
             Ok(Err(_)) => false,
             Err(_) => {
                 self.close(CloseReason::SlowConsumer);
                 false
             }
         }
+    }
+
+    /// Waits up to `wait` until the queue has room beyond the live reserve;
+    /// closes the client as a slow consumer if it never does.
+    pub async fn wait_for_room(&self, wait: std::time::Duration) -> bool {
+        let wanted = self.reserve() + 2;
+        match tokio::time::timeout(wait, self.queue.reserve_many(wanted.min(self.queue.max_capacity()))).await {
+            Ok(Ok(_permits)) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+        }
+    }
+
+    /// Queue slots kept free for live fan-out: half the queue.
+    fn reserve(&self) -> usize {
+        self.queue.max_capacity() / 2
+    }
+
+    /// Whether `len` more items fit while keeping the live reserve free.
+    fn has_room_for(&self, len: usize) -> bool {
+        self.queue.capacity() >= len + self.reserve()
     }
 
     /// Closes the connection; the first reason wins.
@@ -142,8 +173,6 @@ struct SpaceFeed {
     /// The newest messages, for subscribers that resume close to the head.
     recent: VecDeque<Arc<Delivery>>,
     subscribers: HashMap<u64, Subscriber>,
-    /// Carries `next_seq`; sessions waiting for the feed to move watch it.
-    head: watch::Sender<u64>,
     /// Unique per feed created, so an upstream can tell a feed dropped and
     /// created again (with another cursor) from the one it watched.
     generation: u64,
@@ -159,14 +188,7 @@ pub struct FeedCursor {
 
 impl SpaceFeed {
     fn new(next_seq: u64, generation: u64) -> SpaceFeed {
-        SpaceFeed {
-            generation,
-            members: None,
-            next_seq,
-            recent: VecDeque::new(),
-            subscribers: HashMap::new(),
-            head: watch::channel(next_seq).0,
-        }
+        SpaceFeed { generation, members: None, next_seq, recent: VecDeque::new(), subscribers: HashMap::new() }
     }
 
     fn buffer_start(&self) -> u64 {
@@ -184,6 +206,9 @@ pub enum GoLive {
     /// The feed's buffer does not reach back to the cursor: read the node's
     /// history from the cursor.
     NeedHistory,
+    /// The client's queue is too full to turn live beside its reserve: let
+    /// its writer drain, then ask again.
+    Wait,
     /// The subscription is gone (unsubscribed, or the client closed).
     Gone,
 }
@@ -254,13 +279,7 @@ impl Fanout {
     /// Adds a (not yet live) subscriber at `next_seq`. When the space is not
     /// followed yet its feed starts at `feed_next_seq` (the head a history
     /// read just found) and the upstreams are asked to follow it.
-    pub fn subscribe(
-        &self,
-        space: &str,
-        client: &ClientHandle,
-        next_seq: u64,
-        feed_next_seq: u64,
-    ) -> watch::Receiver<u64> {
+    pub fn subscribe(&self, space: &str, client: &ClientHandle, next_seq: u64, feed_next_seq: u64) {
         debug_assert!(feed_next_seq >= 1, "a feed starts at a real seq");
         let mut feeds = self.feeds();
         let created = !feeds.contains_key(space);
@@ -269,12 +288,10 @@ impl Fanout {
             SpaceFeed::new(feed_next_seq.max(1), generation)
         });
         feed.subscribers.insert(client.id, Subscriber { client: client.clone(), next_seq, live: false });
-        let head = feed.head.subscribe();
         drop(feeds);
         if created {
             self.bump_spaces();
         }
-        head
     }
 
     /// Removes a subscriber; a feed without subscribers is dropped and no
@@ -319,27 +336,13 @@ impl Fanout {
                     subscriber.client.catch_up.notify_one();
                 }
             }
-            feed.head.send_replace(feed.next_seq);
         }
-    }
-
-    /// A watched space is gone (deleted, or never existed): tell its
-    /// subscribers and drop the feed.
-    pub fn on_ended(&self, space: &str, event: ServerEvent) {
-        let mut feeds = self.feeds();
-        let Some(feed) = feeds.remove(space) else { return };
-        drop(feeds);
-        for subscriber in feed.subscribers.values() {
-            subscriber.client.offer(Outbound::Event(event.clone()));
-        }
-        self.bump_spaces();
     }
 
     /// Takes committed messages from an upstream and fans them out.
     pub fn publish(&self, messages: Vec<pb::Message>) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
         let mut feeds = self.feeds();
-        let mut moved: Vec<String> = Vec::new();
         for message in messages {
             let Some(feed) = feeds.get_mut(&message.space) else { continue };
             if message.seq < feed.next_seq {
@@ -356,6 +359,7 @@ impl Fanout {
             }
             outcome.accepted += 1;
             let seq = message.seq;
+            let space = message.space.clone();
             feed.next_seq = seq + 1;
             let delivery = Delivery::new(message);
             if feed.recent.len() >= self.inner.recent_len_max.max(1) {
@@ -368,6 +372,9 @@ impl Fanout {
                     return !subscriber.client.is_closed();
                 }
                 if members.is_some_and(|members| !members.contains(&subscriber.client.user)) {
+                    let message = format!("user {:?} is not a member of space {:?}", subscriber.client.user, space);
+                    let event = ServerEvent::error(None, Some(&space), ErrorCode::NotMember, message);
+                    subscriber.client.offer(Outbound::Event(event));
                     return false;
                 }
                 if seq < subscriber.next_seq {
@@ -384,21 +391,14 @@ impl Fanout {
                 subscriber.next_seq = seq + 1;
                 true
             });
-            if moved.last().map(String::as_str) != Some(delivery.message.space.as_str()) {
-                moved.push(delivery.message.space.clone());
-            }
-        }
-        for space in moved {
-            if let Some(feed) = feeds.get(&space) {
-                feed.head.send_replace(feed.next_seq);
-            }
         }
         outcome
     }
 
     /// Tries to make a subscriber live at `next_seq` (the next seq its
-    /// session has not yet queued).
-    pub fn go_live(&self, space: &str, client_id: u64, next_seq: u64) -> GoLive {
+    /// session has not yet queued). When `announce`, `caught_up` is queued
+    /// under the lock, before any live message.
+    pub fn go_live(&self, space: &str, client_id: u64, next_seq: u64, announce: bool) -> GoLive {
         let mut feeds = self.feeds();
         let Some(feed) = feeds.get_mut(space) else { return GoLive::Gone };
         let feed_next_seq = feed.next_seq;
@@ -412,7 +412,13 @@ impl Fanout {
         if next_seq < buffer_start {
             return GoLive::NeedHistory;
         }
-        if buffered.len() > LIVE_SWITCH_LEN_MAX {
+        // Hand over the rest under the lock only when it is short and fits
+        // beside the live reserve; else the session sends it with
+        // backpressure and asks again.
+        if buffered.len() > LIVE_SWITCH_LEN_MAX || !subscriber.client.has_room_for(buffered.len() + 1) {
+            if buffered.is_empty() {
+                return GoLive::Wait;
+            }
             return GoLive::Buffered(buffered);
         }
         for delivery in buffered {
@@ -421,8 +427,14 @@ impl Fanout {
             }
         }
         subscriber.next_seq = next_seq.max(feed_next_seq);
+        let last_seq = subscriber.next_seq - 1;
+        if announce
+            && !subscriber.client.offer(Outbound::Event(ServerEvent::CaughtUp { space: space.to_string(), last_seq }))
+        {
+            return GoLive::Gone;
+        }
         subscriber.live = true;
-        GoLive::Live { last_seq: subscriber.next_seq - 1 }
+        GoLive::Live { last_seq }
     }
 
     /// The subscriptions of a client that are not live, with the seq each
@@ -488,7 +500,7 @@ mod tests {
         let (alice, mut ends) = ClientHandle::new(1, "alice".into(), 64);
         fanout.subscribe("general", &alice, 1, 1);
         fanout.on_watching(&watching("general", 1, &["alice"]));
-        assert!(matches!(fanout.go_live("general", 1, 1), GoLive::Live { last_seq: 0 }));
+        assert!(matches!(fanout.go_live("general", 1, 1, false), GoLive::Live { last_seq: 0 }));
         let first = fanout.publish(vec![message("general", 1), message("general", 2)]);
         let second = fanout.publish(vec![message("general", 1), message("general", 2), message("general", 3)]);
         assert_eq!(first.accepted + second.accepted, 3);
@@ -505,7 +517,7 @@ mod tests {
         fanout.publish((1..=5).map(|seq| message("general", seq)).collect());
         let (alice, mut ends) = ClientHandle::new(1, "alice".into(), 64);
         fanout.subscribe("general", &alice, 3, 1);
-        assert!(matches!(fanout.go_live("general", 1, 3), GoLive::Live { last_seq: 5 }));
+        assert!(matches!(fanout.go_live("general", 1, 3, false), GoLive::Live { last_seq: 5 }));
         fanout.publish(vec![message("general", 6)]);
         assert_eq!(drain(&mut ends), vec![3, 4, 5, 6]);
     }
@@ -517,8 +529,8 @@ mod tests {
         fanout.subscribe("general", &alice, 1, 1);
         fanout.on_watching(&watching("general", 1, &["alice"]));
         fanout.publish((1..=10).map(|seq| message("general", seq)).collect());
-        assert!(matches!(fanout.go_live("general", 1, 2), GoLive::NeedHistory));
-        assert!(matches!(fanout.go_live("general", 1, 7), GoLive::Live { last_seq: 10 }));
+        assert!(matches!(fanout.go_live("general", 1, 2, false), GoLive::NeedHistory));
+        assert!(matches!(fanout.go_live("general", 1, 7, false), GoLive::Live { last_seq: 10 }));
     }
 
     #[tokio::test]
@@ -531,7 +543,7 @@ mod tests {
         }
         fanout.on_watching(&watching("general", 1, &["alice", "bob"]));
         for client in [&slow, &fast] {
-            assert!(matches!(fanout.go_live("general", client.id, 1), GoLive::Live { .. }));
+            assert!(matches!(fanout.go_live("general", client.id, 1, false), GoLive::Live { .. }));
         }
         fanout.publish((1..=10).map(|seq| message("general", seq)).collect());
         assert_eq!(*slow_ends.close.borrow(), Some(CloseReason::SlowConsumer));
@@ -554,13 +566,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_backlog_never_takes_the_room_live_messages_need() {
+        let fanout = Fanout::new(16);
+        let (alice, mut ends) = ClientHandle::new(1, "alice".into(), 8);
+        fanout.subscribe("general", &alice, 1, 1);
+        fanout.on_watching(&watching("general", 1, &["alice"]));
+        // A backlog fills the queue up to its live reserve (half of it)...
+        let wait = std::time::Duration::from_millis(50);
+        for seq in 1..=4 {
+            assert!(alice.send(Outbound::Deliver(Delivery::new(message("general", seq))), wait).await);
+        }
+        // ...and no further: one more waits, then closes a client that never reads.
+        let (stuck, _stuck_ends) = ClientHandle::new(2, "bob".into(), 8);
+        for seq in 1..=4 {
+            assert!(stuck.send(Outbound::Deliver(Delivery::new(message("general", seq))), wait).await);
+        }
+        assert!(!stuck.send(Outbound::Deliver(Delivery::new(message("general", 5))), wait).await);
+        assert!(stuck.is_closed());
+        // Turning live waits for room beside the reserve.
+        assert!(matches!(fanout.go_live("general", 1, 1, true), GoLive::Wait));
+        ends.queue.try_recv().unwrap();
+        ends.queue.try_recv().unwrap();
+        assert!(matches!(fanout.go_live("general", 1, 1, true), GoLive::Live { last_seq: 0 }));
+        // caught_up is queued before any live message.
+        fanout.publish(vec![message("general", 1), message("general", 2)]);
+        let mut kinds = Vec::new();
+        while let Ok(item) = ends.queue.try_recv() {
+            kinds.push(match item {
+                Outbound::Deliver(delivery) => format!("m{}", delivery.message.seq),
+                Outbound::Event(ServerEvent::CaughtUp { .. }) => "caught_up".to_string(),
+                Outbound::Event(other) => format!("{other:?}"),
+            });
+        }
+        assert_eq!(kinds, ["m3", "m4", "caught_up", "m1", "m2"]);
+        assert!(!alice.is_closed(), "live offers had room");
+    }
+
+    #[tokio::test]
     async fn a_non_member_receives_nothing() {
         let fanout = Fanout::new(16);
         let (mallory, mut ends) = ClientHandle::new(1, "mallory".into(), 64);
         fanout.subscribe("general", &mallory, 1, 1);
         fanout.on_watching(&watching("general", 1, &["alice"]));
         assert_eq!(fanout.is_member("general", "mallory"), Some(false));
-        let _ = fanout.go_live("general", 1, 1);
+        let _ = fanout.go_live("general", 1, 1, false);
         fanout.publish(vec![message("general", 1)]);
         assert!(drain(&mut ends).is_empty());
     }
@@ -571,7 +620,7 @@ mod tests {
         let (alice, ends) = ClientHandle::new(1, "alice".into(), 64);
         fanout.subscribe("general", &alice, 1, 1);
         fanout.on_watching(&watching("general", 1, &["alice"]));
-        let _ = fanout.go_live("general", 1, 1);
+        let _ = fanout.go_live("general", 1, 1, false);
         fanout.publish(vec![message("general", 1)]);
         fanout.publish(vec![message("general", 3)]);
         assert_eq!(fanout.behind(1, &["general".to_string()]), vec![("general".to_string(), 2)]);

@@ -96,18 +96,33 @@ fn close_status(reason: &CloseReason) -> Status {
     match reason {
         CloseReason::Protocol(_) | CloseReason::TooBig => Status::invalid_argument(reason.text()),
         CloseReason::SlowConsumer => Status::resource_exhausted(reason.text()),
-        CloseReason::GoingAway => Status::unavailable(reason.text()),
+        CloseReason::GoingAway | CloseReason::Full => Status::unavailable(reason.text()),
+    }
+}
+
+/// Unregisters a gRPC client when tonic drops its event stream: only then
+/// are its queue and connection released (a client that stops reading keeps
+/// the call open), so it counts against `connections_max` until then.
+struct Registered {
+    state: Arc<GatewayState>,
+    client: crate::gateway::fanout::ClientHandle,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.leave(&self.client);
     }
 }
 
 /// The events of one client as a stream that ends with the close status.
-fn events(ends: ClientEnds) -> EventStream {
-    let stream = futures::stream::unfold(Some(ends), |ends| async move {
-        let mut ends = ends?;
+fn events(ends: ClientEnds, registered: Registered) -> EventStream {
+    let stream = futures::stream::unfold(Some((ends, registered)), |state| async move {
+        let (mut ends, registered) = state?;
         let closing = ends.close.borrow_and_update().clone();
         if let Some(reason) = closing {
             return Some((Err(close_status(&reason)), None));
         }
+        let state = |ends| Some((ends, registered));
         tokio::select! {
             biased;
             changed = ends.close.changed() => {
@@ -120,11 +135,11 @@ fn events(ends: ClientEnds) -> EventStream {
             item = ends.queue.recv() => {
                 let event = match item? {
                     Outbound::Deliver(delivery) => pb::GatewayEvent {
-                        event: Some(Event::Message(delivery.message.clone())),
+                        event: Some(Event::Message(pb::Message { log_index: 0, ..delivery.message.clone() })),
                     },
                     Outbound::Event(event) => event_to_pb(event),
                 };
-                Some((Ok(event), Some(ends)))
+                Some((Ok(event), state(ends)))
             }
         }
     });
@@ -182,9 +197,8 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
                 // The client hung up: end its event stream too.
                 session_client.close(CloseReason::GoingAway);
             }
-            state.leave(&session_client);
             let _ = session.await;
         });
-        Ok(Response::new(events(ends)))
+        Ok(Response::new(events(ends, Registered { state: self.state.clone(), client })))
     }
 }

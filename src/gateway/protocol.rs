@@ -245,6 +245,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The gateway is shutting down.
     GoingAway,
+    /// The gateway has `connections_max` clients: try another.
+    Full,
     /// A frame over the size limit.
     TooBig,
 }
@@ -253,6 +255,7 @@ pub const CLOSE_PROTOCOL: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 impl CloseReason {
     pub fn code(&self) -> u16 {
@@ -261,6 +264,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => CLOSE_SLOW_CONSUMER,
             CloseReason::GoingAway => CLOSE_GOING_AWAY,
             CloseReason::TooBig => CLOSE_TOO_BIG,
+            CloseReason::Full => CLOSE_TRY_AGAIN_LATER,
         }
     }
 
@@ -271,6 +275,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer: send queue full; reconnect and resume".to_string(),
             CloseReason::GoingAway => "gateway shutting down; reconnect and resume".to_string(),
             CloseReason::TooBig => "frame too big".to_string(),
+            CloseReason::Full => "gateway is full; try another".to_string(),
         };
         truncate_utf8(text, 123)
     }

@@ -202,6 +202,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         }
     }));
     let grpc_service = crate::gateway::grpc::GatewayGrpc { state: state.clone() };
+    let grpc_frame_bytes_max = config.clients.frame_bytes_max;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<crate::pb::gateway_server::GatewayServer<crate::gateway::grpc::GatewayGrpc>>().await;
     let mut grpc_shutdown = shutdown_receiver;
@@ -210,7 +211,10 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         let serve = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
-            .add_service(crate::pb::gateway_server::GatewayServer::new(grpc_service))
+            .add_service(
+                crate::pb::gateway_server::GatewayServer::new(grpc_service)
+                    .max_decoding_message_size(grpc_frame_bytes_max),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.wait_for(|stop| *stop).await;
             });

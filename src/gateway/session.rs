@@ -26,6 +26,11 @@ use crate::space::validate;
 const CATCH_UP_READ_LEN: u32 = 1_000;
 /// How long a catch-up waits for the feed to move before reading again.
 const CATCH_UP_WAIT_MS: u64 = 250;
+/// Unproductive history reads before catch-up reads from the leader.
+const CATCH_UP_TRIES_BEFORE_LEADER: u32 = 4;
+/// A catch-up that makes no progress for this long ends the subscription
+/// with `unavailable` (the client subscribes again).
+const CATCH_UP_STALLED_MS_MAX: u64 = 30_000;
 
 /// What every session of a gateway shares.
 pub struct Shared {
@@ -61,13 +66,9 @@ impl Session {
     /// Runs the session: welcome, the hello's cursors, then requests until
     /// the client leaves or is closed. Leaves every feed on the way out.
     pub async fn run(mut self, cursors: BTreeMap<String, u64>, mut requests: mpsc::Receiver<ClientRequest>) {
-        let spaces = match self.shared.api.list_spaces(&self.client.user).await {
-            Ok(spaces) => spaces.into_iter().map(SpaceView::from).collect(),
-            Err(status) => {
-                let (code, message) = failure(&status);
-                self.send(ServerEvent::error(None, None, code, format!("listing spaces failed: {message}"))).await;
-                Vec::new()
-            }
+        let (spaces, listing_failed) = match self.shared.api.list_spaces(&self.client.user).await {
+            Ok(spaces) => (spaces.into_iter().map(SpaceView::from).collect(), None),
+            Err(status) => (Vec::new(), Some(failure(&status))),
         };
         let welcome = ServerEvent::Welcome {
             user: self.client.user.clone(),
@@ -76,7 +77,13 @@ impl Session {
             gateways: self.shared.config.peer_gateways.clone(),
         };
         self.send(welcome).await;
+        if let Some((code, message)) = listing_failed {
+            self.send(ServerEvent::error(None, None, code, format!("listing spaces failed: {message}"))).await;
+        }
         for (space, after) in cursors {
+            if self.client.is_closed() {
+                break;
+            }
             self.subscribe(space, Some(after)).await;
         }
         let catch_up = self.client.catch_up.clone();
@@ -161,14 +168,7 @@ impl Session {
 
     async fn history(&self, space: &str, from: u64, limit: u32) -> Result<pb::HistoryResponse, Failure> {
         self.check_space(space)?;
-        let request = pb::HistoryRequest {
-            space: space.to_string(),
-            user: self.client.user.clone(),
-            from_seq: from,
-            limit,
-            linearizable: false,
-        };
-        self.shared.api.history(request).await.map_err(|status| failure(&status))
+        self.read_from(space, from, limit, false).await
     }
 
     async fn post(&self, reference: String, space: String, body: String, key: String) {
@@ -214,6 +214,8 @@ impl Session {
         // The first read, as the client's user, decides membership at the
         // node and finds where to start.
         let from = match after {
+            // From the first retained message: a fresh start, not a resume.
+            Some(0) => 0,
             Some(after) => after.saturating_add(1),
             None => u64::MAX,
         };
@@ -232,7 +234,7 @@ impl Session {
             }
         };
         let next_seq = match (resumed, after) {
-            (false, _) => response.first_seq,
+            (false, _) | (true, Some(0)) => response.first_seq,
             (true, Some(_)) => from,
             (true, None) => response.last_seq + 1,
         };
@@ -265,19 +267,31 @@ impl Session {
     }
 
     /// Queues what the subscription misses from `next` on, until it is live.
+    /// A history read that makes no progress (the node read from is behind,
+    /// or unreachable) is retried, from the leader after a few tries, and
+    /// given up with an `unavailable` error after [`CATCH_UP_STALLED_MS_MAX`].
     async fn catch_up(&mut self, space: &str, mut next: u64, announce: bool) {
+        let mut unproductive = 0u32;
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
             if self.client.is_closed() {
                 return;
             }
-            match self.shared.fanout.go_live(space, self.client.id, next) {
-                GoLive::Live { last_seq } => {
-                    if announce {
-                        self.send(ServerEvent::CaughtUp { space: space.to_string(), last_seq }).await;
-                    }
+            if let Some(since) = stalled_since {
+                if since.elapsed() >= Duration::from_millis(CATCH_UP_STALLED_MS_MAX) {
+                    let message = format!("could not read space {space:?} from seq {next}; subscribe again");
+                    self.end_subscription(space, ErrorCode::Unavailable, message).await;
                     return;
                 }
-                GoLive::Gone => return,
+            }
+            match self.shared.fanout.go_live(space, self.client.id, next, announce) {
+                GoLive::Live { .. } | GoLive::Gone => return,
+                GoLive::Wait => {
+                    // Room comes when the client reads.
+                    if !self.client.wait_for_room(self.send_wait).await {
+                        return;
+                    }
+                }
                 GoLive::Buffered(deliveries) => {
                     for delivery in deliveries {
                         debug_assert_eq!(delivery.message.seq, next, "catch-up must not skip or repeat a seq");
@@ -288,14 +302,16 @@ impl Session {
                     }
                 }
                 GoLive::NeedHistory => {
-                    let response = match self.history(space, next, CATCH_UP_READ_LEN).await {
+                    let from_leader = unproductive >= CATCH_UP_TRIES_BEFORE_LEADER;
+                    let response = match self.read_from(space, next, CATCH_UP_READ_LEN, from_leader).await {
                         Ok(response) => response,
                         Err((ErrorCode::Trimmed, _)) => {
                             // Retention overtook the cursor: say so, restart
                             // at the first retained seq.
-                            let first = match self.history(space, 0, 1).await {
-                                Ok(response) => response,
-                                Err(_) => return self.wait_for_feed().await,
+                            let Ok(first) = self.read_from(space, 0, 1, false).await else {
+                                stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                                self.wait_for_feed().await;
+                                continue;
                             };
                             next = first.first_seq;
                             let event = ServerEvent::Subscribed {
@@ -311,13 +327,13 @@ impl Session {
                         }
                         Err((ErrorCode::Unavailable, message)) => {
                             tracing::debug!(space, %message, "catch-up read failed; trying again");
+                            unproductive += 1;
+                            stalled_since.get_or_insert_with(tokio::time::Instant::now);
                             self.wait_for_feed().await;
                             continue;
                         }
                         Err((code, message)) => {
-                            self.spaces.remove(space);
-                            self.shared.fanout.unsubscribe(space, self.client.id);
-                            self.send(ServerEvent::error(None, Some(space), code, message)).await;
+                            self.end_subscription(space, code, message).await;
                             return;
                         }
                     };
@@ -332,14 +348,44 @@ impl Session {
                             return;
                         }
                     }
-                    if !progressed {
+                    if progressed {
+                        unproductive = 0;
+                        stalled_since = None;
+                    } else {
                         // The node read from is behind the feed: give it a
-                        // moment.
+                        // moment, then ask the leader.
+                        unproductive += 1;
+                        stalled_since.get_or_insert_with(tokio::time::Instant::now);
                         self.wait_for_feed().await;
                     }
                 }
             }
         }
+    }
+
+    async fn end_subscription(&mut self, space: &str, code: ErrorCode, message: String) {
+        self.spaces.remove(space);
+        self.shared.fanout.unsubscribe(space, self.client.id);
+        self.send(ServerEvent::error(None, Some(space), code, message)).await;
+    }
+
+    /// A history read for catch-up as the client's user; `from_leader`
+    /// makes it linearizable, served after a read index on the leader.
+    async fn read_from(
+        &self,
+        space: &str,
+        from: u64,
+        limit: u32,
+        from_leader: bool,
+    ) -> Result<pb::HistoryResponse, Failure> {
+        let request = pb::HistoryRequest {
+            space: space.to_string(),
+            user: self.client.user.clone(),
+            from_seq: from,
+            limit,
+            linearizable: from_leader,
+        };
+        self.shared.api.history(request).await.map_err(|status| failure(&status))
     }
 
     async fn wait_for_feed(&self) {

@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use crate::gateway::config::UpstreamConfig;
 use crate::gateway::fanout::Fanout;
 use crate::gateway::nodes::NodePool;
-use crate::gateway::protocol::{ErrorCode, ServerEvent};
 use crate::pb;
 use crate::pb::follow_event::Event;
 
@@ -192,9 +191,15 @@ async fn follow_once(
     let home_after = Duration::from_millis(config.home_healthy_ms_min);
     let mut checks = tokio::time::interval(Duration::from_millis(config.probe_interval_ms));
     let mut last_heard = Instant::now();
-    let mut applied_index = 0u64;
+    // What the probes last saw, until the replica reports its own progress.
+    let mut applied_index = pool.health(index).applied_index;
     let mut lagging_since: Option<Instant> = None;
+    // Spaces to watch again, and when.
+    let mut rewatch: HashMap<String, Instant> = HashMap::new();
     loop {
+        if let Some(reason) = send_due_watches(&mut rewatch, &watched, fanout, &requests) {
+            return reason;
+        }
         tokio::select! {
             event = events.next() => {
                 let event = match event {
@@ -208,24 +213,24 @@ async fn follow_once(
                     Some(Event::Messages(batch)) => {
                         fanout.publish(batch.messages);
                     }
-                    Some(Event::Ended(ended)) => {
-                        if ended.code == "trimmed" {
-                            // Retention overtook the cursor: follow again
-                            // from the first retained seq; the fan-out treats
-                            // the jump as a discontinuity.
-                            let _ = requests.try_send(watch_request(&ended.space, ended.first_seq.max(1)));
-                        } else {
-                            watched.remove(&ended.space);
-                            let code = if ended.code == "unknown_space" { ErrorCode::UnknownSpace } else { ErrorCode::Internal };
-                            let event = ServerEvent::error(None, Some(&ended.space), code, ended.message);
-                            fanout.on_ended(&ended.space, event);
-                        }
+                    Some(Event::Ended(ended)) if watched.contains_key(&ended.space) => {
+                        // The replica stopped following the space. Spaces are
+                        // never deleted and every feed exists because a node
+                        // served its history, so this replica is behind (has
+                        // not applied the create, or is restoring a snapshot)
+                        // or retention overtook the cursor: watch again from
+                        // the feed's cursor, at once when trimmed (the replica
+                        // then starts at its first retained seq and the
+                        // fan-out treats the jump as a discontinuity), after
+                        // a pause otherwise.
+                        let pause = if ended.code == "trimmed" { Duration::ZERO } else { REWATCH_PAUSE };
+                        rewatch.insert(ended.space, Instant::now() + pause);
                     }
                     Some(Event::Progress(progress)) => {
                         applied_index = progress.applied_index;
                         status.update(slot, |one| one.applied_index = applied_index);
                     }
-                    None => {}
+                    Some(Event::Ended(_)) | None => {}
                 }
             }
             changed = spaces_changed.changed() => {
@@ -240,19 +245,20 @@ async fn follow_once(
                 for (space, (next_seq, generation)) in &current {
                     if watched.get(space) != Some(generation) {
                         watched.insert(space.clone(), *generation);
-                        if requests.send(watch_request(space, *next_seq)).await.is_err() {
-                            return SwitchReason::StreamEnded;
+                        if let Err(reason) = send_request(&requests, watch_request(space, *next_seq)) {
+                            return reason;
                         }
                     }
                 }
                 let gone: Vec<String> = watched.keys().filter(|space| !current.contains_key(*space)).cloned().collect();
                 for space in gone {
                     watched.remove(&space);
+                    rewatch.remove(&space);
                     let unwatch = pb::FollowRequest {
                         request: Some(pb::follow_request::Request::Unwatch(pb::Unwatch { space })),
                     };
-                    if requests.send(unwatch).await.is_err() {
-                        return SwitchReason::StreamEnded;
+                    if let Err(reason) = send_request(&requests, unwatch) {
+                        return reason;
                     }
                 }
             }
@@ -288,6 +294,48 @@ async fn follow_once(
 fn should_go_home(slot: usize, index: usize, pool: &NodePool, status: &UpstreamStatus, home_after: Duration) -> bool {
     let best = choose(slot, pool, status);
     best != index && pool.nodes[best].distance < pool.nodes[index].distance && pool.healthy_for(best, home_after)
+}
+
+/// Pause before watching again a space a replica stopped following.
+const REWATCH_PAUSE: Duration = Duration::from_millis(500);
+
+/// Queues a request on the follow stream without waiting: the loop that
+/// sends also reads the replica's events, so it must never block on a full
+/// queue (the replica may be blocked sending to it). A full queue means the
+/// replica is not keeping up: leave it.
+fn send_request(requests: &mpsc::Sender<pb::FollowRequest>, request: pb::FollowRequest) -> Result<(), SwitchReason> {
+    requests.try_send(request).map_err(|error| match error {
+        mpsc::error::TrySendError::Full(_) => SwitchReason::StreamError("follow requests not taken in time".into()),
+        mpsc::error::TrySendError::Closed(_) => SwitchReason::StreamEnded,
+    })
+}
+
+/// Sends the watches that are due, each from the feed's current cursor;
+/// spaces no longer followed are dropped.
+fn send_due_watches(
+    rewatch: &mut HashMap<String, Instant>,
+    watched: &HashMap<String, u64>,
+    fanout: &Fanout,
+    requests: &mpsc::Sender<pb::FollowRequest>,
+) -> Option<SwitchReason> {
+    if rewatch.is_empty() {
+        return None;
+    }
+    let now = Instant::now();
+    let due: Vec<String> = rewatch.iter().filter(|(_, at)| **at <= now).map(|(space, _)| space.clone()).collect();
+    if due.is_empty() {
+        return None;
+    }
+    let cursors: HashMap<String, u64> =
+        fanout.cursors().into_iter().map(|cursor| (cursor.space, cursor.next_seq)).collect();
+    for space in due {
+        rewatch.remove(&space);
+        let (Some(next_seq), true) = (cursors.get(&space), watched.contains_key(&space)) else { continue };
+        if let Err(reason) = send_request(requests, watch_request(&space, *next_seq)) {
+            return Some(reason);
+        }
+    }
+    None
 }
 
 fn watch_request(space: &str, next_seq: u64) -> pb::FollowRequest {

@@ -99,7 +99,7 @@ async fn serve_socket(state: Arc<GatewayState>, mut socket: WebSocket) {
         return;
     }
     let Some((client, ends)) = state.admit(user) else {
-        let _ = socket.send(close_message(&CloseReason::GoingAway)).await;
+        let _ = socket.send(close_message(&CloseReason::Full)).await;
         return;
     };
     let (sink, mut stream) = socket.split();

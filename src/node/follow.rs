@@ -217,11 +217,10 @@ fn read_step(reader: &SpaceReader, wanted: Vec<(String, u64)>) -> Vec<(String, S
     for (space, next_seq) in wanted {
         let record = match reader.space(&space) {
             Ok(Some(record)) => record,
-            Ok(None) => {
-                let event = ended(&space, "unknown_space", "space does not exist", 0);
-                steps.push((space, Step::Ended(event)));
-                continue;
-            }
+            // Spaces are never deleted: a record missing after the watch
+            // found it means a snapshot is being restored. Keep the cursor
+            // and look again after the next apply.
+            Ok(None) => continue,
             Err(error) => {
                 let event = ended(&space, "internal", &error.to_string(), 0);
                 steps.push((space, Step::Ended(event)));
