@@ -16,9 +16,11 @@
 //! - [`ctl`]: the operator CLI `spacectl`.
 //! - [`dev`]: `spaceraft dev`, a local multi-region cluster of processes.
 //! - [`bench`]: `spaceraft bench`, load generators that print figures.
+//! - [`chaos`]: `spaceraft chaos`, fault injection and the invariant checker.
 //! - [`error`]: API errors and their gRPC status codes.
 
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod ctl;
 pub mod dev;
