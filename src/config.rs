@@ -191,6 +191,10 @@ pub struct NetworkConfig {
     /// How often a Follow stream reports progress to its gateway, which
     /// switches replicas when progress stops.
     pub follow_progress_interval_ms: u64,
+    /// The local address connections to peers are made from (default: the
+    /// system's choice). Lets a network fault injector tell regions apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for NetworkConfig {
@@ -202,6 +206,7 @@ impl Default for NetworkConfig {
             http2_connection_window_bytes: 64 * 1024 * 1024,
             append_pipeline_len_max: 64,
             follow_progress_interval_ms: 250,
+            source_ip: None,
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// Timeout of a post, history or list call forwarded to a node.
     pub request_timeout_ms: u64,
+    /// The local address connections to nodes are made from (default: the
+    /// system's choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for UpstreamConfig {
@@ -84,6 +88,7 @@ impl Default for UpstreamConfig {
             failed_cooldown_ms: 2_000,
             connect_timeout_ms: 1_000,
             request_timeout_ms: 10_000,
+            source_ip: None,
         }
     }
 }

@@ -59,6 +59,7 @@ impl NodePool {
                 .keep_alive_timeout(Duration::from_secs(5))
                 .initial_stream_window_size(Some(8 * 1024 * 1024))
                 .initial_connection_window_size(Some(32 * 1024 * 1024))
+                .local_address(config.upstream.source_ip)
                 .connect_lazy();
             let distance = order.iter().position(|region| *region == endpoint.region).unwrap_or(order.len());
             nodes.push(NodeInfo { endpoint: endpoint.clone(), channel, distance });

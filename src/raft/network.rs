@@ -66,7 +66,8 @@ pub fn endpoint(addr: &str, config: &NetworkConfig) -> Result<Endpoint, tonic::t
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .initial_stream_window_size(config.http2_stream_window_bytes)
-        .initial_connection_window_size(config.http2_connection_window_bytes))
+        .initial_connection_window_size(config.http2_connection_window_bytes)
+        .local_address(config.source_ip))
 }
 
 /// Creates the per-target clients openraft asks for, for one group.
