@@ -26,6 +26,8 @@ enum Command {
     Gateway(GatewayArgs),
     /// Run a local multi-region cluster (one process per node).
     Dev(spaceraft::dev::DevArgs),
+    /// A chaos run: a real cluster, a workload, seeded faults, a checker and a report.
+    Chaos(spaceraft::chaos::run::ChaosArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => run_node(args).await,
             Command::Gateway(args) => run_gateway(args).await,
+            Command::Chaos(args) => run_chaos(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
             Command::Bench(BenchCommand::Fanout { args, json }) => {
                 let report = spaceraft::bench::fanout::fanout(args).await?;
@@ -186,5 +189,35 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     spaceraft::dev::shutdown_signal().await;
     tracing::info!("shutting down");
     gateway.stop().await;
+    Ok(())
+}
+
+async fn run_chaos(args: spaceraft::chaos::run::ChaosArgs) -> anyhow::Result<()> {
+    let outcome = spaceraft::chaos::run::run(args).await?;
+    let report = &outcome.report;
+    let found: Vec<String> = report
+        .anomalies
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(class, count)| format!("{class:?} {count}"))
+        .collect();
+    println!(
+        "chaos: {} — {} post attempts ({} ok, {} unknown), {} committed, {} deliveries, {} reads, {} faults; anomalies: {}; liveness failures: {}",
+        if report.valid { "PASSED" } else { "FAILED" },
+        report.stats.post_attempts,
+        report.stats.posts_ok,
+        report.stats.posts_unknown,
+        report.stats.committed,
+        report.stats.deliveries,
+        report.stats.reads,
+        report.stats.faults,
+        if found.is_empty() { "none".to_string() } else { found.join(", ") },
+        report.liveness_failures
+    );
+    for example in report.examples.iter().take(10) {
+        println!("  {example}");
+    }
+    println!("report: {}", outcome.out.join("report.md").display());
+    anyhow::ensure!(report.valid, "the chaos run found violations");
     Ok(())
 }

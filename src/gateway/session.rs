@@ -168,7 +168,9 @@ impl Session {
 
     async fn history(&self, space: &str, from: u64, limit: u32) -> Result<pb::HistoryResponse, Failure> {
         self.check_space(space)?;
-        self.read_from(space, from, limit, false).await
+        // Linearizable: a read that starts after an ack at seq n reaches n,
+        // whichever node serves it.
+        self.read_from(space, from, limit, true).await
     }
 
     async fn post(&self, reference: String, space: String, body: String, key: String) {
