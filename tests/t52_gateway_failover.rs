@@ -297,3 +297,41 @@ async fn a_gateway_absorbs_the_reconnect_storm_of_a_dead_peer() {
     let status = cluster.gateway_status(0).await.unwrap();
     assert_eq!(status["clients"], 2 * clients_per_gateway as u64, "{status}");
 }
+
+/// Regression (found by `spaceraft chaos`): a client whose hello arrived
+/// while the cluster had no leader got an error for its subscription and was
+/// left unsubscribed. The gateway now retries the first read of a
+/// subscription while the failure is transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_made_without_a_leader_starts_once_there_is_one() {
+    let mut cluster = TestCluster::start().await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    create_space(&cluster, 1, "s", &["alice", "poster"]).await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    post_until_acked(&addrs, "s", "before", "k-before").await;
+
+    // --- phase: no quorum; alice connects and subscribes
+    cluster.kill_node(2);
+    cluster.kill_node(3);
+    let cursors = BTreeMap::from([("s".to_string(), 0u64)]);
+    let (mut alice, _) = ws_hello(&cluster.gateways[0].ws_url(), "alice", &cursors).await.unwrap();
+    wait_until("the gateway's first read failed for want of a leader", || async {
+        cluster.gateway_log(0).contains("first read of a subscription failed")
+    })
+    .await;
+
+    // --- phase: quorum is back; the subscription starts, then goes live
+    cluster.start_node(2);
+    cluster.start_node(3);
+    let subscribed = next_json(&mut alice, WAIT).await.unwrap();
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    post_until_acked(&addrs, "s", "after", "k-after").await;
+    let mut bodies = Vec::new();
+    while bodies.len() < 2 {
+        let event = next_json(&mut alice, WAIT).await.unwrap();
+        if event["type"] == "message" {
+            bodies.push(event["body"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(bodies, ["before", "after"]);
+}

@@ -240,6 +240,17 @@ impl Subscriber {
                             at_ms: recorder.now_ms(),
                         });
                     }
+                    // A subscription the gateway could not start or keep
+                    // (no leader for a while): subscribe again from the
+                    // cursor, as the web page does.
+                    Some("error") if !space.is_empty() && event["code"] != "not_member" => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let after = cursors.lock().expect("cursors lock").get(&space).copied().unwrap_or(0);
+                        let subscribe = json!({"type": "subscribe", "space": space, "after": after});
+                        if ws.send(Message::text(subscribe.to_string())).await.is_err() {
+                            break;
+                        }
+                    }
                     Some("subscribed") if event["resumed"] == false => {
                         let next_seq = event["next_seq"].as_u64().unwrap_or(1);
                         cursors.lock().expect("cursors lock").insert(space.clone(), next_seq.saturating_sub(1));

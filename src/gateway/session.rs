@@ -221,7 +221,7 @@ impl Session {
             Some(after) => after.saturating_add(1),
             None => u64::MAX,
         };
-        let (resumed, response) = match self.history(&space, from, CATCH_UP_READ_LEN).await {
+        let (resumed, response) = match self.first_read(&space, from).await {
             Ok(response) => (true, response),
             Err((ErrorCode::Trimmed, _)) => match self.history(&space, 0, CATCH_UP_READ_LEN).await {
                 Ok(response) => (false, response),
@@ -258,6 +258,25 @@ impl Session {
             }
         }
         self.catch_up(&space, next, true).await;
+    }
+
+    /// The first read of a subscription, retried while the failure is
+    /// transient (no leader during an election, a node unreachable), up to
+    /// [`CATCH_UP_STALLED_MS_MAX`]: a client's subscription survives a
+    /// failover instead of failing with it.
+    async fn first_read(&self, space: &str, from: u64) -> Result<pb::HistoryResponse, Failure> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(CATCH_UP_STALLED_MS_MAX);
+        loop {
+            match self.history(space, from, CATCH_UP_READ_LEN).await {
+                Err((ErrorCode::Unavailable, message))
+                    if tokio::time::Instant::now() < deadline && !self.client.is_closed() =>
+                {
+                    tracing::debug!(space, %message, "first read of a subscription failed; trying again");
+                    self.wait_for_feed().await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Subscriptions the feed found behind (a jump in the feed): catch up.

@@ -78,6 +78,9 @@ fn format_node(node: &crate::gateway::nodes::NodeInfo) -> String {
 /// Runs one upstream slot forever.
 pub async fn run_slot(slot: usize, pool: NodePool, fanout: Fanout, config: UpstreamConfig, status: UpstreamStatus) {
     let mut switches = 0u64;
+    // Short-lived follows in a row: when every replica is down, retries
+    // slow down.
+    let mut failures_in_a_row = 0u32;
     loop {
         let index = choose(slot, &pool, &status);
         let node = &pool.nodes[index];
@@ -87,7 +90,11 @@ pub async fn run_slot(slot: usize, pool: NodePool, fanout: Fanout, config: Upstr
             one.region = node.endpoint.region.clone();
             one.connected = false;
         });
+        let followed_at = Instant::now();
         let reason = follow_once(slot, index, &pool, &fanout, &config, &status).await;
+        if followed_at.elapsed() > Duration::from_millis(config.silence_ms_max) {
+            failures_in_a_row = 0;
+        }
         switches += 1;
         tracing::info!(slot, node = %node_name, %reason, "upstream switch");
         if reason.is_failure() {
@@ -99,9 +106,13 @@ pub async fn run_slot(slot: usize, pool: NodePool, fanout: Fanout, config: Upstr
             one.last_switch_reason = reason.to_string();
         });
         if reason.is_failure() {
-            // A short pause so a cluster with every replica down is not
-            // dialled in a tight loop; the next replica is tried right after.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The next replica is tried at once; once every replica has
+            // failed in a row, pauses grow (100 ms doubling to 1.6 s) so a
+            // cluster that is all down is not dialled in a tight loop.
+            failures_in_a_row += 1;
+            let round = failures_in_a_row / pool.nodes.len().max(1) as u32;
+            let pause_ms = if round == 0 { 0 } else { 50u64 << round.min(5) };
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         }
     }
 }

@@ -84,7 +84,7 @@ impl TestCluster {
             .arg("gateway")
             .arg("--config")
             .arg(&gateway.config_path)
-            .env("SPACERAFT_LOG", "info")
+            .env("SPACERAFT_LOG", "info,spaceraft::gateway::session=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -98,6 +98,10 @@ impl TestCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    pub fn gateway_log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.gateways[index].log_path).unwrap_or_default()
     }
 
     /// The gateway's `/v1/status`, or None while it does not answer.
