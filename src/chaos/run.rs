@@ -170,7 +170,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
             fault.duration_ms as f64 / 1000.0
         );
         tokio::time::sleep(Duration::from_millis(fault.duration_ms)).await;
-        heal(&mut cluster, fault, &target)?;
+        heal(&mut cluster, fault)?;
         recorder.push(Event::Fault { kind: fault.kind.name().into(), target, start_ms, end_ms: recorder.now_ms() });
     }
     heal_everything(&mut cluster)?;
@@ -339,7 +339,7 @@ async fn apply(cluster: &mut ChaosCluster, fault: &PlannedFault, regions: u8) ->
     }
 }
 
-fn heal(cluster: &mut ChaosCluster, fault: &PlannedFault, _target: &str) -> anyhow::Result<()> {
+fn heal(cluster: &mut ChaosCluster, fault: &PlannedFault) -> anyhow::Result<()> {
     match fault.kind {
         FaultKind::PartitionRegion => cluster.proxy.heal_all(),
         FaultKind::Pause => cluster.pause_node(fault.target as u64, false),
