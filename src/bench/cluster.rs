@@ -58,6 +58,45 @@ impl BenchCluster {
         Ok(())
     }
 
+    /// Posts to `space` as `author` at `rate` posts a second for `secs`,
+    /// each post its own task so a slow commit never slows the rate.
+    /// `before_each` runs before each post (to inject a fault on time) and
+    /// `body` makes each post's body. Returns the posts acknowledged.
+    pub async fn publish_at_rate(
+        &self,
+        space: &str,
+        author: &str,
+        rate: u64,
+        secs: u64,
+        mut before_each: impl FnMut() -> anyhow::Result<()>,
+        mut body: impl FnMut() -> String,
+    ) -> anyhow::Result<u64> {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = std::time::Instant::now();
+        let mut in_flight = Vec::new();
+        while start.elapsed() < Duration::from_secs(secs) {
+            ticker.tick().await;
+            before_each()?;
+            let (mut client, acked) = (self.client.clone(), acked.clone());
+            let request = pb::PostRequest {
+                space: space.into(),
+                author: author.into(),
+                body: body(),
+                idempotency_key: String::new(),
+            };
+            in_flight.push(tokio::spawn(async move {
+                if client.post(request).await.is_ok() {
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in in_flight {
+            let _ = task.await;
+        }
+        Ok(acked.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// A gateway in `region` knowing every node, listening on free ports.
     pub fn gateway_config(&self, region: &str, upstream: UpstreamConfig) -> GatewayConfig {
         GatewayConfig {

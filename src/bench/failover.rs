@@ -23,7 +23,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench::cluster::BenchCluster;
 use crate::gateway::config::UpstreamConfig;
-use crate::pb;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,7 +95,6 @@ async fn run_once(args: &FailoverBenchArgs, upstreams: usize, base_port: u16) ->
     let victim = cluster.follower().clone();
     let victim_id = victim.node_id;
     cluster.create_space("bench", &["publisher".into(), "reader".into()]).await?;
-    let client = cluster.client.clone();
     let upstream =
         UpstreamConfig { redundant: upstreams == 2, silence_ms_max: args.silence_ms_max, ..Default::default() };
     let gateway_config = cluster.gateway_config(&victim.region, upstream);
@@ -142,36 +140,17 @@ async fn run_once(args: &FailoverBenchArgs, upstreams: usize, base_port: u16) ->
         })
     };
 
-    // The publisher: `rate` posts a second, each its own task.
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
-    let posted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // The publisher: `rate` posts a second; the fault comes on time.
     let mut fault_at = None;
-    let mut in_flight = Vec::new();
-    while start.elapsed() < Duration::from_secs(args.secs) {
-        ticker.tick().await;
+    let inject = || -> anyhow::Result<()> {
         if fault_at.is_none() && start.elapsed() >= Duration::from_secs(args.fault_at_secs) {
             cluster.signal(victim_id, if args.fault == Fault::Stop { "-STOP" } else { "-KILL" })?;
             fault_at = Some(start.elapsed());
         }
-        let mut client = client.clone();
-        let posted = posted.clone();
-        let body = start.elapsed().as_nanos().to_string();
-        in_flight.push(tokio::spawn(async move {
-            let request = pb::PostRequest {
-                space: "bench".into(),
-                author: "publisher".into(),
-                body,
-                idempotency_key: String::new(),
-            };
-            if client.post(request).await.is_ok() {
-                posted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }));
-    }
-    for task in in_flight {
-        let _ = task.await;
-    }
-    let posted = posted.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    let body = || start.elapsed().as_nanos().to_string();
+    let posted = cluster.publish_at_rate("bench", "publisher", args.rate, args.secs, inject, body).await?;
     let drain_deadline = Instant::now() + Duration::from_secs(30);
     while (samples.lock().expect("samples").len() as u64) < posted && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -167,33 +167,14 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
         .map_err(|_| anyhow::anyhow!("subscribers not ready"))??
         .forget();
 
-    // Publish at the rate; each post its own task.
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
-    let posted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Publish at the rate.
     let publish_start = Instant::now();
-    let mut in_flight = Vec::new();
-    while publish_start.elapsed() < Duration::from_secs(args.secs) {
-        ticker.tick().await;
-        let (mut client, posted) = (cluster.client.clone(), posted.clone());
+    let body = || {
         let sent = start.elapsed().as_nanos().to_string();
         let padding = args.size.saturating_sub(sent.len() + 1);
-        let body = format!("{sent} {}", "x".repeat(padding));
-        in_flight.push(tokio::spawn(async move {
-            let request = pb::PostRequest {
-                space: "fan".into(),
-                author: "publisher".into(),
-                body,
-                idempotency_key: String::new(),
-            };
-            if client.post(request).await.is_ok() {
-                posted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }));
-    }
-    for task in in_flight {
-        let _ = task.await;
-    }
-    let posted = posted.load(std::sync::atomic::Ordering::Relaxed);
+        format!("{sent} {}", "x".repeat(padding))
+    };
+    let posted = cluster.publish_at_rate("fan", "publisher", args.rate, args.secs, || Ok(()), body).await?;
     let expected = posted * args.clients as u64;
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     while received.load(std::sync::atomic::Ordering::Relaxed) < expected && Instant::now() < drain_deadline {

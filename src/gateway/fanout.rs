@@ -359,7 +359,6 @@ impl Fanout {
             }
             outcome.accepted += 1;
             let seq = message.seq;
-            let space = message.space.clone();
             feed.next_seq = seq + 1;
             let delivery = Delivery::new(message);
             if feed.recent.len() >= self.inner.recent_len_max.max(1) {
@@ -367,13 +366,14 @@ impl Fanout {
             }
             feed.recent.push_back(delivery.clone());
             let members = feed.members.as_ref();
+            let space = delivery.message.space.as_str();
             feed.subscribers.retain(|_, subscriber| {
                 if !subscriber.live {
                     return !subscriber.client.is_closed();
                 }
                 if members.is_some_and(|members| !members.contains(&subscriber.client.user)) {
                     let message = format!("user {:?} is not a member of space {:?}", subscriber.client.user, space);
-                    let event = ServerEvent::error(None, Some(&space), ErrorCode::NotMember, message);
+                    let event = ServerEvent::error(None, Some(space), ErrorCode::NotMember, message);
                     subscriber.client.offer(Outbound::Event(event));
                     return false;
                 }

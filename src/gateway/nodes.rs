@@ -171,28 +171,34 @@ async fn probe(channel: Channel, timeout: Duration) -> Option<u64> {
     (replica.leader_id != 0).then_some(replica.applied_index)
 }
 
+/// Three nodes in us-east (home), eu-west and ap-south, nearest first;
+/// for unit tests of the choice of replica (channels connect lazily).
+#[cfg(test)]
+pub fn test_pool() -> NodePool {
+    let config = GatewayConfig {
+        region: "us-east".into(),
+        http_addr: "127.0.0.1:0".parse().expect("address"),
+        grpc_addr: "127.0.0.1:0".parse().expect("address"),
+        nodes: ["us-east", "eu-west", "ap-south"]
+            .iter()
+            .enumerate()
+            .map(|(i, region)| NodeEndpoint { region: region.to_string(), addr: format!("127.0.0.1:{}", 7001 + i) })
+            .collect(),
+        regions_by_distance: vec!["eu-west".into(), "ap-south".into()],
+        peer_gateways: Vec::new(),
+        upstream: Default::default(),
+        clients: Default::default(),
+    };
+    NodePool::new(&config).expect("test pool")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::config::GatewayConfig;
-
-    fn pool() -> NodePool {
-        let config = GatewayConfig {
-            region: "us-east".into(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            nodes: vec![NodeEndpoint { region: "us-east".into(), addr: "127.0.0.1:7001".into() }],
-            regions_by_distance: Vec::new(),
-            peer_gateways: Vec::new(),
-            upstream: Default::default(),
-            clients: Default::default(),
-        };
-        NodePool::new(&config).unwrap()
-    }
 
     #[tokio::test]
     async fn a_replica_lags_only_behind_what_another_had_long_enough_ago() {
-        let pool = pool();
+        let pool = test_pool();
         let now = Instant::now();
         pool.applied_seen.lock().unwrap().extend([(now - Duration::from_secs(5), 100), (now, 200)]);
         let lag_max = Duration::from_secs(3);

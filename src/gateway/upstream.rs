@@ -358,25 +358,7 @@ fn watch_request(space: &str, next_seq: u64) -> pb::FollowRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::config::{GatewayConfig, NodeEndpoint};
-
-    fn pool() -> NodePool {
-        let config = GatewayConfig {
-            region: "us-east".into(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            nodes: ["us-east", "eu-west", "ap-south"]
-                .iter()
-                .enumerate()
-                .map(|(i, region)| NodeEndpoint { region: region.to_string(), addr: format!("127.0.0.1:{}", 7001 + i) })
-                .collect(),
-            regions_by_distance: vec!["eu-west".into(), "ap-south".into()],
-            peer_gateways: Vec::new(),
-            upstream: Default::default(),
-            clients: Default::default(),
-        };
-        NodePool::new(&config).unwrap()
-    }
+    use crate::gateway::nodes::test_pool;
 
     fn follow(status: &UpstreamStatus, pool: &NodePool, slot: usize, index: usize) {
         let node = format_node(&pool.nodes[index]);
@@ -385,7 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_redundant_pair_does_not_flap_while_home_is_down() {
-        let (pool, status) = (pool(), UpstreamStatus::default());
+        let (pool, status) = (test_pool(), UpstreamStatus::default());
         let long_ago = Instant::now() - Duration::from_secs(60);
         // us-east (home) is down; eu-west and ap-south are healthy.
         pool.set_health(0, false, None);
@@ -406,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_single_slot_prefers_home_then_the_nearest_region() {
-        let (pool, status) = (pool(), UpstreamStatus::default());
+        let (pool, status) = (test_pool(), UpstreamStatus::default());
         let long_ago = Instant::now() - Duration::from_secs(60);
         for index in 0..3 {
             pool.set_health(index, true, Some(long_ago));
