@@ -17,6 +17,8 @@
 //! - [`dev`]: `spaceraft dev`, a local multi-region cluster of processes.
 //! - [`bench`]: `spaceraft bench`, load generators that print figures.
 //! - [`chaos`]: `spaceraft chaos`, fault injection and the invariant checker.
+//! - [`sim`]: `spaceraft sim`, the same faults on in-process Raft groups
+//!   under a seeded, simulated clock: thousands of replayable runs a minute.
 //! - [`error`]: API errors and their gRPC status codes.
 
 pub mod bench;
@@ -29,5 +31,6 @@ pub mod gateway;
 pub mod node;
 pub mod pb;
 pub mod raft;
+pub mod sim;
 pub mod space;
 pub mod storage;

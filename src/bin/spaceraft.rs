@@ -28,6 +28,9 @@ enum Command {
     Dev(spaceraft::dev::DevArgs),
     /// A chaos run: a real cluster, a workload, seeded faults, a checker and a report.
     Chaos(spaceraft::chaos::run::ChaosArgs),
+    /// Seeded, deterministic fault runs of in-process Raft groups under a
+    /// simulated clock; one seed replays exactly.
+    Sim(spaceraft::sim::cli::SimArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -114,6 +117,20 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sim(args) = cli.command {
+        // Each worker thread runs its own paused-clock runtimes; logs only
+        // when asked for, as they would drown the summary.
+        if std::env::var_os("SPACERAFT_LOG").is_some() {
+            init_tracing();
+        }
+        return match spaceraft::sim::cli::main(args) {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
@@ -122,6 +139,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => run_gateway(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
+            Command::Sim(_) => unreachable!("runs without the shared runtime"),
             Command::Bench(BenchCommand::Fanout { args, json }) => {
                 let report = spaceraft::bench::fanout::fanout(args).await?;
                 if json {

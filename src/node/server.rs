@@ -29,8 +29,7 @@ use crate::storage::{flusher, LogEngine, SpaceStateMachine};
 const RAFT_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// openraft's configuration from ours.
-pub fn openraft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
-    let raft = &config.raft;
+pub fn openraft_config(raft: &crate::config::RaftConfig) -> anyhow::Result<openraft::Config> {
     let openraft_config = openraft::Config {
         cluster_name: "spaceraft".into(),
         heartbeat_interval: raft.heartbeat_interval_ms,
@@ -43,6 +42,12 @@ pub fn openraft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> 
         purge_batch_size: 256,
         // A region that was partitioned away asks before it disrupts the leader.
         enable_pre_vote: Some(true),
+        // A restarted leader must win an election and commit in a new term
+        // before it answers linearizable reads. Restored in its old term, it
+        // takes its last durable commit index (which can trail what it had
+        // acknowledged before the crash) as the read index, and serves stale
+        // reads; `spaceraft sim` found this.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     openraft_config.validate().context("raft configuration")
@@ -102,7 +107,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let peers = PeerChannels::new(config.network.clone());
     let groups = Groups::default();
-    let raft_config = Arc::new(openraft_config(&config)?);
+    let raft_config = Arc::new(openraft_config(&config.raft)?);
     let group_id = DEFAULT_CLUSTER_ID;
     let snapshot_dir = data_dir.snapshot_dir(group_id);
     let state_machine = SpaceStateMachine::open(db.clone(), group_id, snapshot_dir.clone())

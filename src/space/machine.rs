@@ -196,6 +196,38 @@ impl DedupIndex {
     }
 }
 
+/// The dedup index of a stored state: each space's remembered keys, read
+/// from its records and message blocks (on open, after a snapshot install).
+pub fn rebuild_dedup_index<R: KvRead>(store: &R) -> Result<DedupIndex, postcard::Error> {
+    let mut index = DedupIndex::default();
+    for space_key in store.keys_between(&[record::SPACE_PREFIX], &[record::SPACE_PREFIX + 1]) {
+        if space_key.first() != Some(&record::SPACE_PREFIX) {
+            continue;
+        }
+        let Some(bytes) = store.get(&space_key) else { continue };
+        let space: SpaceRecord = record::decode(&bytes)?;
+        if space.last_seq == 0 {
+            continue;
+        }
+        let oldest = oldest_remembered_seq(&space);
+        let mut messages = Vec::new();
+        let block_keys =
+            store.keys_between(&record::message_key(&space.name, 0), &record::message_key(&space.name, space.last_seq));
+        for block_key in block_keys {
+            let Some(bytes) = store.get(&block_key) else { continue };
+            let block: MessageBlock = record::decode(&bytes)?;
+            if block.end_seq() <= oldest {
+                continue;
+            }
+            for (offset, message) in block.messages.into_iter().enumerate() {
+                messages.push((block.first_seq + offset as u64, message.idempotency_key));
+            }
+        }
+        index.rebuild_space(&space, messages.into_iter());
+    }
+    Ok(index)
+}
+
 /// The oldest seq whose key a space still remembers, once `last_seq` is
 /// its newest message.
 pub fn oldest_remembered_seq(space: &SpaceRecord) -> u64 {

@@ -254,6 +254,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         self.read_meta(TAG_VOTE)
     }
+
+    /// Replication reads its next batch here and sends it after the entry
+    /// before `start`: so the batch must begin at `start`. Once `start` is
+    /// purged (a snapshot purged the log while a slow follower's stream read
+    /// it), nothing is returned, and the leader sends a snapshot instead.
+    /// Returning the entries that survive would make a request with a hole
+    /// in it.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let entries = self.try_get_log_entries(start..end).await?;
+        Ok(contiguous_from(start, entries))
+    }
+}
+
+/// `entries` if they begin at `start`, else none.
+pub fn contiguous_from<E: openraft::entry::RaftEntry>(start: u64, entries: Vec<E>) -> Vec<E> {
+    match entries.first() {
+        Some(first) if first.index() == start => entries,
+        _ => Vec::new(),
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -322,5 +341,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = self.log_key(0);
         let to = self.log_key(log_id.index + 1);
         self.engine.submit(|readable| WriteOp::RemoveLogRange { from, to, readable, durable: Box::new(|_| {}) }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::blank_ent;
+
+    #[test]
+    fn a_replication_batch_never_skips_purged_entries() {
+        let surviving: Vec<Entry> = (152..160).map(|index| blank_ent::<TypeConfig>(2, 3, index)).collect();
+        assert!(contiguous_from(122, surviving.clone()).is_empty(), "a batch after 121 cannot start at 152");
+        assert_eq!(contiguous_from(152, surviving.clone()), surviving);
+        assert!(contiguous_from::<Entry>(5, Vec::new()).is_empty());
     }
 }

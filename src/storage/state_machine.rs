@@ -25,8 +25,7 @@ use tokio::sync::watch;
 
 use super::snapshot_file::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::space::machine::oldest_remembered_seq;
-use crate::space::{record, CommandResult, DedupIndex, KvRead, Overlay, SpaceMachine, SpaceRecord};
+use crate::space::{record, CommandResult, DedupIndex, KvRead, Overlay, SpaceMachine};
 
 /// Keys outside the space data (see [`crate::space::record`]) start with `_`.
 const APPLIED_KEY: &[u8] = b"_applied";
@@ -447,24 +446,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
 /// The dedup index as the stored messages define it: the keys of each
 /// space's newest `dedup_window_len` retained messages.
 fn rebuild_dedup_index(tree: &sled::Tree) -> io::Result<DedupIndex> {
-    let mut index = DedupIndex::default();
-    for item in tree.scan_prefix([record::SPACE_PREFIX]) {
-        let (_, value) = item.map_err(sled_error)?;
-        let space: SpaceRecord = record::decode(&value)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt space record: {e}")))?;
-        if space.last_seq == 0 {
-            continue;
-        }
-        let mut messages = Vec::new();
-        for block in blocks_from(tree, &space.name, oldest_remembered_seq(&space), space.last_seq) {
-            let block = block?;
-            for (offset, message) in block.messages.into_iter().enumerate() {
-                messages.push((block.first_seq + offset as u64, message.idempotency_key));
-            }
-        }
-        index.rebuild_space(&space, messages.into_iter());
-    }
-    Ok(index)
+    crate::space::machine::rebuild_dedup_index(tree)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt space record or message block: {e}")))
 }
 
 /// The stored blocks of `space` from the one holding `from_seq` up to the
