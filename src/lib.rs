@@ -19,6 +19,7 @@
 //! - [`chaos`]: `spaceraft chaos`, fault injection and the invariant checker.
 //! - [`sim`]: `spaceraft sim`, the same faults on in-process Raft groups
 //!   under a seeded, simulated clock: thousands of replayable runs a minute.
+//! - [`placement`]: which space cluster a space goes to, from its attributes.
 //! - [`error`]: API errors and their gRPC status codes.
 
 pub mod bench;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod gateway;
 pub mod node;
 pub mod pb;
+pub mod placement;
 pub mod raft;
 pub mod sim;
 pub mod space;

@@ -56,6 +56,16 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Spaces placed by their attributes against placed by a hash of their
+    /// names, on a generated platform: clusters per user, upstreams per
+    /// gateway (no cluster is started).
+    Placement {
+        #[command(flatten)]
+        args: spaceraft::bench::placement::PlacementBenchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Concurrent posters; throughput and commit latency.
     Post {
         #[command(flatten)]
@@ -155,6 +165,15 @@ fn main() -> ExitCode {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
                     spaceraft::bench::failover::print_failover_report(&report);
+                }
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Placement { args, json }) => {
+                let report = spaceraft::bench::placement::placement(&args);
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    spaceraft::bench::placement::print_placement_report(&report);
                 }
                 Ok(())
             }
