@@ -119,6 +119,16 @@ struct GatewayArgs {
     nodes: Vec<spaceraft::gateway::config::NodeEndpoint>,
 }
 
+/// A benchmark's report as JSON, or as the benchmark prints it.
+fn print_report<T: serde::Serialize>(report: &T, json: bool, print: fn(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print(report);
+    }
+    Ok(())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPACERAFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
@@ -150,41 +160,23 @@ fn main() -> ExitCode {
             Command::Chaos(args) => run_chaos(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
             Command::Sim(_) => unreachable!("runs without the shared runtime"),
-            Command::Bench(BenchCommand::Fanout { args, json }) => {
-                let report = spaceraft::bench::fanout::fanout(args).await?;
-                if json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    spaceraft::bench::fanout::print_fanout_report(&report);
-                }
-                Ok(())
-            }
-            Command::Bench(BenchCommand::Failover { args, json }) => {
-                let report = spaceraft::bench::failover::failover(args).await?;
-                if json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    spaceraft::bench::failover::print_failover_report(&report);
-                }
-                Ok(())
-            }
-            Command::Bench(BenchCommand::Placement { args, json }) => {
-                let report = spaceraft::bench::placement::placement(&args);
-                if json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    spaceraft::bench::placement::print_placement_report(&report);
-                }
-                Ok(())
-            }
+            Command::Bench(BenchCommand::Fanout { args, json }) => print_report(
+                &spaceraft::bench::fanout::fanout(args).await?,
+                json,
+                spaceraft::bench::fanout::print_fanout_report,
+            ),
+            Command::Bench(BenchCommand::Failover { args, json }) => print_report(
+                &spaceraft::bench::failover::failover(args).await?,
+                json,
+                spaceraft::bench::failover::print_failover_report,
+            ),
+            Command::Bench(BenchCommand::Placement { args, json }) => print_report(
+                &spaceraft::bench::placement::placement(&args),
+                json,
+                spaceraft::bench::placement::print_placement_report,
+            ),
             Command::Bench(BenchCommand::Post { args, json }) => {
-                let report = spaceraft::bench::post(args).await?;
-                if json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    spaceraft::bench::print_post_report(&report);
-                }
-                Ok(())
+                print_report(&spaceraft::bench::post(args).await?, json, spaceraft::bench::print_post_report)
             }
         }
     });

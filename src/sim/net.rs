@@ -195,7 +195,7 @@ impl SimNet {
     /// One message over `from → to` and back: `deliver` runs at the target
     /// when the request arrives. Lost messages and cut links show as no
     /// reply before `ttl`.
-    async fn call<T, Fut>(
+    async fn call<T, E, Fut>(
         self: &Arc<SimNet>,
         from: End,
         to: u64,
@@ -203,7 +203,8 @@ impl SimNet {
         deliver: impl FnOnce(SimRaft) -> Fut,
     ) -> Result<T, RPCError<SimConfig>>
     where
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
     {
         let exchange = async {
             let Some(target) = self.end(to) else {
@@ -274,14 +275,15 @@ impl SimNet {
 
     /// A snapshot sent over a stream of its own: no loss (the transport
     /// retransmits), but it fails as soon as its link breaks.
-    async fn stream_call<T, Fut>(
+    async fn stream_call<T, E, Fut>(
         self: &Arc<SimNet>,
         from: End,
         to: u64,
         deliver: impl FnOnce(SimRaft) -> Fut,
     ) -> Result<T, RPCError<SimConfig>>
     where
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
     {
         let Some(target) = self.end(to) else {
             tokio::time::sleep(self.send(from.node, to, false).unwrap_or_default()).await;
@@ -438,9 +440,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<SimConfig>, RPCError<SimConfig>> {
         self.net
-            .call(self.me, self.target, option.hard_ttl(), |raft| async move {
-                raft.append_entries(rpc).await.map_err(|e| e.to_string())
-            })
+            .call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.append_entries(rpc).await })
             .await
     }
 
@@ -533,11 +533,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         rpc: VoteRequest<SimConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<SimConfig>, RPCError<SimConfig>> {
-        self.net
-            .call(self.me, self.target, option.hard_ttl(), |raft| async move {
-                raft.vote(rpc).await.map_err(|e| e.to_string())
-            })
-            .await
+        self.net.call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.vote(rpc).await }).await
     }
 
     async fn pre_vote(
@@ -545,11 +541,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         rpc: VoteRequest<SimConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<SimConfig>, RPCError<SimConfig>> {
-        self.net
-            .call(self.me, self.target, option.hard_ttl(), |raft| async move {
-                raft.pre_vote(rpc).await.map_err(|e| e.to_string())
-            })
-            .await
+        self.net.call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.pre_vote(rpc).await }).await
     }
 
     async fn full_snapshot(
@@ -559,9 +551,9 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<SimConfig>, StreamingError<SimConfig>> {
-        let send = self.net.stream_call(self.me, self.target, |raft| async move {
-            raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())
-        });
+        let send = self
+            .net
+            .stream_call(self.me, self.target, |raft| async move { raft.install_full_snapshot(vote, snapshot).await });
         let ttl = option.hard_ttl();
         tokio::select! {
             biased;
@@ -579,9 +571,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<SimConfig>, RPCError<SimConfig>> {
         self.net
-            .call(self.me, self.target, option.hard_ttl(), |raft| async move {
-                raft.handle_transfer_leader(req).await.map_err(|e| e.to_string())
-            })
+            .call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.handle_transfer_leader(req).await })
             .await
     }
 }
