@@ -71,7 +71,8 @@ async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
         let mut admin = pb::admin_client::AdminClient::new(channel);
         let Ok(status) = admin.cluster_status(pb::ClusterStatusRequest {}).await else { continue };
         let replicas = status.into_inner().replicas;
-        if let Some(leader) = replicas.iter().find(|r| r.role == "leader") {
+        let first_cluster = |r: &&pb::ReplicaStatus| r.cluster_id == crate::config::DEFAULT_CLUSTER_ID;
+        if let Some(leader) = replicas.iter().filter(first_cluster).find(|r| r.role == "leader") {
             return Ok(leader.grpc_addr.clone());
         }
     }

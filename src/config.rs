@@ -18,7 +18,7 @@ use crate::space::validate::Limits;
 /// The id of a node; unique in a deployment, never reused.
 pub type NodeId = u64;
 
-/// The space cluster (Raft group) this release runs; the placement work adds more.
+/// The first space cluster, made at bootstrap with every peer as a voter.
 pub const DEFAULT_CLUSTER_ID: u64 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +49,48 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub groups: GroupsConfig,
+    /// The placement policy the meta leader applies to new spaces.
+    #[serde(default)]
+    pub placement: crate::placement::PlacementConfig,
+}
+
+/// Many groups on one node: liveness, quiescence and leader placement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Voters of a space cluster made by placement (one per region, as many
+    /// regions as there are up to this).
+    pub cluster_voters_len: usize,
+    /// How often each node pings each other node (one ping per node pair,
+    /// whatever the number of groups).
+    pub ping_interval_ms: u64,
+    /// A node that answered no ping for this long is taken as down: the
+    /// quiesced groups it led wake up and elect a new leader.
+    pub down_after_ms: u64,
+    /// A group whose log has not grown for this long, with every voter
+    /// caught up, stops its timers (no heartbeats, no election timer).
+    pub quiesce_after_ms: u64,
+    /// How often a leader checks whether its cluster's leadership belongs
+    /// in another region.
+    pub leader_check_interval_ms: u64,
+    /// A leader moves leadership to the preferred region only after leading
+    /// this long and seeing the target up this long (no flapping).
+    pub leader_settle_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            cluster_voters_len: 3,
+            ping_interval_ms: 500,
+            down_after_ms: 3_000,
+            quiesce_after_ms: 3_000,
+            leader_check_interval_ms: 1_000,
+            leader_settle_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -116,6 +116,8 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, NodeConfig)>> {
             limits: Default::default(),
             space: Default::default(),
             storage: Default::default(),
+            groups: Default::default(),
+            placement: Default::default(),
             network: Default::default(),
         };
         let path = config_path(&data_dir, peer.id);

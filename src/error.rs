@@ -25,6 +25,9 @@ pub enum ApiError {
     NoLeader { cluster_id: u64, waited_ms: u64 },
     #[error("node is shutting down")]
     ShuttingDown,
+    /// A transient failure: no quorum, a read index not confirmed in time.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// A forwarded request failed at the leader; carries its status.
@@ -63,7 +66,9 @@ impl From<ApiError> for tonic::Status {
                 }
                 status
             }
-            ApiError::NoLeader { .. } | ApiError::ShuttingDown => tonic::Status::unavailable(message),
+            ApiError::NoLeader { .. } | ApiError::ShuttingDown | ApiError::Unavailable(_) => {
+                tonic::Status::unavailable(message)
+            }
             ApiError::Internal(_) => tonic::Status::internal(message),
             ApiError::Forwarded(_, code) => tonic::Status::new(code, message),
         }

@@ -48,13 +48,13 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     loop {
         let mut admin = cluster.admin(leader).await;
         let status = admin.node_status(pb::NodeStatusRequest {}).await.expect("node status").into_inner();
-        if status.replicas[0].purged_index >= 100 {
+        if common::space_replica(&status).expect("first space cluster").purged_index >= 100 {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "the leader never purged its log behind a snapshot: {:?}",
-            status.replicas[0]
+            common::space_replica(&status).expect("first space cluster")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

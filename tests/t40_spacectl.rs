@@ -101,8 +101,12 @@ async fn spacectl_outputs_and_exit_codes() {
 
     // --- phase: cluster status
     let status: Value = serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "-o", "json"]))).unwrap();
+    // One row per replica: the meta group (0) and the first space cluster
+    // (1) on each of the three nodes.
     let rows = status.as_array().unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 6);
+    let clusters: Vec<u64> = rows.iter().map(|row| row["cluster_id"].as_u64().unwrap()).collect();
+    assert_eq!(clusters, [0, 0, 0, 1, 1, 1]);
     assert_eq!(
         keys(&rows[0]),
         [
@@ -121,9 +125,12 @@ async fn spacectl_outputs_and_exit_codes() {
             "term"
         ]
     );
-    assert_eq!(rows.iter().filter(|row| row["role"] == "leader").count(), 1);
-    let regions: Vec<&str> = rows.iter().map(|row| row["region"].as_str().unwrap()).collect();
-    assert_eq!(regions, ["us-east", "eu-west", "ap-south"]);
+    for cluster in [0, 1] {
+        let of_cluster: Vec<&Value> = rows.iter().filter(|row| row["cluster_id"] == cluster).collect();
+        assert_eq!(of_cluster.iter().filter(|row| row["role"] == "leader").count(), 1);
+        let regions: Vec<&str> = of_cluster.iter().map(|row| row["region"].as_str().unwrap()).collect();
+        assert_eq!(regions, ["us-east", "eu-west", "ap-south"]);
+    }
     let table = ok(spacectl(&one, &["cluster", "status"]));
     assert!(table.contains("LEADER") && table.contains("ap-south"), "{table}");
 
@@ -166,8 +173,8 @@ async fn spacectl_outputs_and_exit_codes() {
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
     // Every node applies the three posts before two of them die.
     let mut admin = cluster.admin(leader).await;
-    let applied =
-        admin.node_status(spaceraft::pb::NodeStatusRequest {}).await.unwrap().into_inner().replicas[0].applied_index;
+    let status = admin.node_status(spaceraft::pb::NodeStatusRequest {}).await.unwrap().into_inner();
+    let applied = common::space_replica(&status).expect("first space cluster").applied_index;
     cluster.wait_applied(applied, Duration::from_secs(20)).await;
     let survivor = (1..=3).find(|id| *id != leader).unwrap();
     for id in (1..=3).filter(|id| *id != survivor) {

@@ -121,6 +121,8 @@ impl ChaosCluster {
                 limits: Default::default(),
                 space: Default::default(),
                 storage: Default::default(),
+                groups: Default::default(),
+                placement: Default::default(),
                 network: crate::config::NetworkConfig { source_ip: Some(node.listen.ip()), ..Default::default() },
             };
             std::fs::write(&node.config_path, toml::to_string_pretty(&config)?)?;
@@ -272,7 +274,7 @@ impl ChaosCluster {
             else {
                 continue;
             };
-            if let Some(replica) = status.into_inner().replicas.first() {
+            if let Some(replica) = first_cluster(&status.into_inner()) {
                 if replica.role == "leader" {
                     return Some(replica.node_id);
                 }
@@ -299,7 +301,7 @@ impl ChaosCluster {
             .await
             .ok()?
             .ok()?;
-        status.into_inner().replicas.first().map(|replica| replica.applied_index)
+        first_cluster(&status.into_inner()).map(|replica| replica.applied_index)
     }
 
     /// A replica's whole history of a space (operator read on the node).
@@ -349,4 +351,10 @@ impl Drop for ChaosCluster {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// A node's replica of the first space cluster, where the chaos workload's
+/// spaces live.
+fn first_cluster(status: &pb::NodeStatusResponse) -> Option<pb::ReplicaStatus> {
+    status.replicas.iter().find(|replica| replica.cluster_id == crate::config::DEFAULT_CLUSTER_ID).cloned()
 }

@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::gateway::config::{GatewayConfig, NodeEndpoint};
 use crate::pb;
+use crate::placement::directory::META_GROUP_ID;
 
 /// What the last probes said about one node.
 #[derive(Debug, Clone, Default)]
@@ -160,15 +161,22 @@ impl NodePool {
     }
 }
 
-/// A node's applied index when it answers in time and knows a leader.
+/// A node's applied index (summed over the space clusters it hosts, as in
+/// its follow streams' progress) when it answers in time and every one of
+/// those clusters knows a leader.
 async fn probe(channel: Channel, timeout: Duration) -> Option<u64> {
     let mut admin = pb::admin_client::AdminClient::new(channel);
     let mut request = tonic::Request::new(pb::NodeStatusRequest {});
     request.set_timeout(timeout);
     let status = tokio::time::timeout(timeout, admin.node_status(request)).await.ok()?.ok()?.into_inner();
-    let replica =
-        status.replicas.into_iter().find(|replica| replica.cluster_id == crate::config::DEFAULT_CLUSTER_ID)?;
-    (replica.leader_id != 0).then_some(replica.applied_index)
+    let mut applied_index = 0;
+    for replica in status.replicas.iter().filter(|replica| replica.cluster_id != META_GROUP_ID) {
+        if replica.leader_id == 0 {
+            return None;
+        }
+        applied_index += replica.applied_index;
+    }
+    Some(applied_index)
 }
 
 /// Three nodes in us-east (home), eu-west and ap-south, nearest first;

@@ -8,17 +8,18 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
 use crate::config::NodeConfig;
-use crate::node::group::Groups;
+use crate::error::ApiError;
+use crate::node::host::Host;
 use crate::pb;
-use crate::raft::network::PeerChannels;
+use crate::placement::directory::{Directory, MetaCommand};
+use crate::space::{Command, CommandResult};
 
 /// How long ClusterStatus waits for each peer.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct AdminService {
-    pub groups: Groups,
+    pub host: Arc<Host>,
     pub config: Arc<NodeConfig>,
-    pub peers: PeerChannels,
 }
 
 fn role(state: ServerState) -> &'static str {
@@ -33,7 +34,8 @@ fn role(state: ServerState) -> &'static str {
 
 impl AdminService {
     fn local_status(&self) -> Vec<pb::ReplicaStatus> {
-        self.groups
+        self.host
+            .groups
             .all()
             .iter()
             .map(|group| {
@@ -67,7 +69,7 @@ impl pb::admin_server::Admin for AdminService {
         let mut replicas = self.local_status();
         // Every other node that is a member of a group hosted here.
         let mut others = std::collections::BTreeMap::new();
-        for group in self.groups.all() {
+        for group in self.host.groups.all() {
             let metrics = group.raft.metrics().borrow_watched().clone();
             for (id, node) in metrics.membership_config.membership().nodes() {
                 if *id != self.config.node_id {
@@ -76,7 +78,7 @@ impl pb::admin_server::Admin for AdminService {
             }
         }
         let asks = others.into_iter().map(|(id, (node, cluster_id))| {
-            let peers = self.peers.clone();
+            let peers = self.host.peers.clone();
             async move {
                 let result = async {
                     let channel = peers.channel(&node.addr).map_err(|e| e.to_string())?;
@@ -115,7 +117,7 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let mut members = Vec::new();
-        for group in self.groups.all() {
+        for group in self.host.groups.all() {
             let metrics = group.raft.metrics().borrow_watched().clone();
             for (id, node) in metrics.membership_config.membership().nodes() {
                 members.push(pb::Member {
@@ -127,5 +129,105 @@ impl pb::admin_server::Admin for AdminService {
             }
         }
         Ok(Response::new(pb::NodeStatusResponse { replicas: self.local_status(), members }))
+    }
+
+    async fn directory(
+        &self,
+        _request: Request<pb::DirectoryRequest>,
+    ) -> Result<Response<pb::DirectoryResponse>, Status> {
+        self.host.sync_group(&self.host.meta()).await?;
+        let tree = self.host.directory();
+        let response = tokio::task::spawn_blocking(move || {
+            let loads: std::collections::BTreeMap<u64, u64> =
+                Directory::loads(&tree).into_iter().map(|load| (load.id, load.spaces)).collect();
+            pb::DirectoryResponse {
+                nodes: Directory::nodes(&tree)
+                    .into_iter()
+                    .map(|node| pb::DirectoryNode { node_id: node.id, region: node.region, grpc_addr: node.addr })
+                    .collect(),
+                clusters: Directory::clusters(&tree)
+                    .into_iter()
+                    .map(|cluster| pb::DirectoryCluster {
+                        cluster_id: cluster.id,
+                        spaces: loads.get(&cluster.id).copied().unwrap_or(0),
+                        voters: cluster.voters,
+                        preferred_region: cluster.preferred_region,
+                    })
+                    .collect(),
+                placements: Directory::placements(&tree)
+                    .into_iter()
+                    .map(|placement| pb::DirectoryPlacement {
+                        space: placement.space.name,
+                        cluster_id: placement.cluster,
+                        version: placement.version,
+                        org: placement.space.org.unwrap_or_default(),
+                        reason: serde_json::to_string(&placement.reason).unwrap_or_default(),
+                    })
+                    .collect(),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("directory read failed: {e}")))?;
+        Ok(Response::new(response))
+    }
+
+    async fn set_preferred_region(
+        &self,
+        request: Request<pb::SetPreferredRegionRequest>,
+    ) -> Result<Response<pb::SetPreferredRegionResponse>, Status> {
+        let request = request.into_inner();
+        let tree = self.host.directory();
+        if !request.region.is_empty() && !Directory::nodes(&tree).iter().any(|node| node.region == request.region) {
+            return Err(Status::invalid_argument(format!("no node is registered in region {:?}", request.region)));
+        }
+        self.host
+            .meta_write(MetaCommand::SetPreferredRegion { cluster: request.cluster_id, region: request.region })
+            .await
+            .map_err(|error| match error {
+                ApiError::Internal(message) if message.contains("does not exist") => Status::not_found(message),
+                other => other.into(),
+            })?;
+        Ok(Response::new(pb::SetPreferredRegionResponse {}))
+    }
+
+    async fn ping(&self, _request: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
+        Ok(Response::new(pb::PingReply { node_id: self.config.node_id }))
+    }
+
+    async fn propose_meta(
+        &self,
+        request: Request<pb::ProposeMetaRequest>,
+    ) -> Result<Response<pb::ProposeMetaReply>, Status> {
+        let command: MetaCommand = postcard::from_bytes(&request.into_inner().command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable directory change: {e}")))?;
+        let meta = self.host.meta();
+        match meta.raft.client_write(Command::Meta(command)).await {
+            Ok(response) => match response.data {
+                CommandResult::Meta(Ok(outcome)) => Ok(Response::new(pb::ProposeMetaReply {
+                    outcome: postcard::to_stdvec(&outcome).expect("meta outcomes serialize"),
+                    refused: String::new(),
+                })),
+                CommandResult::Meta(Err(refused)) => {
+                    Ok(Response::new(pb::ProposeMetaReply { outcome: Vec::new(), refused: refused.to_string() }))
+                }
+                other => Err(Status::internal(format!("directory answered {other:?}"))),
+            },
+            Err(error) => Err(Status::unavailable(format!("not the leader of the meta cluster: {error}"))),
+        }
+    }
+
+    async fn read_index(&self, request: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {
+        let cluster_id = request.into_inner().cluster_id;
+        let group = self
+            .host
+            .groups
+            .get(cluster_id)
+            .ok_or_else(|| Status::not_found(format!("group {cluster_id} is not hosted here")))?;
+        let log_id = group
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map_err(|error| Status::unavailable(format!("read index of group {cluster_id} failed: {error}")))?;
+        Ok(Response::new(pb::ReadIndexReply { index: log_id.index() }))
     }
 }

@@ -1,10 +1,15 @@
 //! The `spaceraft.v1.Client` gRPC service of a node.
 //!
+//! A space's cluster comes from the directory (this node's meta replica).
 //! Writes go to the leader of the space's cluster: proposed here when this
-//! replica leads, forwarded over the shared peer connection otherwise (one
-//! hop: a forwarded request is never forwarded again). Reads are served from
-//! this replica's applied state; a linearizable History first confirms
-//! leadership with a read-index round and waits until it is applied.
+//! replica leads, forwarded over the shared peer connection otherwise. A
+//! request for a cluster this node does not host goes to one of its voters
+//! (this region's first). A new space is placed by the meta leader. Each hop
+//! is marked, and a request only ever moves on to a later kind of hop
+//! (client → meta leader → cluster voter → cluster leader), so it cannot
+//! loop. Reads are served from this replica's applied state; a linearizable
+//! History first confirms leadership with a read-index round and waits until
+//! it is applied.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -12,24 +17,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError};
 use openraft::ReadPolicy;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::config::{NodeConfig, NodeId, DEFAULT_CLUSTER_ID};
+use crate::config::{NodeConfig, NodeId};
 use crate::error::ApiError;
-use crate::node::group::{Group, Groups};
+use crate::node::group::Group;
+use crate::node::host::Host;
 use crate::node::proposer::ProposeError;
 use crate::pb;
-use crate::raft::network::PeerChannels;
+use crate::placement::directory::Directory;
+use crate::placement::SpaceProfile;
 use crate::space::{validate, Command, CommandResult, PostCommand};
 use crate::storage::state_machine::SpaceReader;
 
-/// Metadata set on a request one node forwards to another.
-const FORWARDED_METADATA: &str = "spaceraft-forwarded";
+/// Metadata set on a request one node forwards to another: which kind of
+/// hop it is on ([`Hop`]).
+const HOP_METADATA: &str = "spaceraft-hop";
+/// The attribute that names a space's org, for placement.
+pub const ORG_ATTR: &str = "org";
+/// The attribute that names a space's home region: a new cluster made for
+/// it prefers its leader there.
+pub const REGION_ATTR: &str = "region";
+/// The attribute with a space's expected posts and reactions a minute.
+pub const ACTIVITY_ATTR: &str = "activity_per_min";
 /// Pause before routing a write again after the leader it went to refused
 /// it or could not be reached.
 const ROUTE_RETRY_PAUSE_MS: u64 = 20;
@@ -37,17 +51,60 @@ const ROUTE_RETRY_PAUSE_MS: u64 = 20;
 const SUBSCRIBE_READ_LEN: usize = 512;
 
 pub struct ClientService {
-    pub node_id: NodeId,
-    pub region: String,
-    pub groups: Groups,
+    pub host: Arc<Host>,
     pub config: Arc<NodeConfig>,
-    pub peers: PeerChannels,
 }
 
 enum Route {
     Local,
     Forward(String),
 }
+
+/// How a request reached this node; a request is only forwarded on to a
+/// later kind of hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Hop {
+    /// From a client.
+    Client,
+    /// To the meta leader, to place a new space.
+    Meta,
+    /// To a voter of the space's cluster.
+    Member,
+    /// To the leader of the space's cluster.
+    Leader,
+}
+
+impl Hop {
+    fn of<T>(request: &Request<T>) -> Hop {
+        match request.metadata().get(HOP_METADATA).and_then(|value| value.to_str().ok()) {
+            Some("meta") => Hop::Meta,
+            Some("member") => Hop::Member,
+            Some(_) => Hop::Leader,
+            None => Hop::Client,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Hop::Client => "client",
+            Hop::Meta => "meta",
+            Hop::Member => "member",
+            Hop::Leader => "leader",
+        }
+    }
+}
+
+/// Where a space's cluster is served from, seen from this node.
+enum Located {
+    Here(Arc<Group>),
+    /// Not hosted here: the cluster's voters, this region's first.
+    Elsewhere {
+        cluster: u64,
+        voters: Vec<(NodeId, String)>,
+    },
+}
+
+type ClientStub = pb::client_client::ClientClient<tonic::transport::Channel>;
 
 /// The outcome of one attempt at a write on this replica.
 enum Attempt<T> {
@@ -57,65 +114,92 @@ enum Attempt<T> {
 }
 
 impl ClientService {
-    /// The group that orders `space`; a single space cluster for now.
-    fn group_for(&self, _space: &str) -> Result<Arc<Group>, ApiError> {
-        self.groups
-            .get(DEFAULT_CLUSTER_ID)
-            .ok_or_else(|| ApiError::Internal(format!("space cluster {DEFAULT_CLUSTER_ID} is not hosted here")))
+    /// Where `space`'s cluster is served from. A request on a member hop
+    /// must find the cluster here.
+    async fn locate(&self, space: &str, hop: Hop) -> Result<Located, ApiError> {
+        let placement = self.host.placement_fresh(space).await?;
+        if let Some(group) = self.host.local_cluster(placement.cluster).await? {
+            return Ok(Located::Here(group));
+        }
+        if hop >= Hop::Member {
+            return Err(ApiError::Internal(format!(
+                "space cluster {} is not hosted on node {}, which was asked as its voter",
+                placement.cluster, self.config.node_id
+            )));
+        }
+        let voters = self.host.cluster_addrs(placement.cluster).await?;
+        Ok(Located::Elsewhere { cluster: placement.cluster, voters })
     }
 
     /// Where a write must go: here, or the leader's address. Waits up to
     /// `leader_wait_ms` for a leader to be known.
     async fn route(&self, group: &Group, forwarded: bool) -> Result<Route, ApiError> {
-        let wait_ms = self.config.raft.leader_wait_ms;
-        let mut metrics = group.raft.metrics();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-        loop {
-            let (leader, membership) = {
-                let current = metrics.borrow_watched();
-                (current.current_leader, current.membership_config.clone())
-            };
-            if let Some(leader) = leader {
-                if leader == self.node_id {
-                    return Ok(Route::Local);
-                }
-                let addr = membership.membership().get_node(&leader).map(|node| node.addr.clone());
-                if forwarded {
-                    return Err(ApiError::NotLeader { cluster_id: group.id, leader: Some(leader).zip(addr) });
-                }
-                if let Some(addr) = addr {
-                    return Ok(Route::Forward(addr));
-                }
-            }
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                return Err(ApiError::NoLeader { cluster_id: group.id, waited_ms: wait_ms });
-            }
+        match self.host.leader_of(group).await? {
+            None => Ok(Route::Local),
+            Some(leader) if forwarded => Err(ApiError::NotLeader { cluster_id: group.id, leader: Some(leader) }),
+            Some((_, addr)) => Ok(Route::Forward(addr)),
         }
     }
 
-    fn forward_client(
-        &self,
-        addr: &str,
-    ) -> Result<pb::client_client::ClientClient<tonic::transport::Channel>, ApiError> {
+    fn forward_client(&self, addr: &str) -> Result<ClientStub, ApiError> {
         let channel =
-            self.peers.channel(addr).map_err(|e| ApiError::Internal(format!("bad peer address {addr}: {e}")))?;
+            self.host.peers.channel(addr).map_err(|e| ApiError::Internal(format!("bad peer address {addr}: {e}")))?;
         Ok(pb::client_client::ClientClient::new(channel))
     }
 
-    fn forwarded_request<T>(&self, message: T) -> Request<T> {
+    fn hop_request<T>(&self, message: T, hop: Hop) -> Request<T> {
         let mut request = Request::new(message);
-        request.metadata_mut().insert(FORWARDED_METADATA, "1".parse().expect("ascii"));
+        request.metadata_mut().insert(HOP_METADATA, hop.name().parse().expect("ascii"));
         request.set_timeout(Duration::from_millis(self.config.network.forward_timeout_ms));
         request
     }
 
-    async fn post(&self, request: pb::PostRequest, forwarded: bool) -> Result<pb::PostResponse, Status> {
+    fn forwarded_request<T>(&self, message: T) -> Request<T> {
+        self.hop_request(message, Hop::Leader)
+    }
+
+    /// Sends a request for a cluster not hosted here to one of its voters,
+    /// the next one when a voter surely did not take it.
+    async fn to_member<Req, T, F, FF>(
+        &self,
+        cluster: u64,
+        voters: &[(NodeId, String)],
+        request: &Req,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        Req: Clone,
+        F: FnMut(ClientStub, Request<Req>) -> FF,
+        FF: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut last = None;
+        for (_, addr) in voters {
+            let client = self.forward_client(addr)?;
+            match call(client, self.hop_request(request.clone(), Hop::Member)).await {
+                Err(status) if status.code() == tonic::Code::Unavailable && surely_not_proposed(&status) => {
+                    last = Some(status);
+                }
+                done => return done,
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable(format!("space cluster {cluster} has no reachable voter"))))
+    }
+
+    async fn post(&self, request: pb::PostRequest, hop: Hop) -> Result<pb::PostResponse, Status> {
+        let forwarded = hop == Hop::Leader;
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
         validate::check_name("user name", &request.author, &limits).map_err(ApiError::from)?;
         validate::check_body(&request.body, &limits).map_err(ApiError::from)?;
         validate::check_idempotency_key(&request.idempotency_key, &limits).map_err(ApiError::from)?;
-        let group = self.group_for(&request.space)?;
+        let group = match self.locate(&request.space, hop).await? {
+            Located::Here(group) => group,
+            Located::Elsewhere { cluster, voters } => {
+                let post =
+                    |mut client: ClientStub, request| async move { client.post(request).await.map(|r| r.into_inner()) };
+                return self.to_member(cluster, &voters, &request, post).await;
+            }
+        };
         let post = PostCommand {
             space: request.space.clone(),
             author: request.author.clone(),
@@ -149,11 +233,8 @@ impl ClientService {
         .await
     }
 
-    async fn create_space(
-        &self,
-        request: pb::CreateSpaceRequest,
-        forwarded: bool,
-    ) -> Result<pb::CreateSpaceResponse, Status> {
+    async fn create_space(&self, request: pb::CreateSpaceRequest, hop: Hop) -> Result<pb::CreateSpaceResponse, Status> {
+        let forwarded = hop == Hop::Leader;
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.name, &limits).map_err(ApiError::from)?;
         validate::check_members(&request.members, &limits).map_err(ApiError::from)?;
@@ -163,7 +244,16 @@ impl ClientService {
                 return Err(ApiError::Internal("attribute value too large".into()).into());
             }
         }
-        let group = self.group_for(&request.name)?;
+        let group = match self.place(&request, hop).await? {
+            Placed::Here(group) => group,
+            Placed::Answered(response) => return Ok(response),
+            Placed::Elsewhere { cluster, voters } => {
+                let create = |mut client: ClientStub, request| async move {
+                    client.create_space(request).await.map(|r| r.into_inner())
+                };
+                return self.to_member(cluster, &voters, &request, create).await;
+            }
+        };
         let command = Command::CreateSpace {
             name: request.name.clone(),
             members: request.members.clone(),
@@ -205,6 +295,46 @@ impl ClientService {
             true,
         )
         .await
+    }
+
+    /// Where a space being created goes: its placement, made by the meta
+    /// leader (forwarded there when this node does not lead the meta group).
+    async fn place(&self, request: &pb::CreateSpaceRequest, hop: Hop) -> Result<Placed, Status> {
+        let placement = match self.host.placement(&request.name).await? {
+            Some(placement) => placement,
+            None if hop >= Hop::Member => self.host.placement_fresh(&request.name).await?,
+            None => match self.host.leader_of(&self.host.meta()).await? {
+                Some((_, addr)) if hop == Hop::Client => {
+                    let mut client = self.forward_client(&addr)?;
+                    let response = client.create_space(self.hop_request(request.clone(), Hop::Meta)).await?;
+                    return Ok(Placed::Answered(response.into_inner()));
+                }
+                _ => {
+                    let attrs = &request.attrs;
+                    let profile = SpaceProfile {
+                        name: request.name.clone(),
+                        org: attrs.get(ORG_ATTR).cloned(),
+                        members: request.members.iter().cloned().collect(),
+                        activity_per_min: attrs
+                            .get(ACTIVITY_ATTR)
+                            .and_then(|value| value.parse::<f64>().ok())
+                            .filter(|value| value.is_finite() && *value >= 0.0)
+                            .unwrap_or(0.0),
+                    };
+                    self.host
+                        .place_space(
+                            profile,
+                            attrs.clone().into_iter().collect(),
+                            attrs.get(REGION_ATTR).map(String::as_str),
+                        )
+                        .await?
+                }
+            },
+        };
+        Ok(match self.locate(&placement.space.name, hop).await? {
+            Located::Here(group) => Placed::Here(group),
+            Located::Elsewhere { cluster, voters } => Placed::Elsewhere { cluster, voters },
+        })
     }
 
     /// Runs a write where the leader is: `local` when this replica leads,
@@ -287,11 +417,20 @@ impl ClientService {
         Ok(())
     }
 
-    async fn history(&self, request: pb::HistoryRequest, forwarded: bool) -> Result<pb::HistoryResponse, Status> {
+    async fn history(&self, request: pb::HistoryRequest, hop: Hop) -> Result<pb::HistoryResponse, Status> {
+        let forwarded = hop == Hop::Leader;
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
         check_reader(&request.user, &limits)?;
-        let group = self.group_for(&request.space)?;
+        let group = match self.locate(&request.space, hop).await? {
+            Located::Here(group) => group,
+            Located::Elsewhere { cluster, voters } => {
+                let read = |mut client: ClientStub, request| async move {
+                    client.history(request).await.map(|r| r.into_inner())
+                };
+                return self.to_member(cluster, &voters, &request, read).await;
+            }
+        };
         if request.linearizable {
             match self.route(&group, forwarded).await? {
                 Route::Forward(addr) => {
@@ -301,6 +440,7 @@ impl ClientService {
                 Route::Local => self.linearize(&group).await?,
             }
         }
+        self.host.space_record(&group, &request.space).await?;
         let limit = match request.limit {
             0 => self.config.limits.history_len_max,
             asked => asked.min(self.config.limits.history_len_max),
@@ -381,8 +521,15 @@ fn may_read(record: &crate::space::SpaceRecord, user: &str) -> bool {
     user.is_empty() || record.members.contains(user)
 }
 
-fn is_forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_METADATA)
+/// What placing a space being created found.
+enum Placed {
+    Here(Arc<Group>),
+    Elsewhere {
+        cluster: u64,
+        voters: Vec<(NodeId, String)>,
+    },
+    /// The meta leader, asked over the network, did it all.
+    Answered(pb::CreateSpaceResponse),
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEvent, Status>> + Send + 'static>>;
@@ -394,34 +541,40 @@ impl pb::client_server::Client for ClientService {
         &self,
         request: Request<pb::CreateSpaceRequest>,
     ) -> Result<Response<pb::CreateSpaceResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        Ok(Response::new(self.create_space(request.into_inner(), forwarded).await?))
+        let hop = Hop::of(&request);
+        Ok(Response::new(self.create_space(request.into_inner(), hop).await?))
     }
 
     async fn post(&self, request: Request<pb::PostRequest>) -> Result<Response<pb::PostResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        Ok(Response::new(self.post(request.into_inner(), forwarded).await?))
+        let hop = Hop::of(&request);
+        Ok(Response::new(self.post(request.into_inner(), hop).await?))
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        Ok(Response::new(self.history(request.into_inner(), forwarded).await?))
+        let hop = Hop::of(&request);
+        Ok(Response::new(self.history(request.into_inner(), hop).await?))
     }
 
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let hop = Hop::of(&request);
         let request = request.into_inner();
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
         check_reader(&request.user, &limits)?;
-        let group = self.group_for(&request.space)?;
-        let reader = group.reader.clone();
-        let stored = {
-            let (reader, space) = (reader.clone(), request.space.clone());
-            off_runtime(move || reader.space(&space)).await?
+        let group = match self.locate(&request.space, hop).await? {
+            Located::Here(group) => group,
+            Located::Elsewhere { cluster, voters } => {
+                let open = |mut client: ClientStub, request| async move {
+                    client.subscribe(request).await.map(|r| r.into_inner())
+                };
+                let stream = self.to_member(cluster, &voters, &request, open).await?;
+                return Ok(Response::new(Box::pin(stream)));
+            }
         };
-        let record = stored.ok_or_else(|| ApiError::UnknownSpace { space: request.space.clone() })?;
+        let reader = group.reader.clone();
+        let record = self.host.space_record(&group, &request.space).await?;
         if !may_read(&record, &request.user) {
             return Err(ApiError::NotMember { space: request.space, user: request.user }.into());
         }
@@ -440,14 +593,35 @@ impl pb::client_server::Client for ClientService {
     ) -> Result<Response<pb::ListSpacesResponse>, Status> {
         let request = request.into_inner();
         check_reader(&request.user, &self.config.limits.request_limits())?;
-        let group = self.group_for("")?;
-        let reader = group.reader.clone();
-        let records = off_runtime(move || reader.spaces()).await?;
-        let spaces = records
-            .into_iter()
-            .filter(|record| may_read(record, &request.user))
-            .map(|record| record_info(record, group.id))
-            .collect();
+        // Fresh when the meta cluster answers; else what this node's replica
+        // knows (a listing stays available without a meta quorum).
+        if let Err(error) = self.host.sync_group(&self.host.meta()).await {
+            tracing::debug!(%error, "listing spaces from the local directory");
+        }
+        let (tree, groups, user) = (self.host.directory(), self.host.groups.clone(), request.user.clone());
+        let spaces = off_runtime(move || {
+            let mut spaces = Vec::new();
+            for placement in Directory::placements(&tree) {
+                if !user.is_empty() && !placement.space.members.contains(&user) {
+                    continue;
+                }
+                let name = placement.space.name.clone();
+                let stored = match groups.get(placement.cluster) {
+                    Some(group) => group.reader.space(&name)?.map(|record| record_info(record, placement.cluster)),
+                    None => None,
+                };
+                spaces.push(stored.unwrap_or_else(|| pb::SpaceInfo {
+                    name,
+                    members: placement.space.members.into_iter().collect(),
+                    attrs: placement.attrs.into_iter().collect(),
+                    cluster_id: placement.cluster,
+                    first_seq: 0,
+                    last_seq: 0,
+                }));
+            }
+            Ok(spaces)
+        })
+        .await?;
         Ok(Response::new(pb::ListSpacesResponse { spaces }))
     }
 
@@ -457,11 +631,10 @@ impl pb::client_server::Client for ClientService {
         &self,
         request: Request<tonic::Streaming<pb::FollowRequest>>,
     ) -> Result<Response<FollowStream>, Status> {
-        let group = self.group_for("")?;
         let context = crate::node::follow::FollowContext {
-            node_id: self.node_id,
-            region: self.region.clone(),
-            group,
+            node_id: self.config.node_id,
+            region: self.config.region.clone(),
+            host: self.host.clone(),
             progress_interval: Duration::from_millis(self.config.network.follow_progress_interval_ms.max(1)),
         };
         let (sender, receiver) = mpsc::channel(self.config.limits.subscribe_queue_len_max.max(1));
@@ -470,11 +643,21 @@ impl pb::client_server::Client for ClientService {
     }
 
     async fn get_space(&self, request: Request<pb::GetSpaceRequest>) -> Result<Response<pb::SpaceInfo>, Status> {
+        let hop = Hop::of(&request);
         let request = request.into_inner();
-        let group = self.group_for(&request.name)?;
-        space_info(&group.reader, group.id, &request.name)
-            .map(Response::new)
-            .ok_or_else(|| ApiError::UnknownSpace { space: request.name }.into())
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.name, &limits).map_err(ApiError::from)?;
+        let group = match self.locate(&request.name, hop).await? {
+            Located::Here(group) => group,
+            Located::Elsewhere { cluster, voters } => {
+                let get = |mut client: ClientStub, request| async move {
+                    client.get_space(request).await.map(|r| r.into_inner())
+                };
+                return Ok(Response::new(self.to_member(cluster, &voters, &request, get).await?));
+            }
+        };
+        let record = self.host.space_record(&group, &request.name).await?;
+        Ok(Response::new(record_info(record, group.id)))
     }
 }
 

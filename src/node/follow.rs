@@ -1,5 +1,5 @@
-//! The `Follow` stream a gateway opens on a replica: many spaces of one
-//! space cluster over one stream, each with its own cursor.
+//! The `Follow` stream a gateway opens on a node: many spaces, of any space
+//! clusters the node hosts, over one stream, each with its own cursor.
 //!
 //! Invariant: for every watched space the messages sent are exactly the
 //! committed seqs from the cursor on, in order, once each. A read that finds
@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::error::ApiError;
-use crate::node::group::Group;
+use crate::node::host::Host;
 use crate::pb;
 use crate::pb::follow_event::Event;
+use crate::placement::directory::META_GROUP_ID;
 use crate::storage::state_machine::SpaceReader;
 
 /// Messages read per space per step, and per batch event at most.
@@ -32,12 +33,13 @@ type EventSender = mpsc::Sender<Result<pb::FollowEvent, Status>>;
 pub struct FollowContext {
     pub node_id: u64,
     pub region: String,
-    pub group: Arc<Group>,
+    pub host: Arc<Host>,
     pub progress_interval: Duration,
 }
 
-/// A watched space's cursor: the next seq to send.
-type Cursors = BTreeMap<String, u64>;
+/// A watched space's cursor: the next seq to send, and the replica of the
+/// space's cluster it is read from.
+type Cursors = BTreeMap<String, (u64, SpaceReader, u64)>;
 
 /// Serves one follow stream until the gateway hangs up.
 pub async fn serve(
@@ -45,8 +47,7 @@ pub async fn serve(
     mut requests: impl futures::Stream<Item = Result<pb::FollowRequest, Status>> + Unpin + Send,
     sender: EventSender,
 ) {
-    let reader = context.group.reader.clone();
-    let mut applied = reader.applied.clone();
+    let mut applied = context.host.applied_any();
     let mut cursors = Cursors::new();
     let mut progress = tokio::time::interval(context.progress_interval);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,9 +62,9 @@ pub async fn serve(
                 let Some(Ok(request)) = request else { return };
                 match request.request {
                     Some(pb::follow_request::Request::Watch(watch)) => {
-                        match start_watch(&reader, &watch).await {
-                            Ok((next_seq, event)) => {
-                                cursors.insert(watch.space, next_seq);
+                        match start_watch(&context.host, &watch).await {
+                            Ok((next_seq, reader, cluster, event)) => {
+                                cursors.insert(watch.space, (next_seq, reader, cluster));
                                 if sender.send(Ok(event)).await.is_err() {
                                     return;
                                 }
@@ -84,11 +85,7 @@ pub async fn serve(
                 }
             }
             _ = progress.tick() => {
-                let (applied_index, has_leader) = {
-                    let metrics = context.group.raft.metrics();
-                    let current = metrics.borrow_watched();
-                    (current.last_applied.as_ref().map(|id| id.index()).unwrap_or(0), current.current_leader.is_some())
-                };
+                let (applied_index, has_leader) = progress_of(&context.host);
                 let event = pb::FollowEvent {
                     event: Some(Event::Progress(pb::Progress {
                         node_id: context.node_id,
@@ -109,7 +106,7 @@ pub async fn serve(
             }
             _ = std::future::ready(()), if more => {
                 applied.borrow_and_update();
-                match pump(&reader, &mut cursors, &sender).await {
+                match pump(&mut cursors, &sender).await {
                     Ok(again) => more = again,
                     Err(()) => return,
                 }
@@ -118,14 +115,56 @@ pub async fn serve(
     }
 }
 
-/// Answers a watch: where delivery starts, or why it cannot.
-async fn start_watch(reader: &SpaceReader, watch: &pb::Watch) -> Result<(u64, pb::FollowEvent), pb::FollowEvent> {
+/// Progress over the space clusters hosted here: the sum of their applied
+/// indexes (comparable between nodes that host the same clusters, the
+/// figure a gateway's health probe reads too, and growing with every
+/// apply), and whether every one of them knows a leader.
+fn progress_of(host: &Host) -> (u64, bool) {
+    let (mut applied_index, mut has_leader) = (0, true);
+    for group in host.groups.all().iter().filter(|group| group.id != META_GROUP_ID) {
+        let metrics = group.raft.metrics();
+        let current = metrics.borrow_watched();
+        applied_index += current.last_applied.as_ref().map(|id| id.index()).unwrap_or(0);
+        has_leader &= current.current_leader.is_some();
+    }
+    (applied_index, has_leader)
+}
+
+/// Answers a watch: where delivery starts and the replica it reads, or why
+/// it cannot.
+async fn start_watch(
+    host: &Host,
+    watch: &pb::Watch,
+) -> Result<(u64, SpaceReader, u64, pb::FollowEvent), pb::FollowEvent> {
+    let cluster = match host.placement_fresh(&watch.space).await {
+        Ok(placement) => placement.cluster,
+        Err(ApiError::UnknownSpace { .. }) => {
+            return Err(ended(&watch.space, "unknown_space", "space does not exist", 0))
+        }
+        Err(error) => return Err(ended(&watch.space, "unavailable", &error.to_string(), 0)),
+    };
+    let reader = match host.local_cluster(cluster).await {
+        Ok(Some(group)) => {
+            // Waits for a space created a moment ago to reach this replica.
+            if let Err(error) = host.space_record(&group, &watch.space).await {
+                let code = if matches!(error, ApiError::UnknownSpace { .. }) { "unknown_space" } else { "unavailable" };
+                return Err(ended(&watch.space, code, &error.to_string(), 0));
+            }
+            group.reader.clone()
+        }
+        Ok(None) => {
+            let message = format!("space cluster {cluster} of this space is not hosted on this node");
+            return Err(ended(&watch.space, "not_hosted", &message, 0));
+        }
+        Err(error) => return Err(ended(&watch.space, "unavailable", &error.to_string(), 0)),
+    };
     let record = {
         let (reader, space) = (reader.clone(), watch.space.clone());
         off_runtime(move || reader.space(&space)).await
     };
     let record = match record {
         Ok(Some(record)) => record,
+        // Placed, but not yet created in its cluster's replica here.
         Ok(None) => return Err(ended(&watch.space, "unknown_space", "space does not exist", 0)),
         Err(error) => return Err(ended(&watch.space, "internal", &error.to_string(), 0)),
     };
@@ -138,13 +177,13 @@ async fn start_watch(reader: &SpaceReader, watch: &pb::Watch) -> Result<(u64, pb
         name: record.name,
         members: record.members.into_iter().collect(),
         attrs: record.attrs.into_iter().collect(),
-        cluster_id: 0,
+        cluster_id: cluster,
         first_seq: record.first_seq,
         last_seq: record.last_seq,
     };
     let event =
         pb::FollowEvent { event: Some(Event::Watching(pb::Watching { space: Some(space), next_seq, resumed })) };
-    Ok((next_seq, event))
+    Ok((next_seq, reader, cluster, event))
 }
 
 fn ended(space: &str, code: &str, message: &str, first_seq: u64) -> pb::FollowEvent {
@@ -167,12 +206,10 @@ enum Step {
 /// Sends what was committed past every cursor. Returns whether more is
 /// readable right away (a read stopped at its length bound), Err when the
 /// gateway left.
-async fn pump(reader: &SpaceReader, cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
-    let wanted: Vec<(String, u64)> = cursors.iter().map(|(space, next)| (space.clone(), *next)).collect();
-    let steps = {
-        let reader = reader.clone();
-        off_runtime(move || Ok(read_step(&reader, wanted))).await
-    };
+async fn pump(cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
+    let wanted: Vec<(String, u64, SpaceReader)> =
+        cursors.iter().map(|(space, (next, reader, _))| (space.clone(), *next, reader.clone())).collect();
+    let steps = off_runtime(move || Ok(read_step(wanted))).await;
     let Ok(steps) = steps else { return Err(()) };
     let mut more = false;
     let mut batch = Vec::new();
@@ -181,7 +218,7 @@ async fn pump(reader: &SpaceReader, cursors: &mut Cursors, sender: &EventSender)
             Step::Messages(messages, full) => {
                 more |= full;
                 if let Some(last) = messages.last() {
-                    let next = cursors.get_mut(&space).expect("cursor of a read space");
+                    let (next, _, _) = cursors.get_mut(&space).expect("cursor of a read space");
                     debug_assert_eq!(messages[0].seq, *next, "follow must not skip or repeat a seq");
                     *next = last.seq + 1;
                 }
@@ -212,9 +249,9 @@ async fn send_batch(sender: &EventSender, batch: &mut Vec<pb::Message>) -> Resul
 
 /// Reads, for each (space, next seq), what is committed from there (up to
 /// [`FOLLOW_READ_LEN`]), and whether more is readable now.
-fn read_step(reader: &SpaceReader, wanted: Vec<(String, u64)>) -> Vec<(String, Step)> {
+fn read_step(wanted: Vec<(String, u64, SpaceReader)>) -> Vec<(String, Step)> {
     let mut steps = Vec::with_capacity(wanted.len());
-    for (space, next_seq) in wanted {
+    for (space, next_seq, reader) in wanted {
         let record = match reader.space(&space) {
             Ok(Some(record)) => record,
             // Spaces are never deleted: a record missing after the watch

@@ -5,7 +5,9 @@
 
 pub mod admin_service;
 pub mod client_service;
+pub mod detector;
 pub mod follow;
 pub mod group;
+pub mod host;
 pub mod proposer;
 pub mod server;

@@ -10,17 +10,16 @@ use openraft::errors::InitializeError;
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
 
-use crate::config::{NodeConfig, DEFAULT_CLUSTER_ID};
+use crate::config::NodeConfig;
 use crate::node::admin_service::AdminService;
 use crate::node::client_service::ClientService;
-use crate::node::group::{Group, Groups};
-use crate::node::proposer::{BatchBounds, Proposer};
+use crate::node::host::Host;
 use crate::pb;
-use crate::raft::network::{PeerChannels, RaftNetwork};
+use crate::placement::directory::{Directory, MetaCommand, NodeEntry, META_GROUP_ID};
 use crate::raft::service::RaftService;
 use crate::raft::types::{NodeAddr, Raft};
 use crate::storage::data_dir::DataDir;
-use crate::storage::{flusher, LogEngine, SpaceStateMachine};
+use crate::storage::{flusher, LogEngine};
 
 /// Bound on one Raft message (an AppendEntries batch, a snapshot chunk):
 /// `raft.append_entries_len_max` entries of at most
@@ -55,11 +54,10 @@ pub fn openraft_config(raft: &crate::config::RaftConfig) -> anyhow::Result<openr
 
 /// A running node.
 pub struct RunningNode {
-    pub groups: Groups,
+    pub host: Arc<Host>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     flusher: tokio::task::JoinHandle<()>,
-    db: sled::Db,
 }
 
 impl RunningNode {
@@ -67,11 +65,11 @@ impl RunningNode {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let served = self.server.await.context("server task")?;
-        for group in self.groups.all() {
+        for group in self.host.groups.all() {
             let _ = group.raft.shutdown().await;
         }
         let _ = self.flusher.await;
-        flusher::flush(&self.db).await;
+        flusher::flush(self.host.db()).await;
         served
     }
 
@@ -105,52 +103,36 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
 
-    let peers = PeerChannels::new(config.network.clone());
-    let groups = Groups::default();
     let raft_config = Arc::new(openraft_config(&config.raft)?);
-    let group_id = DEFAULT_CLUSTER_ID;
-    let snapshot_dir = data_dir.snapshot_dir(group_id);
-    let state_machine = SpaceStateMachine::open(db.clone(), group_id, snapshot_dir.clone())
-        .await
-        .with_context(|| format!("cannot open the state machine of space cluster {group_id}"))?;
-    let reader = state_machine.reader();
-    let network = RaftNetwork {
-        group_id,
-        self_id: config.node_id,
-        self_addr: config.advertise_addr().to_string(),
-        channels: peers.clone(),
-    };
-    let raft = Raft::new(config.node_id, raft_config, network, engine.group(group_id), state_machine)
-        .await
-        .context("cannot start raft")?;
-    let proposer = Proposer::spawn(
-        raft.clone(),
-        BatchBounds {
-            len_max: config.raft.propose_batch_len_max,
-            bytes_max: config.raft.propose_batch_bytes_max,
-            inflight_max: config.raft.propose_inflight_max,
-        },
-    );
-    groups.insert(Group { id: group_id, raft: raft.clone(), reader, proposer, snapshot_dir });
-
+    let host = Arc::new(Host::new(config.clone(), db.clone(), engine, data_dir, raft_config));
+    let meta = host.start_group(META_GROUP_ID).await?;
     if config.bootstrap {
-        bootstrap(&raft, &config).await?;
+        bootstrap(&meta.raft, &config).await?;
     }
+    // The space clusters this node already hosts, before serving.
+    host.reconcile().await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone()));
+    tokio::spawn(host.clone().follow_directory(shutdown_rx.clone()));
+    tokio::spawn(host.detector.clone().run(
+        host.peers.clone(),
+        {
+            let host = host.clone();
+            move || Directory::nodes(&host.directory()).into_iter().map(|node| (node.id, node.addr)).collect::<Vec<_>>()
+        },
+        Duration::from_millis(config.groups.ping_interval_ms.max(1)),
+        shutdown_rx.clone(),
+    ));
+    if config.bootstrap {
+        tokio::spawn(bootstrap_directory(host.clone(), shutdown_rx.clone()));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::client_server::ClientServer<ClientService>>().await;
-    let client_service = ClientService {
-        node_id: config.node_id,
-        region: config.region.clone(),
-        groups: groups.clone(),
-        config: config.clone(),
-        peers: peers.clone(),
-    };
-    let admin_service = AdminService { groups: groups.clone(), config: config.clone(), peers: peers.clone() };
-    let raft_service = RaftService { node_id: config.node_id, groups: groups.clone() };
+    let client_service = ClientService { host: host.clone(), config: config.clone() };
+    let admin_service = AdminService { host: host.clone(), config: config.clone() };
+    let raft_service = RaftService { node_id: config.node_id, groups: host.groups.clone() };
     let message_bytes_max = config.limits.body_bytes_max * 4 + 64 * 1024;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -180,7 +162,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .context("grpc server")
     });
     tracing::info!(node_id = config.node_id, region = %config.region, addr = %config.advertise_addr(), "node started");
-    Ok(RunningNode { groups, shutdown, server, flusher, db })
+    Ok(RunningNode { host, shutdown, server, flusher })
 }
 
 /// Refuses to start a second process with an id that is already in use: a
@@ -225,11 +207,11 @@ async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Initializes the space cluster with the configured peers, once: an
-/// initialized cluster (this node's log is not empty) is left alone.
+/// Initializes the meta group with the configured peers as its voters,
+/// once: an initialized group (this node's log is not empty) is left alone.
 async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
-        tracing::info!("space cluster already initialized; bootstrap skipped");
+        tracing::info!("meta cluster already initialized; bootstrap skipped");
         return Ok(());
     }
     let members: BTreeMap<u64, NodeAddr> = config
@@ -239,7 +221,7 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
         .collect();
     match raft.initialize(members).await {
         Ok(()) => {
-            tracing::info!(voters = config.peers.len(), "space cluster initialized");
+            tracing::info!(voters = config.peers.len(), "meta cluster initialized");
             Ok(())
         }
         Err(error) => match error.api_error() {
@@ -247,4 +229,38 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
             _ => Err(anyhow::anyhow!("bootstrap failed: {error}")),
         },
     }
+}
+
+/// Registers the configured peers in the directory and makes the first
+/// space cluster with all of them as voters (once), retrying until the meta
+/// cluster has a leader.
+async fn bootstrap_directory(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    let config = host.config.clone();
+    let mut commands: Vec<MetaCommand> = config
+        .peers
+        .iter()
+        .map(|peer| {
+            MetaCommand::RegisterNode(NodeEntry { id: peer.id, region: peer.region.clone(), addr: peer.addr.clone() })
+        })
+        .collect();
+    commands.push(MetaCommand::CreateCluster {
+        voters: config.peers.iter().map(|peer| peer.id).collect(),
+        preferred_region: String::new(),
+        only_if_none: true,
+    });
+    let mut pause = Duration::from_millis(100);
+    for command in commands {
+        loop {
+            match host.meta_write(command.clone()).await {
+                Ok(_) => break,
+                Err(error) => tracing::debug!(%error, "bootstrap: directory not writable yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+    tracing::info!("bootstrap: directory written");
 }

@@ -97,8 +97,9 @@ impl OverlapThreshold {
     }
 }
 
-/// The policy's knobs.
+/// The policy's knobs (the `[placement]` section of a node's config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PlacementConfig {
     pub overlap: OverlapThreshold,
     pub spaces_max: u64,
@@ -121,9 +122,11 @@ impl Default for PlacementConfig {
     }
 }
 
-/// Why a cluster was chosen; shown to operators.
+/// Why a cluster was chosen; shown to operators and stored in the
+/// directory (externally tagged: the directory's binary encoding cannot
+/// read internally tagged enums).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The cluster holds other spaces of the org.
     SameOrg { org: String, shared_members: usize },
@@ -141,7 +144,7 @@ pub enum Reason {
 
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "to")]
+#[serde(rename_all = "snake_case")]
 pub enum Placement {
     Existing { cluster: u64, reason: Reason },
     NewCluster { reason: Reason },

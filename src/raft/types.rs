@@ -27,6 +27,7 @@ impl fmt::Display for Command {
                 write!(f, "create-space {name} ({} members)", members.len())
             }
             Command::Posts(posts) => write!(f, "posts x{}", posts.len()),
+            Command::Meta(meta) => write!(f, "meta {meta:?}"),
         }
     }
 }

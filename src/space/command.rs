@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::placement::directory::{MetaCommand, MetaError, MetaOutcome};
+
 /// One Raft entry's payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Creates a space. The proposing node stamps the dedup window and the
     /// retention bound so every replica applies the same rules.
@@ -19,6 +21,8 @@ pub enum Command {
     /// Many posts, possibly to many spaces, batched into one entry by the
     /// leader's proposer; results come back in the same order.
     Posts(Vec<PostCommand>),
+    /// A change to the directory; only the meta group carries these.
+    Meta(MetaCommand),
 }
 
 /// One message to append.
@@ -52,7 +56,7 @@ pub enum ApplyError {
 }
 
 /// What applying one entry answers to its proposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub enum CommandResult {
     /// Blank and membership entries answer nothing.
     #[default]
@@ -63,4 +67,5 @@ pub enum CommandResult {
         result: Result<(), ApplyError>,
     },
     Posts(Vec<Result<PostOutcome, ApplyError>>),
+    Meta(Result<MetaOutcome, MetaError>),
 }

@@ -262,6 +262,7 @@ impl SpaceMachine {
                 let results = posts.iter().map(|post| Self::post(overlay, dedup, log_index, post)).collect();
                 CommandResult::Posts(results)
             }
+            Command::Meta(meta) => CommandResult::Meta(crate::placement::directory::apply(overlay, meta)),
         }
     }
 

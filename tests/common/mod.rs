@@ -183,8 +183,8 @@ impl TestCluster {
                 let Ok(channel) = try_connect(&node.addr).await else { continue };
                 let mut admin = pb::admin_client::AdminClient::new(channel);
                 if let Ok(status) = admin.node_status(pb::NodeStatusRequest {}).await {
-                    let replica = &status.into_inner().replicas[0];
-                    if replica.role == "leader" {
+                    let status = status.into_inner();
+                    if let Some(replica) = space_replica(&status).filter(|replica| replica.role == "leader") {
                         return replica.node_id;
                     }
                 }
@@ -201,7 +201,7 @@ impl TestCluster {
             loop {
                 let mut admin = pb::admin_client::AdminClient::new(connect(&node.addr).await);
                 if let Ok(status) = admin.node_status(pb::NodeStatusRequest {}).await {
-                    if status.into_inner().replicas[0].applied_index >= index {
+                    if space_replica(&status.into_inner()).is_some_and(|replica| replica.applied_index >= index) {
                         break;
                     }
                 }
@@ -294,4 +294,11 @@ pub async fn create_space(cluster: &TestCluster, node: u64, name: &str, members:
         })
         .await
         .expect("create space");
+}
+
+/// A node's replica of the first space cluster (the one bootstrap makes,
+/// where the tests' spaces are placed), out of its status; none while the
+/// node is still starting it.
+pub fn space_replica(status: &pb::NodeStatusResponse) -> Option<&pb::ReplicaStatus> {
+    status.replicas.iter().find(|replica| replica.cluster_id == spaceraft::config::DEFAULT_CLUSTER_ID)
 }

@@ -1,0 +1,113 @@
+//! The failure detector: one ping per node pair and interval, whatever the
+//! number of groups the two nodes share. Quiesced groups have no timers of
+//! their own; this is what tells them their leader's node is gone.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::NodeId;
+use crate::pb;
+use crate::raft::network::PeerChannels;
+
+#[derive(Clone)]
+pub struct Detector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: NodeId,
+    down_after: Duration,
+    started: Instant,
+    /// When each node last answered.
+    last_seen: Mutex<BTreeMap<NodeId, Instant>>,
+    /// The set of nodes taken as down, published on every change.
+    down: watch::Sender<Vec<NodeId>>,
+}
+
+impl Detector {
+    pub fn new(me: NodeId, down_after: Duration) -> Detector {
+        Detector {
+            inner: Arc::new(Inner {
+                me,
+                down_after,
+                started: Instant::now(),
+                last_seen: Mutex::new(BTreeMap::new()),
+                down: watch::channel(Vec::new()).0,
+            }),
+        }
+    }
+
+    /// Whether `node` answered within `down_after` (a node never heard from
+    /// counts as up for the first `down_after` of this process).
+    pub fn is_up(&self, node: NodeId) -> bool {
+        if node == self.inner.me {
+            return true;
+        }
+        let since =
+            self.inner.last_seen.lock().expect("detector lock").get(&node).copied().unwrap_or(self.inner.started);
+        since.elapsed() < self.inner.down_after
+    }
+
+    /// The nodes taken as down; changes wake the receiver.
+    pub fn down(&self) -> watch::Receiver<Vec<NodeId>> {
+        self.inner.down.subscribe()
+    }
+
+    fn seen(&self, node: NodeId) {
+        self.inner.last_seen.lock().expect("detector lock").insert(node, Instant::now());
+    }
+
+    fn publish(&self, nodes: &[NodeId]) {
+        let down: Vec<NodeId> = nodes.iter().copied().filter(|node| !self.is_up(*node)).collect();
+        self.inner.down.send_if_modified(|current| {
+            if *current == down {
+                return false;
+            }
+            tracing::info!(down = ?down, "nodes taken as down changed");
+            *current = down;
+            true
+        });
+    }
+
+    /// Pings every node `nodes` lists each `interval` until shutdown.
+    pub async fn run(
+        self,
+        peers: PeerChannels,
+        nodes: impl Fn() -> Vec<(NodeId, String)> + Send + 'static,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let others: Vec<(NodeId, String)> = nodes().into_iter().filter(|(id, _)| *id != self.inner.me).collect();
+            let pings = others.iter().map(|(id, addr)| {
+                let (peers, detector, id, addr) = (peers.clone(), self.clone(), *id, addr.clone());
+                async move {
+                    let Ok(channel) = peers.channel(&addr) else { return };
+                    let mut client = pb::admin_client::AdminClient::new(channel);
+                    let mut request = tonic::Request::new(pb::PingRequest { from_node: detector.inner.me });
+                    request.set_timeout(interval.max(Duration::from_millis(200)));
+                    if let Ok(Ok(reply)) =
+                        tokio::time::timeout(interval.max(Duration::from_millis(200)), client.ping(request)).await
+                    {
+                        if reply.into_inner().node_id == id {
+                            detector.seen(id);
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(pings).await;
+            let ids: Vec<NodeId> = others.iter().map(|(id, _)| *id).collect();
+            self.publish(&ids);
+        }
+    }
+}

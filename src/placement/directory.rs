@@ -1,0 +1,397 @@
+//! The meta cluster's directory: nodes and their regions, space clusters
+//! with their voters and preferred leader region, and where each space
+//! lives (with a version that grows on every change), plus each cluster's
+//! load as placement sees it.
+//!
+//! It is stored in the meta group's state machine tree, next to nothing
+//! else, under its own key prefixes (upper-case, so they never meet the
+//! space keys of [`crate::space::record`]):
+//! - `N` node id (u64 BE) → [`NodeEntry`]
+//! - `C` cluster id (u64 BE) → [`ClusterEntry`]
+//! - `L` cluster id (u64 BE) → [`ClusterLoad`]
+//! - `P` space name → [`SpacePlacement`]
+//! - `K` → the last cluster id handed out
+//!
+//! [`apply`] is pure and deterministic like the space machine: every meta
+//! replica makes the same changes from the same command.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::{ClusterLoad, Reason, SpaceProfile};
+use crate::space::record::{decode, encode};
+use crate::space::{KvRead, Overlay};
+
+/// The Raft group id of the meta cluster; space clusters count from 1.
+pub const META_GROUP_ID: u64 = 0;
+
+const NODE_PREFIX: u8 = b'N';
+const CLUSTER_PREFIX: u8 = b'C';
+const LOAD_PREFIX: u8 = b'L';
+const PLACEMENT_PREFIX: u8 = b'P';
+const LAST_CLUSTER_KEY: &[u8] = b"K";
+
+/// A node as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub id: u64,
+    pub region: String,
+    pub addr: String,
+}
+
+/// A space cluster: its voters (node ids) and where its leader should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEntry {
+    pub id: u64,
+    pub voters: Vec<u64>,
+    /// Empty: no preference.
+    pub preferred_region: String,
+}
+
+/// Where a space lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpacePlacement {
+    pub space: SpaceProfile,
+    /// The attributes the space was created with.
+    pub attrs: BTreeMap<String, String>,
+    pub cluster: u64,
+    /// 1 when placed; grows with every change (a move).
+    pub version: u64,
+    pub reason: Reason,
+}
+
+/// A change to the directory; one Raft entry of the meta group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds a node or updates its address and region.
+    RegisterNode(NodeEntry),
+    /// Makes a space cluster with these voters and the next free id. With
+    /// `only_if_none`, does nothing when a cluster exists already (the
+    /// bootstrap's first cluster, proposed by every bootstrapping node).
+    CreateCluster {
+        voters: Vec<u64>,
+        preferred_region: String,
+        only_if_none: bool,
+    },
+    /// Records a space's placement; a space placed before keeps its first
+    /// placement (a retried create).
+    PlaceSpace {
+        space: SpaceProfile,
+        attrs: BTreeMap<String, String>,
+        cluster: u64,
+        reason: Reason,
+    },
+    SetPreferredRegion {
+        cluster: u64,
+        region: String,
+    },
+}
+
+/// What applying a [`MetaCommand`] answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaOutcome {
+    NodeRegistered,
+    ClusterCreated { id: u64, created: bool },
+    SpacePlaced { placement: SpacePlacement, existed: bool },
+    PreferenceSet,
+}
+
+/// Why apply refused a meta command; refusals change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    #[error("space cluster {0} does not exist")]
+    UnknownCluster(u64),
+    #[error("node {0} is not registered")]
+    UnknownNode(u64),
+    #[error("a space cluster needs at least one voter")]
+    NoVoters,
+}
+
+fn id_key(prefix: u8, id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(prefix);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn placement_key(space: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + space.len());
+    key.push(PLACEMENT_PREFIX);
+    key.extend_from_slice(space.as_bytes());
+    key
+}
+
+fn read<R: KvRead, T: for<'a> Deserialize<'a>>(store: &R, key: &[u8]) -> Option<T> {
+    let bytes = store.get(key)?;
+    Some(decode(&bytes).expect("directory records are written by this module"))
+}
+
+fn read_overlay<R: KvRead, T: for<'a> Deserialize<'a>>(overlay: &Overlay<'_, R>, key: &[u8]) -> Option<T> {
+    let bytes = overlay.get(key)?;
+    Some(decode(&bytes).expect("directory records are written by this module"))
+}
+
+/// Every value under `prefix`, in key order.
+fn scan<R: KvRead, T: for<'a> Deserialize<'a>>(store: &R, prefix: u8) -> Vec<T> {
+    store
+        .keys_between(&[prefix], &[prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .iter()
+        .filter_map(|key| read(store, key))
+        .collect()
+}
+
+/// Applies one meta command.
+pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> Result<MetaOutcome, MetaError> {
+    match command {
+        MetaCommand::RegisterNode(node) => {
+            overlay.insert(id_key(NODE_PREFIX, node.id), encode(node));
+            Ok(MetaOutcome::NodeRegistered)
+        }
+        MetaCommand::CreateCluster { voters, preferred_region, only_if_none } => {
+            let last: u64 = read_overlay(overlay, LAST_CLUSTER_KEY).unwrap_or(0);
+            if *only_if_none && last > 0 {
+                return Ok(MetaOutcome::ClusterCreated { id: 1, created: false });
+            }
+            if voters.is_empty() {
+                return Err(MetaError::NoVoters);
+            }
+            if let Some(unknown) = voters.iter().find(|id| overlay.get(&id_key(NODE_PREFIX, **id)).is_none()) {
+                return Err(MetaError::UnknownNode(*unknown));
+            }
+            let id = last + 1;
+            let mut voters = voters.clone();
+            voters.sort_unstable();
+            voters.dedup();
+            let entry = ClusterEntry { id, voters, preferred_region: preferred_region.clone() };
+            overlay.insert(id_key(CLUSTER_PREFIX, id), encode(&entry));
+            overlay.insert(id_key(LOAD_PREFIX, id), encode(&ClusterLoad::new(id)));
+            overlay.insert(LAST_CLUSTER_KEY.to_vec(), encode(&id));
+            Ok(MetaOutcome::ClusterCreated { id, created: true })
+        }
+        MetaCommand::PlaceSpace { space, attrs, cluster, reason } => {
+            if let Some(placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(&space.name)) {
+                return Ok(MetaOutcome::SpacePlaced { placement, existed: true });
+            }
+            let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *cluster)) else {
+                return Err(MetaError::UnknownCluster(*cluster));
+            };
+            load.add(space);
+            overlay.insert(id_key(LOAD_PREFIX, *cluster), encode(&load));
+            let placement = SpacePlacement {
+                space: space.clone(),
+                attrs: attrs.clone(),
+                cluster: *cluster,
+                version: 1,
+                reason: reason.clone(),
+            };
+            overlay.insert(placement_key(&space.name), encode(&placement));
+            Ok(MetaOutcome::SpacePlaced { placement, existed: false })
+        }
+        MetaCommand::SetPreferredRegion { cluster, region } => {
+            let Some(mut entry) = read_overlay::<R, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
+                return Err(MetaError::UnknownCluster(*cluster));
+            };
+            entry.preferred_region = region.clone();
+            overlay.insert(id_key(CLUSTER_PREFIX, *cluster), encode(&entry));
+            Ok(MetaOutcome::PreferenceSet)
+        }
+    }
+}
+
+/// Reads of the applied directory.
+pub struct Directory;
+
+impl Directory {
+    pub fn node<R: KvRead>(store: &R, id: u64) -> Option<NodeEntry> {
+        read(store, &id_key(NODE_PREFIX, id))
+    }
+
+    pub fn nodes<R: KvRead>(store: &R) -> Vec<NodeEntry> {
+        scan(store, NODE_PREFIX)
+    }
+
+    pub fn cluster<R: KvRead>(store: &R, id: u64) -> Option<ClusterEntry> {
+        read(store, &id_key(CLUSTER_PREFIX, id))
+    }
+
+    pub fn clusters<R: KvRead>(store: &R) -> Vec<ClusterEntry> {
+        scan(store, CLUSTER_PREFIX)
+    }
+
+    pub fn loads<R: KvRead>(store: &R) -> Vec<ClusterLoad> {
+        scan(store, LOAD_PREFIX)
+    }
+
+    pub fn placement<R: KvRead>(store: &R, space: &str) -> Option<SpacePlacement> {
+        read(store, &placement_key(space))
+    }
+
+    pub fn placements<R: KvRead>(store: &R) -> Vec<SpacePlacement> {
+        scan(store, PLACEMENT_PREFIX)
+    }
+
+    /// The spaces `user` is a member of, by name.
+    pub fn spaces_of<R: KvRead>(store: &R, user: &str) -> BTreeSet<String> {
+        Self::placements(store)
+            .into_iter()
+            .filter(|placement| user.is_empty() || placement.space.members.contains(user))
+            .map(|placement| placement.space.name)
+            .collect()
+    }
+
+    /// The voters of `cluster` with their directory entries (a voter the
+    /// directory does not know is left out).
+    pub fn voters<R: KvRead>(store: &R, cluster: &ClusterEntry) -> BTreeMap<u64, NodeEntry> {
+        cluster.voters.iter().filter_map(|id| Some((*id, Self::node(store, *id)?))).collect()
+    }
+}
+
+/// The voters for a new space cluster, `replicas` of them: first one node
+/// per region (regions in the order of their least loaded node), in each the
+/// node that holds the fewest cluster replicas, then the lowest id; with
+/// fewer regions than `replicas`, the least loaded remaining nodes fill up.
+/// Only nodes `alive` says are up are chosen.
+pub fn choose_voters(
+    nodes: &[NodeEntry],
+    clusters: &[ClusterEntry],
+    replicas: usize,
+    alive: impl Fn(u64) -> bool,
+) -> Vec<u64> {
+    let mut hosted: BTreeMap<u64, usize> = BTreeMap::new();
+    for cluster in clusters {
+        for voter in &cluster.voters {
+            *hosted.entry(*voter).or_default() += 1;
+        }
+    }
+    let mut candidates: Vec<(usize, u64, &str)> = nodes
+        .iter()
+        .filter(|node| alive(node.id))
+        .map(|node| (hosted.get(&node.id).copied().unwrap_or(0), node.id, node.region.as_str()))
+        .collect();
+    candidates.sort_unstable();
+    let mut regions_used = BTreeSet::new();
+    let mut voters = Vec::new();
+    for (_, id, region) in &candidates {
+        if voters.len() < replicas.max(1) && regions_used.insert(*region) {
+            voters.push(*id);
+        }
+    }
+    for (_, id, _) in &candidates {
+        if voters.len() < replicas.max(1) && !voters.contains(id) {
+            voters.push(*id);
+        }
+    }
+    voters.sort_unstable();
+    voters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Store = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn run(store: &mut Store, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
+        let (result, writes) = {
+            let mut overlay = Overlay::new(&*store);
+            let result = apply(&mut overlay, &command);
+            (result, overlay.into_writes())
+        };
+        for (key, value) in writes {
+            match value {
+                Some(value) => store.insert(key, value),
+                None => store.remove(&key),
+            };
+        }
+        result
+    }
+
+    fn node(id: u64, region: &str) -> MetaCommand {
+        MetaCommand::RegisterNode(NodeEntry { id, region: region.into(), addr: format!("127.0.0.1:{}", 7000 + id) })
+    }
+
+    fn profile(name: &str, org: &str, members: &[&str]) -> SpaceProfile {
+        SpaceProfile {
+            name: name.into(),
+            org: Some(org.into()),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            activity_per_min: 0.0,
+        }
+    }
+
+    #[test]
+    fn clusters_get_increasing_ids_and_the_bootstrap_cluster_is_made_once() {
+        let mut store = Store::new();
+        for (id, region) in [(1, "a"), (2, "b"), (3, "c")] {
+            run(&mut store, node(id, region)).unwrap();
+        }
+        let first =
+            MetaCommand::CreateCluster { voters: vec![3, 1, 2], preferred_region: "a".into(), only_if_none: true };
+        assert_eq!(run(&mut store, first.clone()).unwrap(), MetaOutcome::ClusterCreated { id: 1, created: true });
+        assert_eq!(run(&mut store, first).unwrap(), MetaOutcome::ClusterCreated { id: 1, created: false });
+        let second =
+            MetaCommand::CreateCluster { voters: vec![2], preferred_region: String::new(), only_if_none: false };
+        assert_eq!(run(&mut store, second).unwrap(), MetaOutcome::ClusterCreated { id: 2, created: true });
+        assert_eq!(Directory::cluster(&store, 1).unwrap().voters, vec![1, 2, 3]);
+        assert_eq!(Directory::clusters(&store).len(), 2);
+        assert_eq!(Directory::nodes(&store).len(), 3);
+    }
+
+    #[test]
+    fn unknown_voters_and_clusters_are_refused_and_change_nothing() {
+        let mut store = Store::new();
+        run(&mut store, node(1, "a")).unwrap();
+        let before = store.clone();
+        let bad =
+            MetaCommand::CreateCluster { voters: vec![1, 9], preferred_region: String::new(), only_if_none: false };
+        assert_eq!(run(&mut store, bad), Err(MetaError::UnknownNode(9)));
+        let place = MetaCommand::PlaceSpace {
+            space: profile("x", "o", &["u"]),
+            attrs: BTreeMap::new(),
+            cluster: 4,
+            reason: Reason::LeastLoaded,
+        };
+        assert_eq!(run(&mut store, place), Err(MetaError::UnknownCluster(4)));
+        assert_eq!(store, before);
+    }
+
+    #[test]
+    fn a_placement_is_kept_and_counted_once() {
+        let mut store = Store::new();
+        run(&mut store, node(1, "a")).unwrap();
+        run(
+            &mut store,
+            MetaCommand::CreateCluster { voters: vec![1], preferred_region: String::new(), only_if_none: false },
+        )
+        .unwrap();
+        let place = MetaCommand::PlaceSpace {
+            space: profile("x", "o", &["u", "v"]),
+            attrs: BTreeMap::new(),
+            cluster: 1,
+            reason: Reason::LeastLoaded,
+        };
+        let MetaOutcome::SpacePlaced { placement, existed: false } = run(&mut store, place.clone()).unwrap() else {
+            panic!("first placement")
+        };
+        assert_eq!((placement.cluster, placement.version), (1, 1));
+        let MetaOutcome::SpacePlaced { existed: true, .. } = run(&mut store, place).unwrap() else { panic!("retry") };
+        let load = &Directory::loads(&store)[0];
+        assert_eq!((load.spaces, load.orgs["o"], load.members["u"]), (1, 1, 1));
+        assert_eq!(Directory::spaces_of(&store, "v").into_iter().collect::<Vec<_>>(), vec!["x".to_string()]);
+        assert!(Directory::spaces_of(&store, "w").is_empty());
+    }
+
+    #[test]
+    fn voters_spread_over_regions_and_avoid_loaded_and_dead_nodes() {
+        let nodes: Vec<NodeEntry> = [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "c")]
+            .iter()
+            .map(|(id, region)| NodeEntry { id: *id, region: region.to_string(), addr: String::new() })
+            .collect();
+        let clusters = vec![ClusterEntry { id: 1, voters: vec![1, 3, 4], preferred_region: String::new() }];
+        assert_eq!(choose_voters(&nodes, &clusters, 3, |_| true), vec![2, 3, 5]);
+        // Region b is down: a second node of another region fills in.
+        assert_eq!(choose_voters(&nodes, &clusters, 3, |id| id != 3), vec![1, 2, 5]);
+        assert_eq!(choose_voters(&nodes, &clusters, 1, |_| true).len(), 1);
+    }
+}
