@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod failover;
 pub mod fanout;
+pub mod groups;
 pub mod placement;
 
 use std::sync::Arc;

@@ -60,6 +60,9 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupsConfig {
+    /// Stop the timers of idle groups (see `quiesce_after_ms`); off keeps
+    /// every group heartbeating, which costs CPU per group.
+    pub quiesce: bool,
     /// Voters of a space cluster made by placement (one per region, as many
     /// regions as there are up to this).
     pub cluster_voters_len: usize,
@@ -83,6 +86,7 @@ pub struct GroupsConfig {
 impl Default for GroupsConfig {
     fn default() -> Self {
         GroupsConfig {
+            quiesce: true,
             cluster_voters_len: 3,
             ping_interval_ms: 500,
             down_after_ms: 3_000,

@@ -347,7 +347,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Polls the nodes until one reports a leader.
+/// Polls the nodes until one reports a leader of the first space cluster.
 pub async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
@@ -360,7 +360,9 @@ pub async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Option<
             if let Ok(Ok(response)) =
                 tokio::time::timeout(Duration::from_secs(1), admin.node_status(crate::pb::NodeStatusRequest {})).await
             {
-                if let Some(leader) = response.into_inner().replicas.iter().map(|r| r.leader_id).find(|id| *id != 0) {
+                let replicas = response.into_inner().replicas;
+                let first_cluster = replicas.iter().filter(|r| r.cluster_id == crate::config::DEFAULT_CLUSTER_ID);
+                if let Some(leader) = first_cluster.map(|r| r.leader_id).find(|id| *id != 0) {
                     return Some(leader);
                 }
             }

@@ -24,9 +24,18 @@ pub struct BenchCluster {
 
 impl BenchCluster {
     pub async fn start(base_port: u16) -> anyhow::Result<BenchCluster> {
+        Self::start_with(base_port, |_| {}).await
+    }
+
+    /// Starts with each node's configuration changed by `tweak` first.
+    pub async fn start_with(base_port: u16, tweak: impl Fn(&mut NodeConfig)) -> anyhow::Result<BenchCluster> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let dev_args = DevArgs { regions: 3, data_dir: dir.path().to_path_buf(), base_port, redundant_upstream: false };
-        let prepared = dev::prepare(&dev_args)?;
+        let mut prepared = dev::prepare(&dev_args)?;
+        for (path, config) in prepared.iter_mut() {
+            tweak(config);
+            std::fs::write(path, toml::to_string_pretty(config)?)?;
+        }
         let exe = std::env::current_exe()?;
         let mut processes = Vec::new();
         for (path, config) in &prepared {
@@ -113,6 +122,11 @@ impl BenchCluster {
             upstream,
             clients: Default::default(),
         }
+    }
+
+    /// The process id of a node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.processes.iter().find(|(node, _)| *node == id).and_then(|(_, p)| p.id())
     }
 
     /// Sends a signal (`-STOP`, `-KILL`, …) to a node's process.

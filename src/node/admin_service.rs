@@ -190,6 +190,23 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::SetPreferredRegionResponse {}))
     }
 
+    async fn nudge(&self, request: Request<pb::NudgeRequest>) -> Result<Response<pb::NudgeReply>, Status> {
+        let from = request.into_inner().from_node;
+        let mut groups = 0;
+        for group in self.host.groups.all() {
+            let led_with_caller = {
+                let metrics = group.raft.metrics();
+                let current = metrics.borrow_watched();
+                current.current_leader == Some(self.config.node_id)
+                    && current.membership_config.membership().get_node(&from).is_some()
+            };
+            if led_with_caller && group.raft.trigger().heartbeat().await.is_ok() {
+                groups += 1;
+            }
+        }
+        Ok(Response::new(pb::NudgeReply { groups }))
+    }
+
     async fn ping(&self, _request: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
         Ok(Response::new(pb::PingReply { node_id: self.config.node_id }))
     }
@@ -201,7 +218,7 @@ impl pb::admin_server::Admin for AdminService {
         let command: MetaCommand = postcard::from_bytes(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("undecodable directory change: {e}")))?;
         let meta = self.host.meta();
-        match meta.raft.client_write(Command::Meta(command)).await {
+        match meta.woken_write(Command::Meta(command)).await {
             Ok(response) => match response.data {
                 CommandResult::Meta(Ok(outcome)) => Ok(Response::new(pb::ProposeMetaReply {
                     outcome: postcard::to_stdvec(&outcome).expect("meta outcomes serialize"),

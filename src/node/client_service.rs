@@ -297,6 +297,13 @@ impl ClientService {
         .await
     }
 
+    /// Runs `write` on a group woken first (a quiesced leader heartbeats
+    /// again, so followers learn the commit promptly).
+    async fn woken<T>(group: &Group, write: impl std::future::Future<Output = T>) -> T {
+        group.wake();
+        write.await
+    }
+
     /// Where a space being created goes: its placement, made by the meta
     /// leader (forwarded there when this node does not lead the meta group).
     async fn place(&self, request: &pb::CreateSpaceRequest, hop: Hop) -> Result<Placed, Status> {
@@ -381,7 +388,7 @@ impl ClientService {
                         done => return done,
                     }
                 }
-                Route::Local => match local().await {
+                Route::Local => match Self::woken(group, local()).await {
                     Attempt::Done(done) => return done,
                     Attempt::NotLeader(leader) if forwarded => {
                         return Err(ApiError::NotLeader { cluster_id: group.id, leader }.into());

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use crate::node::proposer::Proposer;
 use crate::raft::types::Raft;
@@ -18,6 +20,40 @@ pub struct Group {
     pub proposer: Proposer,
     /// Where received snapshots are written before install.
     pub snapshot_dir: PathBuf,
+    /// When a write last woke this group ([`since_start_ms`]).
+    pub woken_at_ms: AtomicU64,
+}
+
+/// Milliseconds since the first call in this process: a cheap clock for
+/// atomics.
+pub fn since_start_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Group {
+    /// Restarts the group's timers before a write: a quiesced leader must
+    /// heartbeat again so followers learn the new commit index promptly.
+    /// The quiescer stops them again once the group is idle.
+    pub fn wake(&self) {
+        self.woken_at_ms.store(since_start_ms(), Ordering::Relaxed);
+        self.raft.runtime_config().tick(true);
+    }
+
+    /// A write through Raft on a woken group.
+    pub async fn woken_write(
+        &self,
+        command: crate::space::Command,
+    ) -> Result<
+        openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
+        openraft::errors::RaftError<
+            crate::raft::types::TypeConfig,
+            openraft::errors::ClientWriteError<crate::raft::types::TypeConfig>,
+        >,
+    > {
+        self.wake();
+        self.raft.client_write(command).await
+    }
 }
 
 /// The groups hosted on this node, by id; cheap to clone.
@@ -33,6 +69,10 @@ impl Groups {
 
     pub fn insert(&self, group: Group) {
         self.groups.write().expect("groups lock").insert(group.id, Arc::new(group));
+    }
+
+    pub fn remove(&self, id: u64) -> Option<Arc<Group>> {
+        self.groups.write().expect("groups lock").remove(&id)
     }
 
     pub fn all(&self) -> Vec<Arc<Group>> {

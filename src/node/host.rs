@@ -60,6 +60,10 @@ pub struct Host {
     /// Bumped after any group applies: follow sessions watch spaces of many
     /// groups and wake on this.
     applied_any: watch::Sender<u64>,
+    /// Until then ([`crate::node::group::since_start_ms`]) a group with no
+    /// known leader does not elect: the node has just started and its
+    /// peers' leaders are making themselves known ([`crate::node::quiesce`]).
+    pub quiet_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Host {
@@ -85,6 +89,7 @@ impl Host {
             placing: tokio::sync::Mutex::new(()),
             initialized: Mutex::new(BTreeSet::new()),
             applied_any: watch::channel(0).0,
+            quiet_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 
@@ -151,7 +156,14 @@ impl Host {
                 applied_any.send_modify(|count| *count = count.wrapping_add(1));
             }
         });
-        self.groups.insert(Group { id, raft, reader, proposer, snapshot_dir });
+        self.groups.insert(Group {
+            id,
+            raft,
+            reader,
+            proposer,
+            snapshot_dir,
+            woken_at_ms: std::sync::atomic::AtomicU64::new(crate::node::group::since_start_ms()),
+        });
         tracing::debug!(group_id = id, "group started");
         Ok(self.groups.get(id).expect("just inserted"))
     }
@@ -285,7 +297,7 @@ impl Host {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms);
         loop {
             let attempt: Result<(), String> = match self.leader_of(&meta).await? {
-                None => match meta.raft.client_write(Command::Meta(command.clone())).await {
+                None => match meta.woken_write(Command::Meta(command.clone())).await {
                     Ok(response) => match response.data {
                         CommandResult::Meta(result) => {
                             return result.map_err(|refused| ApiError::Internal(format!("directory: {refused}")))

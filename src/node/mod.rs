@@ -10,4 +10,5 @@ pub mod follow;
 pub mod group;
 pub mod host;
 pub mod proposer;
+pub mod quiesce;
 pub mod server;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::InitializeError;
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use crate::config::NodeConfig;
 use crate::node::admin_service::AdminService;
 use crate::node::client_service::ClientService;
 use crate::node::host::Host;
+use crate::node::quiesce;
 use crate::pb;
 use crate::placement::directory::{Directory, MetaCommand, NodeEntry, META_GROUP_ID};
 use crate::raft::service::RaftService;
@@ -47,6 +49,14 @@ pub fn openraft_config(raft: &crate::config::RaftConfig) -> anyhow::Result<openr
         // acknowledged before the crash) as the read index, and serves stale
         // reads; `spaceraft sim` found this.
         enable_leader_restore: Some(false),
+        // A node hosts thousands of groups: openraft preallocates its API
+        // batch per group (4,096 messages by default), which made idle
+        // groups cost megabytes each. Posts arrive batched by the proposer.
+        api_batch_capacity: 64,
+        // Replication to an unreachable node backs off to 3 s instead of
+        // retrying every 200 ms in every group; the quiescer resets the
+        // backoff when the failure detector sees the node again.
+        backoff: "100ms 200ms ...3s".into(),
         ..Default::default()
     };
     openraft_config.validate().context("raft configuration")
@@ -111,10 +121,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
     // The space clusters this node already hosts, before serving.
     host.reconcile().await?;
+    let fresh = meta.raft.metrics().borrow_watched().current_term == 0;
+    if fresh {
+        host.quiet_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        tokio::spawn(quiesce::settle(host.clone()));
+    }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone()));
     tokio::spawn(host.clone().follow_directory(shutdown_rx.clone()));
+    tokio::spawn(quiesce::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(host.detector.clone().run(
         host.peers.clone(),
         {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -33,12 +33,46 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Per address: consecutive failed replication calls, and when the last
+    /// one failed. Shared by every group, so a dead node is retried a few
+    /// times a second in all, not by each of thousands of groups at once.
+    failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
     config: NetworkConfig,
 }
 
+/// The first and the longest pause before a replication call to a peer
+/// whose last calls failed.
+const PEER_RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
+const PEER_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
 impl PeerChannels {
     pub fn new(config: NetworkConfig) -> PeerChannels {
-        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), config }
+        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), failures: Arc::default(), config }
+    }
+
+    /// Waits before calling a peer whose last calls failed: the pause doubles
+    /// with each failure, up to [`PEER_RETRY_PAUSE_MAX`].
+    async fn pace(&self, addr: &str) {
+        let until = {
+            let failures = self.failures.lock().expect("failure map lock");
+            let Some((count, last)) = failures.get(addr) else { return };
+            let pause = PEER_RETRY_PAUSE_MIN.saturating_mul(1 << (*count).min(5)).min(PEER_RETRY_PAUSE_MAX);
+            *last + pause
+        };
+        tokio::time::sleep_until(until.into()).await;
+    }
+
+    fn outcome<T, E>(&self, addr: &str, result: &Result<T, E>) {
+        let mut failures = self.failures.lock().expect("failure map lock");
+        match result {
+            Ok(_) => {
+                failures.remove(addr);
+            }
+            Err(_) => {
+                let entry = failures.entry(addr.to_string()).or_insert((0, Instant::now()));
+                *entry = (entry.0.saturating_add(1), Instant::now());
+            }
+        }
     }
 
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -96,6 +130,8 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
                 })
                 .map_err(|error| format!("bad address {:?} for node {target}: {error}", node.addr)),
             pipeline_len_max: self.channels.config.append_pipeline_len_max,
+            channels: self.channels.clone(),
+            target_addr: node.addr.clone(),
         }
     }
 }
@@ -108,6 +144,8 @@ pub struct PeerClient {
     /// Err holds why the peer's address is unusable.
     client: Result<RaftClient<Channel>, String>,
     pipeline_len_max: usize,
+    channels: PeerChannels,
+    target_addr: String,
 }
 
 fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -181,7 +219,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.request(&rpc);
         let mut client = self.client()?;
-        decode_reply(with_deadline(option.hard_ttl(), client.append(request)).await?)
+        self.channels.pace(&self.target_addr).await;
+        let result = with_deadline(option.hard_ttl(), client.append(request)).await;
+        self.channels.outcome(&self.target_addr, &result);
+        decode_reply(result?)
     }
 
     fn stream_append<'s, S>(
@@ -201,8 +242,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let (group_id, from, from_addr, to) = (self.group_id, self.self_id, self.self_addr.clone(), self.target);
         let pipeline_len_max = self.pipeline_len_max;
         let client = self.client();
+        let (channels, target_addr) = (self.channels.clone(), self.target_addr.clone());
         Box::pin(async move {
             let mut client = client?;
+            channels.pace(&target_addr).await;
             // A bounded channel between openraft's request stream and gRPC
             // bounds the requests in flight on this stream.
             let (sender, receiver) = tokio::sync::mpsc::channel(pipeline_len_max.max(1));
@@ -215,7 +258,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 }
             });
             let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
-            let replies = client.append_stream(outbound).await.map_err(status_error)?.into_inner();
+            let opened = client.append_stream(outbound).await;
+            channels.outcome(&target_addr, &opened);
+            let replies = opened.map_err(status_error)?.into_inner();
             let results = replies.map(|reply| match reply {
                 Ok(reply) => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
                 Err(status) => Err(status_error(status)),
