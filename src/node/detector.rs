@@ -22,8 +22,9 @@ struct Inner {
     me: NodeId,
     down_after: Duration,
     started: Instant,
-    /// When each node last answered.
-    last_seen: Mutex<BTreeMap<NodeId, Instant>>,
+    /// When each node last answered, and since when it has answered
+    /// without a gap longer than `down_after`.
+    last_seen: Mutex<BTreeMap<NodeId, (Instant, Instant)>>,
     /// The set of nodes taken as down, published on every change.
     down: watch::Sender<Vec<NodeId>>,
 }
@@ -47,9 +48,18 @@ impl Detector {
         if node == self.inner.me {
             return true;
         }
-        let since =
-            self.inner.last_seen.lock().expect("detector lock").get(&node).copied().unwrap_or(self.inner.started);
-        since.elapsed() < self.inner.down_after
+        let seen = self.inner.last_seen.lock().expect("detector lock").get(&node).map(|(last, _)| *last);
+        seen.unwrap_or(self.inner.started).elapsed() < self.inner.down_after
+    }
+
+    /// How long `node` has been up without interruption (None: down, or
+    /// never heard from).
+    pub fn up_for(&self, node: NodeId) -> Option<Duration> {
+        if node == self.inner.me {
+            return Some(self.inner.started.elapsed());
+        }
+        let (last, since) = self.inner.last_seen.lock().expect("detector lock").get(&node).copied()?;
+        (last.elapsed() < self.inner.down_after).then(|| since.elapsed())
     }
 
     /// The nodes taken as down; changes wake the receiver.
@@ -58,7 +68,13 @@ impl Detector {
     }
 
     fn seen(&self, node: NodeId) {
-        self.inner.last_seen.lock().expect("detector lock").insert(node, Instant::now());
+        let now = Instant::now();
+        let mut last_seen = self.inner.last_seen.lock().expect("detector lock");
+        let since = match last_seen.get(&node) {
+            Some((last, since)) if last.elapsed() < self.inner.down_after => *since,
+            _ => now,
+        };
+        last_seen.insert(node, (now, since));
     }
 
     fn publish(&self, nodes: &[NodeId]) {

@@ -9,6 +9,7 @@ pub mod detector;
 pub mod follow;
 pub mod group;
 pub mod host;
+pub mod leaders;
 pub mod proposer;
 pub mod quiesce;
 pub mod server;

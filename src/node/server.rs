@@ -15,7 +15,7 @@ use crate::config::NodeConfig;
 use crate::node::admin_service::AdminService;
 use crate::node::client_service::ClientService;
 use crate::node::host::Host;
-use crate::node::quiesce;
+use crate::node::{leaders, quiesce};
 use crate::pb;
 use crate::placement::directory::{Directory, MetaCommand, NodeEntry, META_GROUP_ID};
 use crate::raft::service::RaftService;
@@ -132,6 +132,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone()));
     tokio::spawn(host.clone().follow_directory(shutdown_rx.clone()));
     tokio::spawn(quiesce::run(host.clone(), shutdown_rx.clone()));
+    tokio::spawn(leaders::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(host.detector.clone().run(
         host.peers.clone(),
         {
