@@ -25,6 +25,17 @@ pub enum ApiError {
     NoLeader { cluster_id: u64, waited_ms: u64 },
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The space moved to another space cluster (a post that reached its
+    /// old cluster after the move sealed it there).
+    #[error("space {space:?} moved to space cluster {to}")]
+    Moved { space: String, to: u64 },
+    /// The space is being copied into its new cluster.
+    #[error("space {space:?} is being moved; retry shortly")]
+    Moving { space: String },
+    /// A request the current state refuses (e.g. a move to a cluster that
+    /// does not exist).
+    #[error("{0}")]
+    Refused(String),
     /// A transient failure: no quorum, a read index not confirmed in time.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -41,9 +52,16 @@ impl From<ApplyError> for ApiError {
             ApplyError::UnknownSpace { space } => ApiError::UnknownSpace { space },
             ApplyError::NotMember { space, user } => ApiError::NotMember { space, user },
             ApplyError::SpaceExists { space } => ApiError::SpaceExists { space },
+            ApplyError::Moved { space, to } => ApiError::Moved { space, to },
+            ApplyError::Importing { space } => ApiError::Moving { space },
         }
     }
 }
+
+/// Metadata key that carries the new cluster of a moved space.
+pub const MOVED_TO_METADATA: &str = "spaceraft-moved-to";
+/// Metadata key set while a space is being copied into its new cluster.
+pub const MOVING_METADATA: &str = "spaceraft-moving";
 
 /// Metadata key that carries the leader hint on a NotLeader status.
 pub const LEADER_HINT_METADATA: &str = "spaceraft-leader";
@@ -69,6 +87,17 @@ impl From<ApiError> for tonic::Status {
             ApiError::NoLeader { .. } | ApiError::ShuttingDown | ApiError::Unavailable(_) => {
                 tonic::Status::unavailable(message)
             }
+            ApiError::Moved { to, .. } => {
+                let mut status = tonic::Status::unavailable(message);
+                status.metadata_mut().insert(MOVED_TO_METADATA, to.to_string().parse().expect("digits"));
+                status
+            }
+            ApiError::Moving { .. } => {
+                let mut status = tonic::Status::unavailable(message);
+                status.metadata_mut().insert(MOVING_METADATA, "1".parse().expect("ascii"));
+                status
+            }
+            ApiError::Refused(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
             ApiError::Forwarded(_, code) => tonic::Status::new(code, message),
         }

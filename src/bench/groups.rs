@@ -4,7 +4,9 @@
 //! binary, fsync on), one space per cluster (placement capped at one space
 //! per cluster, so each space makes a new cluster), then idle:
 //! CPU per node (user + system time from `/proc/<pid>/stat` over the
-//! measuring window, as a percentage of one core) and resident memory; then
+//! measuring window, as a percentage of one core) and resident memory, once
+//! leader placement has put each cluster's leader in its preferred region
+//! (a third of them in each); then
 //! one region is killed with SIGKILL: how long until every cluster has a
 //! leader again, and the idle cost of the survivors. The same is measured
 //! with quiescence off as the peer in the same run.
@@ -69,6 +71,8 @@ pub struct IdleRun {
     pub quiesce: bool,
     pub setup_secs: f64,
     pub all_up: Vec<NodeCost>,
+    /// Clusters the killed region led.
+    pub led_by_killed: usize,
     /// Seconds from the SIGKILL of one region until every cluster had a
     /// leader on a surviving node.
     pub region_kill_recovery_secs: f64,
@@ -192,6 +196,37 @@ async fn wait_for_leaders(
     }
 }
 
+/// Waits until every cluster with a preferred region is led from there
+/// (leader placement has spread the leaders); returns how many are.
+async fn wait_for_preferred_leaders(cluster: &BenchCluster, timeout: Duration) -> anyhow::Result<usize> {
+    let addr = cluster.node(1).advertise_addr().to_string();
+    let channel = crate::raft::network::endpoint(&addr, &Default::default())?.connect().await?;
+    let mut admin = pb::admin_client::AdminClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let directory = admin.directory(pb::DirectoryRequest {}).await?.into_inner();
+    let region_of: std::collections::HashMap<u64, String> =
+        directory.nodes.iter().map(|node| (node.node_id, node.region.clone())).collect();
+    let preferred: std::collections::HashMap<u64, String> = directory
+        .clusters
+        .iter()
+        .filter(|c| !c.preferred_region.is_empty())
+        .map(|c| (c.cluster_id, c.preferred_region.clone()))
+        .collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = admin.node_status(pb::NodeStatusRequest {}).await?.into_inner();
+        let misplaced = status
+            .replicas
+            .iter()
+            .filter(|r| preferred.get(&r.cluster_id).is_some_and(|region| region_of.get(&r.leader_id) != Some(region)))
+            .count();
+        if misplaced == 0 {
+            return Ok(preferred.len());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{misplaced} clusters still led outside their preferred region");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) in parentheses.
@@ -236,11 +271,13 @@ async fn idle(args: &GroupsBenchArgs, clusters: usize, quiesce: bool) -> anyhow:
     let all = [1, 2, 3];
     let setup_timeout = Duration::from_secs(60 + clusters as u64 / 10);
     wait_for_leaders(&cluster, &all, clusters, |_| true, setup_timeout).await?;
+    wait_for_preferred_leaders(&cluster, setup_timeout).await?;
     let setup_secs = setup.elapsed().as_secs_f64();
     eprintln!("bench groups: set up in {setup_secs:.1} s; settling {} s", args.settle_secs);
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let all_up = measure(&cluster, &all, args.measure_secs).await?;
 
+    let led_by_killed = led_clusters(&cluster, 3, |leader| leader == 3).await?.1;
     cluster.signal(3, "-KILL")?;
     let killed = Instant::now();
     let survivors = [1, 2];
@@ -249,7 +286,7 @@ async fn idle(args: &GroupsBenchArgs, clusters: usize, quiesce: bool) -> anyhow:
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let region_down = measure(&cluster, &survivors, args.measure_secs).await?;
     cluster.stop().await;
-    Ok(IdleRun { clusters, quiesce, setup_secs, all_up, region_kill_recovery_secs, region_down })
+    Ok(IdleRun { clusters, quiesce, setup_secs, all_up, led_by_killed, region_kill_recovery_secs, region_down })
 }
 
 async fn throughput(args: &GroupsBenchArgs, clusters: usize) -> anyhow::Result<ThroughputRun> {
@@ -318,7 +355,10 @@ pub fn print_groups_report(report: &GroupsReport) {
                 .collect();
             println!("  idle, {label}: {}", line.join("; "));
         }
-        println!("  every cluster led again {:.1} s after the region kill", run.region_kill_recovery_secs);
+        println!(
+            "  the killed region led {} clusters; every cluster led again {:.1} s after the kill",
+            run.led_by_killed, run.region_kill_recovery_secs
+        );
     }
     let mean =
         |costs: &[NodeCost]| costs.iter().map(|c| c.cpu_percent_of_core).sum::<f64>() / costs.len().max(1) as f64;

@@ -183,6 +183,34 @@ impl Endpoints {
         .await
     }
 
+    pub async fn move_space(&self, space: String, to: u64) -> Result<pb::MoveSpaceResponse, CtlError> {
+        let request = pb::MoveSpaceRequest { space, to_cluster: to };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::admin_client::AdminClient::new(channel).move_space(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn directory(&self) -> Result<pb::DirectoryResponse, CtlError> {
+        self.each(|channel| async move {
+            Ok(pb::admin_client::AdminClient::new(channel).directory(pb::DirectoryRequest {}).await?.into_inner())
+        })
+        .await
+    }
+
+    pub async fn set_preferred_region(&self, cluster: u64, region: String) -> Result<(), CtlError> {
+        let request = pb::SetPreferredRegionRequest { cluster_id: cluster, region };
+        self.each(|channel| {
+            let request = request.clone();
+            async move {
+                pb::admin_client::AdminClient::new(channel).set_preferred_region(request).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, CtlError> {
         self.each(|channel| async move {
             Ok(pb::admin_client::AdminClient::new(channel)

@@ -108,12 +108,25 @@ pub enum SpaceCommand {
     },
     /// Show a space: members, attributes, cluster, seq range.
     Info { name: String },
+    /// Move a space to another space cluster, online: posts and
+    /// subscriptions carry on; running it again finishes a cut-short move.
+    Move {
+        name: String,
+        /// The space cluster to move it to.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Per node: id, region, role, term, log, commit and applied index, leader.
     Status,
+    /// Space clusters from the directory: voters, preferred leader region,
+    /// spaces placed.
+    List,
+    /// Set the region a space cluster's leader should sit in ("" for none).
+    Prefer { cluster: u64, region: String },
 }
 
 fn parse_attr(text: &str) -> Result<(String, String), String> {
@@ -172,6 +185,20 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Command::Tail { space, from, user } => {
             endpoints.tail(space, user.unwrap_or_default(), from.unwrap_or(0), |message| out.message(message)).await?;
+        }
+        Command::Space(SpaceCommand::Move { name, to }) => {
+            let progress = out.spinner(format!("moving {name} to space cluster {to}"));
+            let moved = endpoints.move_space(name.clone(), to).await;
+            progress.finish_and_clear();
+            out.space_moved(&name, &moved?);
+        }
+        Command::Cluster(ClusterCommand::List) => {
+            let directory = endpoints.directory().await?;
+            out.cluster_list(&directory);
+        }
+        Command::Cluster(ClusterCommand::Prefer { cluster, region }) => {
+            endpoints.set_preferred_region(cluster, region.clone()).await?;
+            out.preferred(cluster, &region);
         }
         Command::Cluster(ClusterCommand::Status) => {
             let status = endpoints.cluster_status().await?;

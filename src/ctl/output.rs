@@ -101,6 +101,84 @@ impl Output {
         }
     }
 
+    /// A spinner on stderr for a long operation, when stderr is a terminal.
+    pub fn spinner(&self, message: String) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let spinner = indicatif::ProgressBar::new_spinner().with_message(message);
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        spinner
+    }
+
+    pub fn space_moved(&self, space: &str, moved: &pb::MoveSpaceResponse) {
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                json!({
+                    "space": space,
+                    "from_cluster": moved.from_cluster,
+                    "to_cluster": moved.to_cluster,
+                    "sealed_seq": moved.sealed_seq,
+                    "messages_copied": moved.messages_copied,
+                    "version": moved.version,
+                })
+            ),
+            Format::Table if moved.from_cluster == moved.to_cluster => {
+                println!(
+                    "{space} is on space cluster {} already (placement version {})",
+                    moved.to_cluster, moved.version
+                )
+            }
+            Format::Table => println!(
+                "moved {space} from space cluster {} to {}: sealed at seq {}, {} messages copied, placement version {}",
+                moved.from_cluster, moved.to_cluster, moved.sealed_seq, moved.messages_copied, moved.version
+            ),
+        }
+    }
+
+    pub fn cluster_list(&self, directory: &pb::DirectoryResponse) {
+        let region_of: std::collections::BTreeMap<u64, &str> =
+            directory.nodes.iter().map(|n| (n.node_id, n.region.as_str())).collect();
+        match self.format {
+            Format::Json => {
+                let rows: Vec<serde_json::Value> = directory
+                    .clusters
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "cluster_id": c.cluster_id,
+                            "voters": c.voters,
+                            "preferred_region": if c.preferred_region.is_empty() { serde_json::Value::Null } else { json!(c.preferred_region) },
+                            "spaces": c.spaces,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            }
+            Format::Table => {
+                let mut builder = Builder::default();
+                builder.push_record(["CLUSTER", "VOTERS", "PREFERRED REGION", "SPACES"]);
+                for c in &directory.clusters {
+                    let voters: Vec<String> =
+                        c.voters.iter().map(|v| format!("{v}@{}", region_of.get(v).copied().unwrap_or("?"))).collect();
+                    let preferred =
+                        if c.preferred_region.is_empty() { "-".to_string() } else { c.preferred_region.clone() };
+                    builder.push_record([c.cluster_id.to_string(), voters.join(","), preferred, c.spaces.to_string()]);
+                }
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
+    pub fn preferred(&self, cluster: u64, region: &str) {
+        match self.format {
+            Format::Json => println!("{}", json!({"cluster_id": cluster, "preferred_region": region})),
+            Format::Table => println!("space cluster {cluster} now prefers region {:?}", region),
+        }
+    }
+
     pub fn cluster_status(&self, replicas: &[pb::ReplicaStatus]) {
         match self.format {
             Format::Json => {

@@ -14,6 +14,9 @@ use crate::pb;
 use crate::placement::directory::{Directory, MetaCommand};
 use crate::space::{Command, CommandResult};
 
+/// Set on a MoveSpace passed to a voter of the space's cluster.
+const MOVE_FORWARDED_METADATA: &str = "spaceraft-move-forwarded";
+
 /// How long ClusterStatus waits for each peer.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -205,6 +208,49 @@ impl pb::admin_server::Admin for AdminService {
             }
         }
         Ok(Response::new(pb::NudgeReply { groups }))
+    }
+
+    async fn move_space(
+        &self,
+        request: Request<pb::MoveSpaceRequest>,
+    ) -> Result<Response<pb::MoveSpaceResponse>, Status> {
+        let forwarded = request.metadata().contains_key(MOVE_FORWARDED_METADATA);
+        let request = request.into_inner();
+        let limits = self.config.limits.request_limits();
+        crate::space::validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
+        let placement = self.host.placement_fresh(&request.space).await?;
+        if self.host.local_cluster(placement.cluster).await?.is_none() {
+            if forwarded {
+                return Err(Status::failed_precondition("the move was sent to a node that does not host the space"));
+            }
+            // Run it on a voter of the space's cluster.
+            let voters = self.host.cluster_addrs(placement.cluster).await?;
+            let (_, addr) = voters.first().ok_or_else(|| Status::unavailable("the space's cluster has no voter"))?;
+            let channel = self.host.peers.channel(addr).map_err(|e| Status::internal(e.to_string()))?;
+            let mut forward = tonic::Request::new(request);
+            forward.metadata_mut().insert(MOVE_FORWARDED_METADATA, "1".parse().expect("ascii"));
+            return pb::admin_client::AdminClient::new(channel).move_space(forward).await;
+        }
+        Ok(Response::new(self.host.move_space(&request.space, request.to_cluster).await?))
+    }
+
+    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {
+        let request = request.into_inner();
+        let command: Command = postcard::from_bytes(&request.command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let group =
+            self.host.groups.get(request.cluster_id).ok_or_else(|| {
+                Status::unavailable(format!("space cluster {} is not hosted here", request.cluster_id))
+            })?;
+        let result = match self.host.leader_of(&group).await? {
+            None => match group.woken_write(command).await {
+                Ok(response) => response.data,
+                Err(error) => return Err(Status::unavailable(format!("not the leader: {error}"))),
+            },
+            Some(_) if request.forwarded => return Err(Status::unavailable("not the leader of the space cluster")),
+            Some(_) => self.host.cluster_write(request.cluster_id, &command).await?,
+        };
+        Ok(Response::new(pb::ProposeReply { result: postcard::to_stdvec(&result).expect("results serialize") }))
     }
 
     async fn ping(&self, _request: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {

@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::{NodeConfig, NodeId};
-use crate::error::ApiError;
+use crate::error::{ApiError, MOVED_TO_METADATA, MOVING_METADATA};
 use crate::node::group::Group;
 use crate::node::host::Host;
 use crate::node::proposer::ProposeError;
@@ -47,6 +47,8 @@ pub const ACTIVITY_ATTR: &str = "activity_per_min";
 /// Pause before routing a write again after the leader it went to refused
 /// it or could not be reached.
 const ROUTE_RETRY_PAUSE_MS: u64 = 20;
+/// Pause before sending a post on after its space moved or was busy moving.
+const MOVE_RETRY_PAUSE_MS: u64 = 50;
 /// Messages read from the store per step of a subscription.
 const SUBSCRIBE_READ_LEN: usize = 512;
 
@@ -118,17 +120,46 @@ impl ClientService {
     /// must find the cluster here.
     async fn locate(&self, space: &str, hop: Hop) -> Result<Located, ApiError> {
         let placement = self.host.placement_fresh(space).await?;
-        if let Some(group) = self.host.local_cluster(placement.cluster).await? {
+        self.locate_cluster(placement.cluster, hop).await
+    }
+
+    async fn locate_cluster(&self, cluster: u64, hop: Hop) -> Result<Located, ApiError> {
+        if let Some(group) = self.host.local_cluster(cluster).await? {
             return Ok(Located::Here(group));
         }
         if hop >= Hop::Member {
             return Err(ApiError::Internal(format!(
-                "space cluster {} is not hosted on node {}, which was asked as its voter",
-                placement.cluster, self.config.node_id
+                "space cluster {cluster} is not hosted on node {}, which was asked as its voter",
+                self.config.node_id
             )));
         }
-        let voters = self.host.cluster_addrs(placement.cluster).await?;
-        Ok(Located::Elsewhere { cluster: placement.cluster, voters })
+        let voters = self.host.cluster_addrs(cluster).await?;
+        Ok(Located::Elsewhere { cluster, voters })
+    }
+
+    /// For reads: the cluster holding the space's newest messages. A space
+    /// sealed by a move is read where it moved to; one still being copied
+    /// there is not readable for that moment (retry).
+    async fn locate_for_read(&self, space: &str, hop: Hop) -> Result<Located, ApiError> {
+        let mut located = self.locate(space, hop).await?;
+        let mut moved = false;
+        loop {
+            let Located::Here(group) = &located else { return Ok(located) };
+            let record = match self.host.space_record(group, space).await {
+                Err(ApiError::UnknownSpace { .. }) if moved => return Err(ApiError::Moving { space: space.into() }),
+                other => other?,
+            };
+            if record.importing {
+                return Err(ApiError::Moving { space: space.to_string() });
+            }
+            match record.moved_to {
+                Some(to) if !moved => {
+                    moved = true;
+                    located = self.locate_cluster(to, hop).await?;
+                }
+                _ => return Ok(located),
+            }
+        }
     }
 
     /// Where a write must go: here, or the leader's address. Waits up to
@@ -186,18 +217,53 @@ impl ClientService {
     }
 
     async fn post(&self, request: pb::PostRequest, hop: Hop) -> Result<pb::PostResponse, Status> {
-        let forwarded = hop == Hop::Leader;
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
         validate::check_name("user name", &request.author, &limits).map_err(ApiError::from)?;
         validate::check_body(&request.body, &limits).map_err(ApiError::from)?;
         validate::check_idempotency_key(&request.idempotency_key, &limits).map_err(ApiError::from)?;
-        let group = match self.locate(&request.space, hop).await? {
+        // A post refused because its space moved (or is being copied to its
+        // new cluster) committed nothing: the node the client called sends
+        // it on to where the space went.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms * 2);
+        let mut cluster = None;
+        loop {
+            let result = self.post_once(&request, hop, cluster).await;
+            let status = match &result {
+                Err(status) if hop == Hop::Client => status,
+                _ => return result,
+            };
+            let moved_to = status.metadata().get(MOVED_TO_METADATA).and_then(|v| v.to_str().ok()?.parse().ok());
+            if moved_to.is_some() {
+                cluster = moved_to;
+            } else if !status.metadata().contains_key(MOVING_METADATA) {
+                return result;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(MOVE_RETRY_PAUSE_MS)).await;
+        }
+    }
+
+    /// One attempt at a post, on the space's cluster or on `cluster`.
+    async fn post_once(
+        &self,
+        request: &pb::PostRequest,
+        hop: Hop,
+        cluster: Option<u64>,
+    ) -> Result<pb::PostResponse, Status> {
+        let forwarded = hop == Hop::Leader;
+        let located = match cluster {
+            Some(cluster) => self.locate_cluster(cluster, hop).await?,
+            None => self.locate(&request.space, hop).await?,
+        };
+        let group = match located {
             Located::Here(group) => group,
             Located::Elsewhere { cluster, voters } => {
                 let post =
                     |mut client: ClientStub, request| async move { client.post(request).await.map(|r| r.into_inner()) };
-                return self.to_member(cluster, &voters, &request, post).await;
+                return self.to_member(cluster, &voters, request, post).await;
             }
         };
         let post = PostCommand {
@@ -227,7 +293,7 @@ impl ClientService {
                 }
             },
             |mut client, request_to_forward| async move { client.post(request_to_forward).await.map(|r| r.into_inner()) },
-            &request,
+            request,
             !request.idempotency_key.is_empty(),
         )
         .await
@@ -429,7 +495,7 @@ impl ClientService {
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
         check_reader(&request.user, &limits)?;
-        let group = match self.locate(&request.space, hop).await? {
+        let group = match self.locate_for_read(&request.space, hop).await? {
             Located::Here(group) => group,
             Located::Elsewhere { cluster, voters } => {
                 let read = |mut client: ClientStub, request| async move {
@@ -590,7 +656,7 @@ impl pb::client_server::Client for ClientService {
             return Err(ApiError::Trimmed { space: request.space, from_seq, first_seq: record.first_seq }.into());
         }
         let (sender, receiver) = mpsc::channel(self.config.limits.subscribe_queue_len_max.max(1));
-        tokio::spawn(follow(reader, request.space, request.user, from_seq, sender));
+        tokio::spawn(follow(self.host.clone(), reader, request.space, request.user, from_seq, sender));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -654,7 +720,7 @@ impl pb::client_server::Client for ClientService {
         let request = request.into_inner();
         let limits = self.config.limits.request_limits();
         validate::check_name("space name", &request.name, &limits).map_err(ApiError::from)?;
-        let group = match self.locate(&request.name, hop).await? {
+        let group = match self.locate_for_read(&request.name, hop).await? {
             Located::Here(group) => group,
             Located::Elsewhere { cluster, voters } => {
                 let get = |mut client: ClientStub, request| async move {
@@ -672,14 +738,17 @@ impl pb::client_server::Client for ClientService {
 /// each exactly once and in seq order. Ends when the client goes away, when
 /// the user stops being a member, or when retention overtakes the cursor.
 async fn follow(
-    reader: SpaceReader,
+    host: Arc<Host>,
+    mut reader: SpaceReader,
     space: String,
     user: String,
     mut next_seq: u64,
     sender: mpsc::Sender<Result<pb::SubscribeEvent, Status>>,
 ) {
-    let mut applied = reader.applied.clone();
+    // Any group's apply wakes it: after a move the space goes on in another.
+    let mut applied = host.applied_any();
     let mut caught_up_sent = false;
+    let mut moved = false;
     loop {
         // Mark the current applied index as seen before reading, so an apply
         // that lands during the read wakes the next wait.
@@ -689,7 +758,10 @@ async fn follow(
             off_runtime(move || reader.space(&space)).await
         };
         let record = match space_read {
-            Ok(Some(record)) => record,
+            // Moved, and the copy has not started or finished here yet.
+            Ok(Some(record)) if record.importing => None,
+            Ok(None) if moved => None,
+            Ok(Some(record)) => Some(record),
             Ok(None) => {
                 let _ = sender.send(Err(ApiError::UnknownSpace { space: space.clone() }.into())).await;
                 return;
@@ -699,6 +771,31 @@ async fn follow(
                 return;
             }
         };
+        let Some(record) = record else {
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = sender.closed() => return,
+            }
+            continue;
+        };
+        // Every message of the sealed copy is delivered: go on where the
+        // space moved to, from the same cursor.
+        if let (Some(to), true) = (record.moved_to, next_seq > record.last_seq) {
+            match host.local_cluster(to).await {
+                Ok(Some(group)) => {
+                    reader = group.reader.clone();
+                    moved = true;
+                    continue;
+                }
+                _ => {
+                    let error = Status::unavailable(format!(
+                        "space {space:?} moved to space cluster {to}, not hosted on this node: subscribe again from seq {next_seq}"
+                    ));
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            }
+        }
         if !may_read(&record, &user) {
             let _ = sender.send(Err(ApiError::NotMember { space: space.clone(), user: user.clone() }.into())).await;
             return;

@@ -106,7 +106,7 @@ pub async fn serve(
             }
             _ = std::future::ready(()), if more => {
                 applied.borrow_and_update();
-                match pump(&mut cursors, &sender).await {
+                match pump(&context.host, &mut cursors, &sender).await {
                     Ok(again) => more = again,
                     Err(()) => return,
                 }
@@ -201,12 +201,15 @@ fn ended(space: &str, code: &str, message: &str, first_seq: u64) -> pb::FollowEv
 enum Step {
     Messages(Vec<pb::Message>, bool),
     Ended(pb::FollowEvent),
+    /// Every message of the sealed copy was sent: the space goes on in
+    /// this cluster.
+    Moved(u64),
 }
 
 /// Sends what was committed past every cursor. Returns whether more is
 /// readable right away (a read stopped at its length bound), Err when the
 /// gateway left.
-async fn pump(cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
+async fn pump(host: &Host, cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
     let wanted: Vec<(String, u64, SpaceReader)> =
         cursors.iter().map(|(space, (next, reader, _))| (space.clone(), *next, reader.clone())).collect();
     let steps = off_runtime(move || Ok(read_step(wanted))).await;
@@ -232,6 +235,20 @@ async fn pump(cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
                 send_batch(sender, &mut batch).await?;
                 sender.send(Ok(event)).await.map_err(|_| ())?;
             }
+            Step::Moved(to) => match host.local_cluster(to).await {
+                Ok(Some(group)) => {
+                    let cursor = cursors.get_mut(&space).expect("cursor of a read space");
+                    cursor.1 = group.reader.clone();
+                    cursor.2 = to;
+                    more = true;
+                }
+                _ => {
+                    cursors.remove(&space);
+                    send_batch(sender, &mut batch).await?;
+                    let message = format!("the space moved to space cluster {to}, which this node does not host");
+                    sender.send(Ok(ended(&space, "moved", &message, 0))).await.map_err(|_| ())?;
+                }
+            },
         }
     }
     send_batch(sender, &mut batch).await?;
@@ -264,7 +281,14 @@ fn read_step(wanted: Vec<(String, u64, SpaceReader)>) -> Vec<(String, Step)> {
                 continue;
             }
         };
+        if record.importing {
+            // Being copied in by a move: readable once complete.
+            continue;
+        }
         if record.last_seq < next_seq {
+            if let Some(to) = record.moved_to {
+                steps.push((space, Step::Moved(to)));
+            }
             continue;
         }
         if next_seq < record.first_seq {

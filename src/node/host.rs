@@ -39,6 +39,8 @@ use crate::storage::{LogEngine, SpaceStateMachine};
 
 /// Pause between tries of a directory change whose leader is changing.
 const META_RETRY_PAUSE_MS: u64 = 50;
+/// Bytes of messages per import entry when a space moves.
+const MOVE_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 
 /// Everything needed to start groups on this node.
 pub struct Host {
@@ -409,6 +411,146 @@ impl Host {
             MetaOutcome::SpacePlaced { placement, .. } => Ok(placement),
             other => Err(ApiError::Internal(format!("directory answered {other:?}"))),
         }
+    }
+
+    /// Runs `command` on the leader of space cluster `cluster`: here, or
+    /// through the leader's node, or through a voter when the cluster is not
+    /// hosted here. Retries while leadership moves.
+    pub async fn cluster_write(&self, cluster: u64, command: &Command) -> Result<CommandResult, ApiError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.raft.leader_wait_ms);
+        loop {
+            let attempt = match self.local_cluster(cluster).await? {
+                Some(group) => match self.leader_of(&group).await? {
+                    None => match group.woken_write(command.clone()).await {
+                        Ok(response) => return Ok(response.data),
+                        Err(error) => match error.api_error() {
+                            Some(ClientWriteError::ForwardToLeader(_)) => Err(ApiError::Unavailable(error.to_string())),
+                            _ => return Err(ApiError::Internal(format!("write to cluster {cluster} failed: {error}"))),
+                        },
+                    },
+                    Some((_, addr)) => self.propose_at(&addr, cluster, command, true).await,
+                },
+                None => {
+                    let mut last = Err(ApiError::Unavailable(format!("space cluster {cluster} has no voter")));
+                    for (_, addr) in self.cluster_addrs(cluster).await? {
+                        last = self.propose_at(&addr, cluster, command, false).await;
+                        if last.is_ok() {
+                            break;
+                        }
+                    }
+                    last
+                }
+            };
+            match attempt {
+                Err(ApiError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(cluster, %why, "cluster write: trying again");
+                    tokio::time::sleep(Duration::from_millis(META_RETRY_PAUSE_MS)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn propose_at(
+        &self,
+        addr: &str,
+        cluster: u64,
+        command: &Command,
+        forwarded: bool,
+    ) -> Result<CommandResult, ApiError> {
+        let mut client = self.admin_client(addr)?;
+        let bytes = postcard::to_stdvec(command).expect("commands serialize");
+        let mut request = tonic::Request::new(pb::ProposeRequest { cluster_id: cluster, command: bytes, forwarded });
+        request.set_timeout(Duration::from_millis(self.config.network.forward_timeout_ms));
+        match client.propose(request).await {
+            Ok(reply) => postcard::from_bytes(&reply.into_inner().result)
+                .map_err(|e| ApiError::Internal(format!("undecodable command result: {e}"))),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(ApiError::Unavailable(status.message().to_string()))
+            }
+            Err(status) => Err(ApiError::Forwarded(status.message().to_string(), status.code())),
+        }
+    }
+
+    /// Moves `space` to space cluster `to`, online: the directory marks the
+    /// move, the old cluster seals the space (later posts there are refused
+    /// with "moved", and the node that sent them retries them on `to`), its
+    /// messages are copied into `to` in chunks (with their idempotency
+    /// keys, so retried posts stay deduplicated), `to` opens the space with
+    /// seqs going on from the sealed one, and the directory places it on
+    /// `to`. Every step is idempotent: running the move again finishes one
+    /// that was cut short. Runs on a node that hosts the old cluster.
+    pub async fn move_space(&self, space: &str, to: u64) -> Result<pb::MoveSpaceResponse, ApiError> {
+        let placement = self.placement_fresh(space).await?;
+        let from = placement.cluster;
+        if from == to && placement.moving_to.is_none() {
+            return Ok(pb::MoveSpaceResponse {
+                from_cluster: from,
+                to_cluster: to,
+                sealed_seq: 0,
+                messages_copied: 0,
+                version: placement.version,
+            });
+        }
+        let group = self.local_cluster(from).await?.ok_or_else(|| {
+            ApiError::Internal(format!("space cluster {from} is not hosted here; run the move on one of its voters"))
+        })?;
+        let meta_refused = |error: ApiError| match error {
+            ApiError::Internal(message) if message.starts_with("directory: ") => {
+                ApiError::Refused(message.trim_start_matches("directory: ").to_string())
+            }
+            other => other,
+        };
+        self.meta_write(MetaCommand::BeginMove { space: space.to_string(), to }).await.map_err(meta_refused)?;
+        let sealed = match self.cluster_write(from, &Command::SealSpace { name: space.to_string(), to }).await? {
+            CommandResult::Sealed(result) => result.map_err(ApiError::from)?,
+            other => return Err(ApiError::Internal(format!("seal answered {other:?}"))),
+        };
+        self.sync_group(&group).await?;
+        let blocks = {
+            let (reader, name, last_seq) = (group.reader.clone(), space.to_string(), sealed.last_seq);
+            tokio::task::spawn_blocking(move || reader.blocks(&name, last_seq))
+                .await
+                .map_err(|e| ApiError::Internal(format!("read task failed: {e}")))??
+        };
+        let messages_copied: u64 = blocks.iter().map(|block| block.messages.len() as u64).sum();
+        let mut chunks: Vec<Vec<crate::space::record::MessageBlock>> = vec![Vec::new()];
+        let mut chunk_bytes = 0;
+        for block in blocks {
+            let bytes: usize =
+                block.messages.iter().map(|m| m.body.len() + m.author.len() + m.idempotency_key.len() + 16).sum();
+            if chunk_bytes + bytes > MOVE_CHUNK_BYTES_MAX && !chunks.last().expect("one chunk").is_empty() {
+                chunks.push(Vec::new());
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunks.last_mut().expect("one chunk").push(block);
+        }
+        let count = chunks.len();
+        for (index, blocks) in chunks.into_iter().enumerate() {
+            let command =
+                Command::ImportSpace { record: sealed.clone(), blocks, first: index == 0, last: index + 1 == count };
+            match self.cluster_write(to, &command).await? {
+                CommandResult::Imported(result) => result.map_err(ApiError::from)?,
+                other => return Err(ApiError::Internal(format!("import answered {other:?}"))),
+            }
+        }
+        let version = match self
+            .meta_write(MetaCommand::FinishMove { space: space.to_string(), to })
+            .await
+            .map_err(meta_refused)?
+        {
+            MetaOutcome::Moved { placement } => placement.version,
+            other => return Err(ApiError::Internal(format!("directory answered {other:?}"))),
+        };
+        tracing::info!(space, from, to, sealed_seq = sealed.last_seq, messages_copied, "space moved");
+        Ok(pb::MoveSpaceResponse {
+            from_cluster: from,
+            to_cluster: to,
+            sealed_seq: sealed.last_seq,
+            messages_copied,
+            version,
+        })
     }
 
     /// The stored record of `space` in this replica of its cluster. A space

@@ -59,6 +59,8 @@ pub struct SpacePlacement {
     /// 1 when placed; grows with every change (a move).
     pub version: u64,
     pub reason: Reason,
+    /// Set while the space moves to this cluster.
+    pub moving_to: Option<u64>,
 }
 
 /// A change to the directory; one Raft entry of the meta group.
@@ -86,6 +88,16 @@ pub enum MetaCommand {
         cluster: u64,
         region: String,
     },
+    /// Marks a space as moving to `to` (idempotent).
+    BeginMove {
+        space: String,
+        to: u64,
+    },
+    /// Places a moved space on `to`, where its copy is complete.
+    FinishMove {
+        space: String,
+        to: u64,
+    },
 }
 
 /// What applying a [`MetaCommand`] answers.
@@ -95,6 +107,8 @@ pub enum MetaOutcome {
     ClusterCreated { id: u64, created: bool },
     SpacePlaced { placement: SpacePlacement, existed: bool },
     PreferenceSet,
+    Moving { placement: SpacePlacement },
+    Moved { placement: SpacePlacement },
 }
 
 /// Why apply refused a meta command; refusals change nothing.
@@ -106,6 +120,10 @@ pub enum MetaError {
     UnknownNode(u64),
     #[error("a space cluster needs at least one voter")]
     NoVoters,
+    #[error("space {0:?} is not placed")]
+    UnknownSpace(String),
+    #[error("space {space:?} is already moving to space cluster {to}")]
+    AlreadyMoving { space: String, to: u64 },
 }
 
 fn id_key(prefix: u8, id: u64) -> Vec<u8> {
@@ -184,6 +202,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
                 cluster: *cluster,
                 version: 1,
                 reason: reason.clone(),
+                moving_to: None,
             };
             overlay.insert(placement_key(&space.name), encode(&placement));
             Ok(MetaOutcome::SpacePlaced { placement, existed: false })
@@ -195,6 +214,47 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             entry.preferred_region = region.clone();
             overlay.insert(id_key(CLUSTER_PREFIX, *cluster), encode(&entry));
             Ok(MetaOutcome::PreferenceSet)
+        }
+        MetaCommand::BeginMove { space, to } => {
+            let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+                return Err(MetaError::UnknownSpace(space.clone()));
+            };
+            if overlay.get(&id_key(CLUSTER_PREFIX, *to)).is_none() {
+                return Err(MetaError::UnknownCluster(*to));
+            }
+            match placement.moving_to {
+                Some(moving) if moving == *to => return Ok(MetaOutcome::Moving { placement }),
+                Some(moving) => return Err(MetaError::AlreadyMoving { space: space.clone(), to: moving }),
+                None if placement.cluster == *to => return Ok(MetaOutcome::Moved { placement }),
+                None => {}
+            }
+            placement.moving_to = Some(*to);
+            placement.version += 1;
+            overlay.insert(placement_key(space), encode(&placement));
+            Ok(MetaOutcome::Moving { placement })
+        }
+        MetaCommand::FinishMove { space, to } => {
+            let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+                return Err(MetaError::UnknownSpace(space.clone()));
+            };
+            if placement.cluster == *to && placement.moving_to.is_none() {
+                return Ok(MetaOutcome::Moved { placement });
+            }
+            let (Some(mut from_load), Some(mut to_load)) = (
+                read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster)),
+                read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *to)),
+            ) else {
+                return Err(MetaError::UnknownCluster(*to));
+            };
+            from_load.remove(&placement.space);
+            to_load.add(&placement.space);
+            overlay.insert(id_key(LOAD_PREFIX, placement.cluster), encode(&from_load));
+            overlay.insert(id_key(LOAD_PREFIX, *to), encode(&to_load));
+            placement.cluster = *to;
+            placement.moving_to = None;
+            placement.version += 1;
+            overlay.insert(placement_key(space), encode(&placement));
+            Ok(MetaOutcome::Moved { placement })
         }
     }
 }
@@ -380,6 +440,37 @@ mod tests {
         assert_eq!((load.spaces, load.orgs["o"], load.members["u"]), (1, 1, 1));
         assert_eq!(Directory::spaces_of(&store, "v").into_iter().collect::<Vec<_>>(), vec!["x".to_string()]);
         assert!(Directory::spaces_of(&store, "w").is_empty());
+    }
+
+    #[test]
+    fn a_move_bumps_the_version_and_moves_the_load() {
+        let mut store = Store::new();
+        run(&mut store, node(1, "a")).unwrap();
+        for _ in 0..2 {
+            let create =
+                MetaCommand::CreateCluster { voters: vec![1], preferred_region: String::new(), only_if_none: false };
+            run(&mut store, create).unwrap();
+        }
+        let place = MetaCommand::PlaceSpace {
+            space: profile("x", "o", &["u"]),
+            attrs: BTreeMap::new(),
+            cluster: 1,
+            reason: Reason::LeastLoaded,
+        };
+        run(&mut store, place).unwrap();
+        let begin = MetaCommand::BeginMove { space: "x".into(), to: 2 };
+        let MetaOutcome::Moving { placement } = run(&mut store, begin.clone()).unwrap() else { panic!("moving") };
+        assert_eq!((placement.cluster, placement.moving_to, placement.version), (1, Some(2), 2));
+        assert!(matches!(run(&mut store, begin).unwrap(), MetaOutcome::Moving { .. }), "begin is idempotent");
+        let other = MetaCommand::BeginMove { space: "x".into(), to: 1 };
+        assert_eq!(run(&mut store, other), Err(MetaError::AlreadyMoving { space: "x".into(), to: 2 }));
+        let finish = MetaCommand::FinishMove { space: "x".into(), to: 2 };
+        let MetaOutcome::Moved { placement } = run(&mut store, finish.clone()).unwrap() else { panic!("moved") };
+        assert_eq!((placement.cluster, placement.moving_to, placement.version), (2, None, 3));
+        assert!(matches!(run(&mut store, finish).unwrap(), MetaOutcome::Moved { .. }), "finish is idempotent");
+        let loads = Directory::loads(&store);
+        assert_eq!((loads[0].spaces, loads[1].spaces), (0, 1));
+        assert!(loads[0].members.is_empty() && loads[0].orgs.is_empty());
     }
 
     #[test]

@@ -68,6 +68,26 @@ impl ClusterLoad {
         }
     }
 
+    /// Stops counting `space` here (it moved away).
+    pub fn remove(&mut self, space: &SpaceProfile) {
+        self.spaces = self.spaces.saturating_sub(1);
+        self.activity_per_min = (self.activity_per_min - space.activity_per_min).max(0.0);
+        let drop_count = |map: &mut BTreeMap<String, u64>, key: &String| {
+            if let Some(count) = map.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(key);
+                }
+            }
+        };
+        if let Some(org) = &space.org {
+            drop_count(&mut self.orgs, org);
+        }
+        for member in &space.members {
+            drop_count(&mut self.members, member);
+        }
+    }
+
     /// Members of `space` that already have a space here.
     pub fn shared_members(&self, space: &SpaceProfile) -> usize {
         space.members.iter().filter(|member| self.members.contains_key(*member)).count()

@@ -28,6 +28,10 @@ impl fmt::Display for Command {
             }
             Command::Posts(posts) => write!(f, "posts x{}", posts.len()),
             Command::Meta(meta) => write!(f, "meta {meta:?}"),
+            Command::SealSpace { name, to } => write!(f, "seal-space {name} (to cluster {to})"),
+            Command::ImportSpace { record, blocks, first, last } => {
+                write!(f, "import-space {} ({} blocks, first {first}, last {last})", record.name, blocks.len())
+            }
         }
     }
 }

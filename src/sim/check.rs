@@ -317,6 +317,8 @@ mod tests {
             first_seq: 1,
             dedup_window_len: 1000,
             retain_messages_max: 0,
+            moved_to: None,
+            importing: false,
         };
         kv.insert(record::space_key("s"), record::encode(&space));
         let block = MessageBlock {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::record::{MessageBlock, SpaceRecord};
 use crate::placement::directory::{MetaCommand, MetaError, MetaOutcome};
 
 /// One Raft entry's payload.
@@ -23,6 +24,15 @@ pub enum Command {
     Posts(Vec<PostCommand>),
     /// A change to the directory; only the meta group carries these.
     Meta(MetaCommand),
+    /// Seals a space that moves to cluster `to`: from this entry on the
+    /// space takes no post here (refused with [`ApplyError::Moved`]).
+    /// Answers the sealed record.
+    SealSpace { name: String, to: u64 },
+    /// Copies a moving space in, in order: the first chunk (re)creates the
+    /// space as importing with the sealed record's counters, each chunk
+    /// adds message blocks, the last one opens the space for posts, its seqs
+    /// going on from the sealed `last_seq`.
+    ImportSpace { record: SpaceRecord, blocks: Vec<MessageBlock>, first: bool, last: bool },
 }
 
 /// One message to append.
@@ -53,6 +63,10 @@ pub enum ApplyError {
     NotMember { space: String, user: String },
     #[error("space {space:?} already exists with other members or attributes")]
     SpaceExists { space: String },
+    #[error("space {space:?} moved to space cluster {to}")]
+    Moved { space: String, to: u64 },
+    #[error("space {space:?} is being moved here and takes posts once the copy is complete")]
+    Importing { space: String },
 }
 
 /// What applying one entry answers to its proposer.
@@ -68,4 +82,6 @@ pub enum CommandResult {
     },
     Posts(Vec<Result<PostOutcome, ApplyError>>),
     Meta(Result<MetaOutcome, MetaError>),
+    Sealed(Result<SpaceRecord, ApplyError>),
+    Imported(Result<(), ApplyError>),
 }

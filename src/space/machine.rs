@@ -126,6 +126,18 @@ impl<'a, R: KvRead> Overlay<'a, R> {
         }
     }
 
+    /// Removes every message block of `space`.
+    fn remove_all_blocks(&mut self, space: &str) {
+        self.open_blocks.remove(space);
+        let start = record::message_key(space, 0);
+        let end = record::message_key(space, u64::MAX);
+        let mut keys: BTreeSet<Vec<u8>> = self.base.keys_between(&start, &end).into_iter().collect();
+        keys.extend(self.pending.range(start..=end).map(|(key, _)| key.clone()));
+        for key in keys {
+            self.pending.insert(key, None);
+        }
+    }
+
     fn put_space(&mut self, space: SpaceRecord) {
         self.spaces.insert(space.name.clone(), space);
     }
@@ -185,6 +197,11 @@ impl DedupIndex {
 
     pub fn clear(&mut self) {
         self.spaces.clear();
+    }
+
+    /// Forgets every key of `space` (its messages are being replaced).
+    pub fn forget(&mut self, space: &str) {
+        self.spaces.remove(space);
     }
 
     pub fn len(&self) -> usize {
@@ -255,6 +272,8 @@ impl SpaceMachine {
                     first_seq: 1,
                     dedup_window_len: *dedup_window_len,
                     retain_messages_max: *retain_messages_max,
+                    moved_to: None,
+                    importing: false,
                 };
                 Self::create_space(overlay, wanted)
             }
@@ -263,6 +282,10 @@ impl SpaceMachine {
                 CommandResult::Posts(results)
             }
             Command::Meta(meta) => CommandResult::Meta(crate::placement::directory::apply(overlay, meta)),
+            Command::SealSpace { name, to } => CommandResult::Sealed(Self::seal(overlay, name, *to)),
+            Command::ImportSpace { record, blocks, first, last } => {
+                CommandResult::Imported(Self::import(overlay, dedup, record, blocks, *first, *last))
+            }
         }
     }
 
@@ -282,6 +305,67 @@ impl SpaceMachine {
         CommandResult::SpaceCreated { existed: false, result: Ok(()) }
     }
 
+    fn seal<R: KvRead>(overlay: &mut Overlay<'_, R>, name: &str, to: u64) -> Result<SpaceRecord, ApplyError> {
+        let Some(space) = overlay.space(name) else {
+            return Err(ApplyError::UnknownSpace { space: name.to_string() });
+        };
+        if space.importing {
+            return Err(ApplyError::Importing { space: name.to_string() });
+        }
+        space.moved_to = Some(to);
+        Ok(space.clone())
+    }
+
+    fn import<R: KvRead>(
+        overlay: &mut Overlay<'_, R>,
+        dedup: &mut DedupIndex,
+        wanted: &SpaceRecord,
+        blocks: &[MessageBlock],
+        first: bool,
+        last: bool,
+    ) -> Result<(), ApplyError> {
+        let name = wanted.name.as_str();
+        let existing = overlay.space(name).cloned();
+        if first {
+            match &existing {
+                // Copied already (a move run again after it finished here).
+                Some(space) if !space.importing && space.moved_to.is_none() => {
+                    return if space.last_seq == wanted.last_seq {
+                        Ok(())
+                    } else {
+                        Err(ApplyError::SpaceExists { space: name.to_string() })
+                    };
+                }
+                // A copy cut short, or an old sealed copy: start over.
+                Some(_) => {
+                    overlay.remove_all_blocks(name);
+                    dedup.forget(name);
+                }
+                None => {}
+            }
+            let record = SpaceRecord { moved_to: None, importing: true, ..wanted.clone() };
+            overlay.put_space(record);
+        } else if !existing.as_ref().is_some_and(|space| space.importing) {
+            // Chunks after a finished copy: nothing to do.
+            return Ok(());
+        }
+        let oldest = oldest_remembered_seq(wanted);
+        for block in blocks {
+            overlay.insert(record::message_key(name, block.first_seq), record::encode(block));
+            for (offset, message) in block.messages.iter().enumerate() {
+                let seq = block.first_seq + offset as u64;
+                if seq >= oldest && !message.idempotency_key.is_empty() {
+                    dedup.record(name, &message.idempotency_key, seq);
+                }
+            }
+        }
+        if last {
+            let space = overlay.space(name).expect("put above");
+            space.importing = false;
+        }
+        Ok(())
+    }
+
     fn post<R: KvRead>(
         overlay: &mut Overlay<'_, R>,
         dedup: &mut DedupIndex,
@@ -291,6 +375,12 @@ impl SpaceMachine {
         let Some(space) = overlay.space(&post.space) else {
             return Err(ApplyError::UnknownSpace { space: post.space.clone() });
         };
+        if let Some(to) = space.moved_to {
+            return Err(ApplyError::Moved { space: post.space.clone(), to });
+        }
+        if space.importing {
+            return Err(ApplyError::Importing { space: post.space.clone() });
+        }
         if !space.members.contains(&post.author) {
             return Err(ApplyError::NotMember { space: post.space.clone(), user: post.author.clone() });
         }
@@ -411,6 +501,62 @@ mod tests {
             CommandResult::Posts(outcomes) => outcomes,
             other => panic!("expected post outcomes, got {other:?}"),
         }
+    }
+
+    /// A space of 600 keyed posts sealed on one replica and imported into
+    /// another in chunks: the copy answers the same, remembers the keys,
+    /// and goes on from the sealed seq; the sealed one refuses posts.
+    #[test]
+    fn a_sealed_space_imported_elsewhere_goes_on_from_its_seq() {
+        let mut source = Replica::default();
+        source.run(1, &create("s", &["alice"], 1000, 0));
+        let posts: Vec<PostCommand> = (0..600).map(|i| post("s", "alice", &format!("k{i}"))).collect();
+        source.run(2, &Command::Posts(posts));
+        let CommandResult::Sealed(Ok(sealed)) = source.run(3, &Command::SealSpace { name: "s".into(), to: 2 }) else {
+            panic!("sealed")
+        };
+        assert_eq!((sealed.last_seq, sealed.moved_to), (600, Some(2)));
+        let refused = outcomes(source.run(4, &Command::Posts(vec![post("s", "alice", "late")])));
+        assert_eq!(refused, vec![Err(ApplyError::Moved { space: "s".into(), to: 2 })]);
+
+        let prefix = record::message_prefix("s");
+        let blocks: Vec<MessageBlock> = source
+            .store
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, value)| record::decode(value).unwrap())
+            .collect();
+        assert!(blocks.len() >= 3, "several blocks to copy in chunks");
+        let mut target = Replica::default();
+        let chunks: Vec<&[MessageBlock]> = blocks.chunks(2).collect();
+        for (index, chunk) in chunks.iter().enumerate() {
+            let import = Command::ImportSpace {
+                record: sealed.clone(),
+                blocks: chunk.to_vec(),
+                first: index == 0,
+                last: index + 1 == chunks.len(),
+            };
+            // Posts wait while the copy is incomplete.
+            if index == 1 {
+                let waiting = outcomes(target.run(9, &Command::Posts(vec![post("s", "alice", "early")])));
+                assert_eq!(waiting, vec![Err(ApplyError::Importing { space: "s".into() })]);
+            }
+            assert_eq!(target.run(10 + index as u64, &import), CommandResult::Imported(Ok(())));
+        }
+        assert_eq!(target.messages("s"), source.messages("s"));
+        let after =
+            outcomes(target.run(100, &Command::Posts(vec![post("s", "alice", "k7"), post("s", "alice", "new")])));
+        assert_eq!(after[0], Ok(PostOutcome { seq: 8, duplicate: true }));
+        assert_eq!(after[1], Ok(PostOutcome { seq: 601, duplicate: false }));
+        assert_eq!(target.dedup, target.rebuilt_index(), "the imported keys are what a restart rebuilds");
+        // The copy run again after it finished changes nothing.
+        let again = Command::ImportSpace { record: sealed, blocks: Vec::new(), first: true, last: true };
+        let before = target.store.clone();
+        assert_eq!(
+            target.run(101, &again),
+            CommandResult::Imported(Err(ApplyError::SpaceExists { space: "s".into() }))
+        );
+        assert_eq!(target.store, before);
     }
 
     #[test]

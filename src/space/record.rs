@@ -32,6 +32,12 @@ pub struct SpaceRecord {
     pub dedup_window_len: u64,
     /// How many of the newest messages are kept; 0 keeps all.
     pub retain_messages_max: u64,
+    /// Set when the space moved to another space cluster: this replica's
+    /// copy is sealed at `last_seq`, and the space goes on there.
+    pub moved_to: Option<u64>,
+    /// True while the space is being copied in from another cluster: it
+    /// takes no post until the copy is complete.
+    pub importing: bool,
 }
 
 /// One stored message.

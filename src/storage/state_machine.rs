@@ -452,7 +452,7 @@ fn rebuild_dedup_index(tree: &sled::Tree) -> io::Result<DedupIndex> {
 
 /// The stored blocks of `space` from the one holding `from_seq` up to the
 /// one holding `last_seq`, in order.
-fn blocks_from<'a>(
+pub(crate) fn blocks_from<'a>(
     tree: &'a sled::Tree,
     space: &'a str,
     from_seq: u64,
@@ -547,6 +547,14 @@ impl SpaceReader {
             }
         }
         Ok(messages)
+    }
+
+    /// Every stored message block of `space` holding seqs up to `last_seq`,
+    /// in order.
+    pub fn blocks(&self, space: &str, last_seq: u64) -> Result<Vec<record::MessageBlock>, crate::error::ApiError> {
+        blocks_from(&self.tree, space, 0, last_seq)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -1,0 +1,186 @@
+//! Moving a space to another space cluster while posts and subscribers
+//! run: no acknowledged post lost, none duplicated, seqs go on from where
+//! they were, and subscribers (direct and through gateways) see every seq
+//! once, in order, across the move.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::gateway::{Recorder, TEST_UPSTREAM};
+use common::{create_space, full_history, TestCluster};
+use spaceraft::pb;
+
+/// Every space gets a space cluster of its own.
+const PLACEMENT: &str = "[placement]\nspaces_max = 1\n";
+const WAIT: Duration = Duration::from_secs(60);
+const POSTERS: usize = 4;
+
+/// Posts with keys `p{poster}-{n}` through the nodes in turn until told to
+/// stop, retrying each key until acknowledged; records key → seq.
+fn start_poster(
+    poster: usize,
+    addrs: Vec<String>,
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let key = format!("p{poster}-{n}");
+            let deadline = Instant::now() + WAIT;
+            let mut attempt = poster;
+            loop {
+                let addr = &addrs[attempt % addrs.len()];
+                attempt += 1;
+                let mut client = pb::client_client::ClientClient::new(common::connect(addr).await);
+                let request = pb::PostRequest {
+                    space: "mover".into(),
+                    author: "poster".into(),
+                    body: key.clone(),
+                    idempotency_key: key.clone(),
+                };
+                match client.post(request).await {
+                    Ok(response) => {
+                        acked.lock().unwrap().insert(key.clone(), response.into_inner().seq);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(status) => {
+                        assert!(Instant::now() < deadline, "post {key} never acknowledged: {status}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn wait_count(count: &AtomicU64, at_least: u64) {
+    let deadline = Instant::now() + WAIT;
+    while count.load(Ordering::Relaxed) < at_least {
+        assert!(Instant::now() < deadline, "posters stalled at {}", count.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate() {
+    let mut cluster = TestCluster::start_with(PLACEMENT).await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    create_space(&cluster, 1, "mover", &["alice", "poster"]).await;
+    create_space(&cluster, 2, "other", &["bob"]).await;
+    let mut admin = cluster.admin(2).await;
+    let directory = admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner();
+    let cluster_of = |directory: &pb::DirectoryResponse, space: &str| {
+        directory.placements.iter().find(|p| p.space == space).map(|p| (p.cluster_id, p.version)).unwrap()
+    };
+    let (from, _) = cluster_of(&directory, "mover");
+    let (to, _) = cluster_of(&directory, "other");
+    assert_ne!(from, to, "the two spaces share a cluster: {directory:?}");
+
+    // --- subscribers: one direct on a node, one per gateway
+    let mut subscriber = cluster.client(3).await;
+    let mut stream = subscriber
+        .subscribe(pb::SubscribeRequest { space: "mover".into(), user: "alice".into(), from_seq: 1 })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let direct: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let direct_task = {
+        let direct = direct.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                if let Some(pb::subscribe_event::Event::Message(message)) = event.event {
+                    direct.lock().unwrap().push(message.seq);
+                }
+            }
+        })
+    };
+    let recorders: Vec<Recorder> =
+        cluster.gateways.iter().map(|gateway| Recorder::start("alice", &["mover"], vec![gateway.ws_url()])).collect();
+
+    // --- posters, then the move in the middle of their posts
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let (count, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|poster| start_poster(poster, addrs.clone(), acked.clone(), count.clone(), stop.clone()))
+        .collect();
+    wait_count(&count, 100).await;
+    let moved = admin
+        .move_space(pb::MoveSpaceRequest { space: "mover".into(), to_cluster: to })
+        .await
+        .expect("move")
+        .into_inner();
+    assert_eq!((moved.from_cluster, moved.to_cluster, moved.version), (from, to, 3));
+    assert!(moved.sealed_seq >= 100 && moved.messages_copied == moved.sealed_seq, "{moved:?}");
+    wait_count(&count, count.load(Ordering::Relaxed) + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    for poster in posters {
+        poster.await.expect("poster");
+    }
+
+    // --- every acknowledged post exactly once, seqs 1..=N with no gap
+    let acked = acked.lock().unwrap().clone();
+    let total = acked.len() as u64;
+    let seqs: std::collections::BTreeSet<u64> = acked.values().copied().collect();
+    assert_eq!(seqs.len() as u64, total, "two keys were acknowledged with one seq");
+    assert_eq!(seqs.iter().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>(), "acknowledged seqs");
+    assert!(acked.values().any(|seq| *seq > moved.sealed_seq), "no post landed after the move");
+    let mut client = cluster.client(1).await;
+    let info = client.get_space(pb::GetSpaceRequest { name: "mover".into() }).await.unwrap().into_inner();
+    assert_eq!((info.cluster_id, info.last_seq), (to, total));
+    for node in 1..=3 {
+        let history = full_history(&cluster, node, "mover").await;
+        let by_seq: Vec<(u64, String)> = history.iter().map(|m| (m.seq, m.idempotency_key.clone())).collect();
+        let expected: Vec<(u64, String)> = {
+            let mut pairs: Vec<(u64, String)> = acked.iter().map(|(key, seq)| (*seq, key.clone())).collect();
+            pairs.sort();
+            pairs
+        };
+        assert_eq!(by_seq, expected, "node {node}'s history differs from what was acknowledged");
+    }
+
+    // --- a retried key from before the move is still deduplicated
+    let (old_key, old_seq) = acked.iter().find(|(_, seq)| **seq <= moved.sealed_seq).unwrap();
+    let retry = pb::PostRequest {
+        space: "mover".into(),
+        author: "poster".into(),
+        body: old_key.clone(),
+        idempotency_key: old_key.clone(),
+    };
+    let response = client.post(retry).await.expect("retried post").into_inner();
+    assert_eq!((response.seq, response.duplicate), (*old_seq, true));
+
+    // --- subscribers saw 1..=N once each, in order
+    let deadline = Instant::now() + WAIT;
+    while direct.lock().unwrap().len() < total as usize {
+        assert!(Instant::now() < deadline, "direct subscriber stalled at {:?}", direct.lock().unwrap().last());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*direct.lock().unwrap(), (1..=total).collect::<Vec<_>>(), "direct subscription");
+    direct_task.abort();
+    for recorder in &recorders {
+        recorder.wait_for("mover", total, WAIT).await;
+        recorder.assert_exactly("mover", total);
+    }
+
+    // --- moving it again to where it is changes nothing
+    let again = admin
+        .move_space(pb::MoveSpaceRequest { space: "mover".into(), to_cluster: to })
+        .await
+        .expect("move again")
+        .into_inner();
+    assert_eq!((again.from_cluster, again.to_cluster, again.version), (to, to, 3));
+    // --- bad moves are refused and change nothing
+    let unknown = admin.move_space(pb::MoveSpaceRequest { space: "mover".into(), to_cluster: 999 }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::FailedPrecondition, "{unknown}");
+    let missing = admin.move_space(pb::MoveSpaceRequest { space: "nope".into(), to_cluster: to }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
+}
