@@ -9,13 +9,16 @@ use tonic::{Request, Response, Status};
 
 use crate::config::NodeConfig;
 use crate::error::ApiError;
-use crate::node::host::Host;
+use crate::node::host::{Host, MemberChange};
 use crate::pb;
 use crate::placement::directory::{Directory, MetaCommand};
 use crate::space::{Command, CommandResult};
 
 /// Set on a MoveSpace passed to a voter of the space's cluster.
 const MOVE_FORWARDED_METADATA: &str = "spaceraft-move-forwarded";
+
+/// Set on a ChangeMembers passed on: "voter" or "leader".
+const MEMBERS_HOP_METADATA: &str = "spaceraft-members-hop";
 
 /// How long ClusterStatus waits for each peer.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -131,7 +134,8 @@ impl pb::admin_server::Admin for AdminService {
                 });
             }
         }
-        Ok(Response::new(pb::NodeStatusResponse { replicas: self.local_status(), members }))
+        let nodes_down = self.host.detector.down().borrow().clone();
+        Ok(Response::new(pb::NodeStatusResponse { replicas: self.local_status(), members, nodes_down }))
     }
 
     async fn directory(
@@ -154,6 +158,7 @@ impl pb::admin_server::Admin for AdminService {
                         cluster_id: cluster.id,
                         spaces: loads.get(&cluster.id).copied().unwrap_or(0),
                         voters: cluster.voters,
+                        learners: cluster.learners,
                         preferred_region: cluster.preferred_region,
                     })
                     .collect(),
@@ -232,6 +237,59 @@ impl pb::admin_server::Admin for AdminService {
             return pb::admin_client::AdminClient::new(channel).move_space(forward).await;
         }
         Ok(Response::new(self.host.move_space(&request.space, request.to_cluster).await?))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersResponse>, Status> {
+        // "leader": sent to the node taken as the leader; it does not pass
+        // the request on again.
+        let to_leader = request.metadata().get(MEMBERS_HOP_METADATA).is_some_and(|hop| hop == "leader");
+        let message = request.into_inner();
+        let change = match message.change.as_str() {
+            "add_learner" => MemberChange::AddLearner,
+            "promote" => MemberChange::Promote,
+            "remove" => MemberChange::Remove,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown membership change {other:?}: use add_learner, promote or remove"
+                )))
+            }
+        };
+        let cluster = message.cluster_id;
+        if cluster == crate::placement::directory::META_GROUP_ID {
+            return Err(Status::invalid_argument("the meta cluster's members follow the bootstrap peers"));
+        }
+        // Run it on the cluster's leader: here, or its node, or through a
+        // voter when the cluster is not hosted here.
+        let (next, hop) = match self.host.local_cluster(cluster).await? {
+            Some(group) => match self.host.leader_of(&group).await? {
+                None => {
+                    let (voters, learners) =
+                        self.host.change_members(&group, message.node_id, change, message.force).await?;
+                    return Ok(Response::new(pb::ChangeMembersResponse { voters, learners }));
+                }
+                Some((_, addr)) => (addr, "leader"),
+            },
+            None => {
+                let voters = self
+                    .host
+                    .cluster_addrs(cluster)
+                    .await
+                    .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
+                let (_, addr) =
+                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
+                (addr, "voter")
+            }
+        };
+        if to_leader {
+            return Err(Status::unavailable("the membership change reached a node that does not lead the cluster"));
+        }
+        let channel = self.host.peers.channel(&next).map_err(|e| Status::internal(e.to_string()))?;
+        let mut forward = tonic::Request::new(message);
+        forward.metadata_mut().insert(MEMBERS_HOP_METADATA, hop.parse().expect("ascii"));
+        pb::admin_client::AdminClient::new(channel).change_members(forward).await
     }
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {

@@ -42,6 +42,14 @@ const META_RETRY_PAUSE_MS: u64 = 50;
 /// Bytes of messages per import entry when a space moves.
 const MOVE_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 
+/// A change of a space cluster's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    AddLearner,
+    Promote,
+    Remove,
+}
+
 /// Everything needed to start groups on this node.
 pub struct Host {
     pub config: Arc<NodeConfig>,
@@ -176,7 +184,9 @@ impl Host {
         let tree = self.directory();
         let clusters = tokio::task::spawn_blocking(move || Directory::clusters(&tree)).await?;
         let me = self.config.node_id;
-        for cluster in clusters.into_iter().filter(|cluster| cluster.voters.contains(&me)) {
+        for cluster in
+            clusters.into_iter().filter(|cluster| cluster.voters.contains(&me) || cluster.learners.contains(&me))
+        {
             if self.initialized.lock().expect("initialized lock").contains(&cluster.id) {
                 continue;
             }
@@ -553,6 +563,102 @@ impl Host {
         })
     }
 
+    /// Changes a space cluster's members, on its leader: adds `node` as a
+    /// learner (its replica starts and catches up), promotes a learner to
+    /// voter, or removes a member. A removal that would leave fewer voters up
+    /// (as the failure detector sees them) than a majority of the remaining
+    /// ones is refused unless `force`. The directory records the result.
+    pub async fn change_members(
+        &self,
+        group: &Group,
+        node: NodeId,
+        change: MemberChange,
+        force: bool,
+    ) -> Result<(Vec<u64>, Vec<u64>), ApiError> {
+        let cluster = group.id;
+        let tree = self.directory();
+        let (entry, node_entry) = {
+            let tree = tree.clone();
+            tokio::task::spawn_blocking(move || (Directory::cluster(&tree, cluster), Directory::node(&tree, node)))
+                .await
+                .map_err(|e| ApiError::Internal(format!("directory read failed: {e}")))?
+        };
+        let entry = entry.ok_or_else(|| ApiError::Refused(format!("space cluster {cluster} does not exist")))?;
+        let node_entry = node_entry.ok_or_else(|| ApiError::Refused(format!("node {node} is not registered")))?;
+        let (mut voters, mut learners) = (entry.voters.clone(), entry.learners.clone());
+        let refused = |error: openraft::errors::RaftError<
+            crate::raft::types::TypeConfig,
+            ClientWriteError<crate::raft::types::TypeConfig>,
+        >| match error.api_error() {
+            Some(ClientWriteError::ForwardToLeader(_)) => ApiError::Unavailable(format!("not the leader: {error}")),
+            Some(_) => ApiError::Refused(error.to_string()),
+            None => ApiError::Internal(error.to_string()),
+        };
+        group.wake();
+        match change {
+            MemberChange::AddLearner => {
+                if voters.contains(&node) {
+                    return Err(ApiError::Refused(format!(
+                        "node {node} is a voter of space cluster {cluster} already"
+                    )));
+                }
+                learners.push(node);
+                self.meta_write(MetaCommand::SetMembers {
+                    cluster,
+                    voters: voters.clone(),
+                    learners: learners.clone(),
+                })
+                .await?;
+                let addr = NodeAddr { addr: node_entry.addr, region: node_entry.region };
+                group.raft.add_learner(node, addr, true).await.map_err(refused)?;
+            }
+            MemberChange::Promote => {
+                if voters.contains(&node) {
+                    return Ok((voters, learners));
+                }
+                if !learners.contains(&node) {
+                    return Err(ApiError::Refused(format!(
+                        "node {node} is not a learner of space cluster {cluster}: add it first"
+                    )));
+                }
+                let change = openraft::ChangeMembers::AddVoterIds([node].into());
+                group.raft.change_membership(change, false).await.map_err(refused)?;
+                voters.push(node);
+                learners.retain(|id| *id != node);
+            }
+            MemberChange::Remove => {
+                if voters.contains(&node) {
+                    let remaining: Vec<u64> = voters.iter().copied().filter(|id| *id != node).collect();
+                    if remaining.is_empty() {
+                        return Err(ApiError::Refused(format!(
+                            "node {node} is the last voter of space cluster {cluster}"
+                        )));
+                    }
+                    let up = remaining.iter().filter(|id| self.detector.is_up(**id)).count();
+                    if up <= remaining.len() / 2 && !force {
+                        return Err(ApiError::Refused(format!(
+                            "removing node {node} leaves {up} of {} voters up, no majority: refused without force",
+                            remaining.len()
+                        )));
+                    }
+                    let change = openraft::ChangeMembers::RemoveVoters([node].into());
+                    group.raft.change_membership(change, false).await.map_err(refused)?;
+                    voters = remaining;
+                } else if learners.contains(&node) {
+                    let change = openraft::ChangeMembers::RemoveNodes([node].into());
+                    group.raft.change_membership(change, false).await.map_err(refused)?;
+                    learners.retain(|id| *id != node);
+                } else {
+                    return Err(ApiError::Refused(format!("node {node} is not a member of space cluster {cluster}")));
+                }
+            }
+        }
+        self.meta_write(MetaCommand::SetMembers { cluster, voters: voters.clone(), learners: learners.clone() })
+            .await?;
+        tracing::info!(cluster, node, ?change, ?voters, ?learners, "space cluster members changed");
+        Ok((voters, learners))
+    }
+
     /// The stored record of `space` in this replica of its cluster. A space
     /// the directory places there but this replica has not applied yet (it
     /// was created a moment ago) is waited for with a read-index round.
@@ -627,7 +733,9 @@ impl Host {
             .await
             .map_err(|e| ApiError::Internal(format!("directory read failed: {e}")))?;
         match entry {
-            Some(entry) if entry.voters.contains(&self.config.node_id) => {
+            Some(entry)
+                if entry.voters.contains(&self.config.node_id) || entry.learners.contains(&self.config.node_id) =>
+            {
                 let group = self.start_group(cluster).await.map_err(|e| ApiError::Internal(format!("{e:#}")))?;
                 if entry.voters.first() == Some(&self.config.node_id) {
                     self.initialize(&group.raft, &entry).await.map_err(|e| ApiError::Internal(format!("{e:#}")))?;

@@ -45,6 +45,8 @@ pub struct NodeEntry {
 pub struct ClusterEntry {
     pub id: u64,
     pub voters: Vec<u64>,
+    /// Replicas that follow the log without voting (being added).
+    pub learners: Vec<u64>,
     /// Empty: no preference.
     pub preferred_region: String,
 }
@@ -88,6 +90,12 @@ pub enum MetaCommand {
         cluster: u64,
         region: String,
     },
+    /// Records a cluster's members after a membership change.
+    SetMembers {
+        cluster: u64,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
     /// Marks a space as moving to `to` (idempotent).
     BeginMove {
         space: String,
@@ -107,6 +115,7 @@ pub enum MetaOutcome {
     ClusterCreated { id: u64, created: bool },
     SpacePlaced { placement: SpacePlacement, existed: bool },
     PreferenceSet,
+    MembersSet,
     Moving { placement: SpacePlacement },
     Moved { placement: SpacePlacement },
 }
@@ -181,7 +190,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             let mut voters = voters.clone();
             voters.sort_unstable();
             voters.dedup();
-            let entry = ClusterEntry { id, voters, preferred_region: preferred_region.clone() };
+            let entry = ClusterEntry { id, voters, learners: Vec::new(), preferred_region: preferred_region.clone() };
             overlay.insert(id_key(CLUSTER_PREFIX, id), encode(&entry));
             overlay.insert(id_key(LOAD_PREFIX, id), encode(&ClusterLoad::new(id)));
             overlay.insert(LAST_CLUSTER_KEY.to_vec(), encode(&id));
@@ -214,6 +223,29 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             entry.preferred_region = region.clone();
             overlay.insert(id_key(CLUSTER_PREFIX, *cluster), encode(&entry));
             Ok(MetaOutcome::PreferenceSet)
+        }
+        MetaCommand::SetMembers { cluster, voters, learners } => {
+            let Some(mut entry) = read_overlay::<R, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
+                return Err(MetaError::UnknownCluster(*cluster));
+            };
+            if voters.is_empty() {
+                return Err(MetaError::NoVoters);
+            }
+            if let Some(unknown) =
+                voters.iter().chain(learners).find(|id| overlay.get(&id_key(NODE_PREFIX, **id)).is_none())
+            {
+                return Err(MetaError::UnknownNode(*unknown));
+            }
+            let sorted = |ids: &Vec<u64>| {
+                let mut ids = ids.clone();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            entry.voters = sorted(voters);
+            entry.learners = sorted(learners).into_iter().filter(|id| !entry.voters.contains(id)).collect();
+            overlay.insert(id_key(CLUSTER_PREFIX, *cluster), encode(&entry));
+            Ok(MetaOutcome::MembersSet)
         }
         MetaCommand::BeginMove { space, to } => {
             let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
@@ -479,7 +511,8 @@ mod tests {
             .iter()
             .map(|(id, region)| NodeEntry { id: *id, region: region.to_string(), addr: String::new() })
             .collect();
-        let clusters = vec![ClusterEntry { id: 1, voters: vec![1, 3, 4], preferred_region: String::new() }];
+        let clusters =
+            vec![ClusterEntry { id: 1, voters: vec![1, 3, 4], learners: Vec::new(), preferred_region: String::new() }];
         assert_eq!(choose_voters(&nodes, &clusters, 3, |_| true), vec![2, 3, 5]);
         // Region b is down: a second node of another region fills in.
         assert_eq!(choose_voters(&nodes, &clusters, 3, |id| id != 3), vec![1, 2, 5]);

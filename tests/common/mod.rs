@@ -85,12 +85,13 @@ pub fn write_config(path: &Path, id: u64, addr: &str, data_dir: &Path, peers: &[
             REGIONS[(*peer_id as usize - 1) % 3]
         ));
     }
-    text.push_str(
-        "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n",
-    );
+    // [raft] last: callers' extra lines may continue it.
     text.push_str(
         "[groups]\nping_interval_ms = 100\ndown_after_ms = 1000\nquiesce_after_ms = 1000\n\
          leader_check_interval_ms = 200\nleader_settle_ms = 1500\n",
+    );
+    text.push_str(
+        "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n",
     );
     text.push_str(extra);
     std::fs::write(path, text).expect("write node config");

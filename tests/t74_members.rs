@@ -1,0 +1,106 @@
+//! Changing a space cluster's members through the admin API: remove a
+//! voter, add it back as a learner, promote it; a removal that would leave
+//! no majority up is refused; bad requests change nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{create_space, full_history, TestCluster};
+use spaceraft::config::DEFAULT_CLUSTER_ID;
+use spaceraft::pb;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn change(node_id: u64, change: &str, force: bool) -> pb::ChangeMembersRequest {
+    pb::ChangeMembersRequest { cluster_id: DEFAULT_CLUSTER_ID, node_id, change: change.into(), force }
+}
+
+async fn post(cluster: &TestCluster, node: u64, key: &str) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut client = cluster.client(node).await;
+        let request = pb::PostRequest {
+            space: "s".into(),
+            author: "alice".into(),
+            body: key.into(),
+            idempotency_key: key.into(),
+        };
+        match client.post(request).await {
+            Ok(response) => return response.into_inner().seq,
+            Err(status) => assert!(Instant::now() < deadline, "post {key}: {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn members(cluster: &TestCluster) -> (Vec<u64>, Vec<u64>) {
+    let mut admin = cluster.admin(1).await;
+    let directory = admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner();
+    let entry = directory.clusters.iter().find(|c| c.cluster_id == DEFAULT_CLUSTER_ID).unwrap();
+    (entry.voters.clone(), entry.learners.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_are_removed_added_and_promoted_and_quorum_is_kept() {
+    let mut cluster = TestCluster::start().await;
+    create_space(&cluster, 1, "s", &["alice"]).await;
+    assert_eq!(post(&cluster, 1, "k1").await, 1);
+    let mut admin = cluster.admin(2).await;
+
+    // --- remove a voter: the cluster goes on with two
+    let removed = admin.change_members(change(3, "remove", false)).await.expect("remove").into_inner();
+    assert_eq!((removed.voters, removed.learners), (vec![1, 2], vec![]));
+    assert_eq!(members(&cluster).await.0, vec![1, 2]);
+    assert_eq!(post(&cluster, 2, "k2").await, 2);
+
+    // --- add it back as a learner: it catches up; then promote it
+    let added = admin.change_members(change(3, "add_learner", false)).await.expect("add learner").into_inner();
+    assert_eq!((added.voters, added.learners), (vec![1, 2], vec![3]));
+    assert_eq!(members(&cluster).await, (vec![1, 2], vec![3]));
+    let promoted = admin.change_members(change(3, "promote", false)).await.expect("promote").into_inner();
+    assert_eq!((promoted.voters, promoted.learners), (vec![1, 2, 3], vec![]));
+    assert_eq!(post(&cluster, 3, "k3").await, 3);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let history = full_history(&cluster, 3, "s").await;
+        if history.len() == 3 {
+            let keys: Vec<&str> = history.iter().map(|m| m.idempotency_key.as_str()).collect();
+            assert_eq!(keys, ["k1", "k2", "k3"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 has {} messages", history.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // --- bad requests are refused and change nothing
+    let bad = admin.change_members(change(3, "demote", false)).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    let unknown_node = admin.change_members(change(9, "add_learner", false)).await.unwrap_err();
+    assert_eq!(unknown_node.code(), tonic::Code::FailedPrecondition, "{unknown_node}");
+    let request = pb::ChangeMembersRequest { cluster_id: 99, node_id: 3, change: "remove".into(), force: false };
+    let unknown_cluster = admin.change_members(request).await.unwrap_err();
+    assert_eq!(unknown_cluster.code(), tonic::Code::NotFound, "{unknown_cluster}");
+    let not_a_learner = admin.change_members(change(2, "add_learner", false)).await.unwrap_err();
+    assert_eq!(not_a_learner.code(), tonic::Code::FailedPrecondition, "{not_a_learner}");
+    assert_eq!(members(&cluster).await.0, vec![1, 2, 3]);
+
+    // --- with node 2 down, removing node 1 would leave no majority up
+    cluster.kill_node(2);
+    // Every node's failure detector takes node 2 as down (the leader, which
+    // checks, may be any of them).
+    let deadline = Instant::now() + WAIT;
+    for node in [1, 3] {
+        let mut admin = cluster.admin(node).await;
+        while !admin.node_status(pb::NodeStatusRequest {}).await.unwrap().into_inner().nodes_down.contains(&2) {
+            assert!(Instant::now() < deadline, "node {node} never took node 2 as down");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut admin = cluster.admin(3).await;
+    let refused = admin.change_members(change(1, "remove", false)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.message().contains("no majority"), "{refused}");
+    assert_eq!(members(&cluster).await.0, vec![1, 2, 3]);
+    assert_eq!(post(&cluster, 1, "k4").await, 4);
+}
