@@ -64,6 +64,8 @@ pub struct ClusterSpec {
     pub base_port: u16,
     /// One-way latency between regions i and j (1-based), milliseconds.
     pub latency_ms: Vec<((u8, u8), u64)>,
+    /// The placement's `spaces_max`: how many spaces share a cluster.
+    pub spaces_per_cluster: u64,
 }
 
 fn ip(region: u8, host: u8) -> std::net::IpAddr {
@@ -122,7 +124,10 @@ impl ChaosCluster {
                 space: Default::default(),
                 storage: Default::default(),
                 groups: Default::default(),
-                placement: Default::default(),
+                placement: crate::placement::PlacementConfig {
+                    spaces_max: spec.spaces_per_cluster,
+                    ..Default::default()
+                },
                 network: crate::config::NetworkConfig { source_ip: Some(node.listen.ip()), ..Default::default() },
             };
             std::fs::write(&node.config_path, toml::to_string_pretty(&config)?)?;

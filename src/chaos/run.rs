@@ -53,6 +53,11 @@ pub struct ChaosArgs {
     /// Spaces written and read.
     #[arg(long, default_value_t = 3)]
     pub spaces: usize,
+    /// Spaces placed on each space cluster: with 1, every space gets a
+    /// cluster of its own (voters across regions, leaders spread by
+    /// preferred region), so faults hit several Raft groups at once.
+    #[arg(long, default_value_t = 1)]
+    pub spaces_per_cluster: u64,
 }
 
 /// How long liveness may take after the last heal: a space must accept a
@@ -90,6 +95,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
         nodes_per_region: args.nodes_per_region,
         base_port: args.base_port,
         latency_ms: latency_pairs(args.regions, &args.latency_ms),
+        spaces_per_cluster: args.spaces_per_cluster.max(1),
     };
     let mut cluster = ChaosCluster::start(&spec, &cluster_dir).await?;
     eprintln!("chaos: cluster up in {}", cluster_dir.display());
