@@ -184,3 +184,45 @@ async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate
     let missing = admin.move_space(pb::MoveSpaceRequest { space: "nope".into(), to_cluster: to }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
 }
+
+/// With two voters per new cluster, one node does not host the second
+/// cluster: the gateway of its region follows that space through it, and
+/// the node relays the follow from a node that hosts the space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_follows_a_space_its_node_does_not_host() {
+    let mut cluster = TestCluster::start_with("[placement]\nspaces_max = 1\n[groups]\ncluster_voters_len = 2\n").await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    create_space(&cluster, 1, "first", &["alice"]).await;
+    create_space(&cluster, 1, "second", &["alice", "poster"]).await;
+    let mut admin = cluster.admin(1).await;
+    let directory = admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner();
+    let placed = directory.placements.iter().find(|p| p.space == "second").unwrap().cluster_id;
+    let voters = &directory.clusters.iter().find(|c| c.cluster_id == placed).unwrap().voters;
+    assert_eq!(voters.len(), 2, "{directory:?}");
+    let outsider = (1..=3).find(|id| !voters.contains(id)).unwrap();
+    let recorders: Vec<Recorder> =
+        cluster.gateways.iter().map(|gateway| Recorder::start("alice", &["second"], vec![gateway.ws_url()])).collect();
+    // Posts through the node that does not host the space are forwarded.
+    let mut client = cluster.client(outsider).await;
+    for n in 1..=20u64 {
+        let request = pb::PostRequest {
+            space: "second".into(),
+            author: "poster".into(),
+            body: format!("m{n}"),
+            idempotency_key: format!("k{n}"),
+        };
+        assert_eq!(client.post(request).await.expect("post").into_inner().seq, n);
+    }
+    for recorder in &recorders {
+        recorder.wait_for("second", 20, WAIT).await;
+        recorder.assert_exactly("second", 20);
+    }
+    // The outsider's gateway follows its own node the whole time (which
+    // relayed the space), and never left it as lagging.
+    let region = ["us-east", "eu-west", "ap-south"][outsider as usize - 1];
+    let gateway = cluster.gateways.iter().position(|g| g.region == region).unwrap();
+    let status = cluster.gateway_status(gateway).await.unwrap();
+    let slot = &status["upstreams"][0];
+    assert_eq!(slot["node"], format!("{region}@{}", cluster.node(outsider).addr), "{status}");
+    assert_eq!(slot["switches"], 0, "{status}");
+}

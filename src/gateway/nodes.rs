@@ -14,6 +14,9 @@ use crate::gateway::config::{GatewayConfig, NodeEndpoint};
 use crate::pb;
 use crate::placement::directory::META_GROUP_ID;
 
+/// Applied index by space cluster.
+pub type Applied = std::collections::HashMap<u64, u64>;
+
 /// What the last probes said about one node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeHealth {
@@ -21,6 +24,8 @@ pub struct NodeHealth {
     /// Since when it has been healthy without a break.
     pub healthy_since: Option<Instant>,
     pub applied_index: u64,
+    /// The applied index of each space cluster it hosts.
+    pub applied_by_cluster: Applied,
     /// When a follow of it last failed; it is avoided for a while.
     pub failed_at: Option<Instant>,
 }
@@ -37,8 +42,9 @@ pub struct NodeInfo {
 pub struct NodePool {
     pub nodes: Arc<Vec<NodeInfo>>,
     health: Arc<Mutex<Vec<NodeHealth>>>,
-    /// (when, highest applied index any probe saw then), newest last.
-    applied_seen: Arc<Mutex<Vec<(Instant, u64)>>>,
+    /// (when, highest applied index of each cluster any probe saw then),
+    /// newest last.
+    applied_seen: Arc<Mutex<Vec<(Instant, Applied)>>>,
     failed_cooldown: Duration,
 }
 
@@ -117,12 +123,17 @@ impl NodePool {
             && one.failed_at.is_none_or(|at| now.duration_since(at) >= self.failed_cooldown * 2)
     }
 
-    /// Whether a replica that has applied only `applied_index` is lagging:
-    /// another replica had applied more at least `lag_max` ago.
-    pub fn is_lagging(&self, applied_index: u64, lag_max: Duration) -> bool {
+    /// Whether a replica that has applied `applied` (per space cluster it
+    /// hosts) is lagging: another replica had applied more of one of those
+    /// clusters at least `lag_max` ago. Clusters it does not host do not
+    /// count (a node relays them from one that does).
+    pub fn is_lagging(&self, applied: &Applied, lag_max: Duration) -> bool {
         let seen = self.applied_seen.lock().expect("applied lock");
         let now = Instant::now();
-        seen.iter().any(|(at, index)| now.duration_since(*at) >= lag_max && *index > applied_index)
+        seen.iter().any(|(at, highest)| {
+            now.duration_since(*at) >= lag_max
+                && applied.iter().any(|(cluster, index)| highest.get(cluster).is_some_and(|high| high > index))
+        })
     }
 
     /// Probes every node forever: health and applied index.
@@ -134,18 +145,22 @@ impl NodePool {
             let probes = self.nodes.iter().map(|node| probe(node.channel.clone(), interval));
             let results = futures::future::join_all(probes).await;
             let now = Instant::now();
-            let mut highest = 0;
+            let mut highest = Applied::new();
             {
                 let mut health = self.health.lock().expect("health lock");
                 for (one, result) in health.iter_mut().zip(results) {
                     match result {
-                        Some(applied_index) => {
+                        Some(applied) => {
                             if !one.healthy {
                                 one.healthy_since = Some(now);
                             }
                             one.healthy = true;
-                            one.applied_index = applied_index;
-                            highest = highest.max(applied_index);
+                            one.applied_index = applied.values().sum();
+                            for (cluster, index) in &applied {
+                                let high = highest.entry(*cluster).or_insert(0);
+                                *high = (*high).max(*index);
+                            }
+                            one.applied_by_cluster = applied;
                         }
                         None => {
                             one.healthy = false;
@@ -161,22 +176,21 @@ impl NodePool {
     }
 }
 
-/// A node's applied index (summed over the space clusters it hosts, as in
-/// its follow streams' progress) when it answers in time and every one of
-/// those clusters knows a leader.
-async fn probe(channel: Channel, timeout: Duration) -> Option<u64> {
+/// A node's applied index of each space cluster it hosts, when it answers
+/// in time and every one of those clusters knows a leader.
+async fn probe(channel: Channel, timeout: Duration) -> Option<Applied> {
     let mut admin = pb::admin_client::AdminClient::new(channel);
     let mut request = tonic::Request::new(pb::NodeStatusRequest {});
     request.set_timeout(timeout);
     let status = tokio::time::timeout(timeout, admin.node_status(request)).await.ok()?.ok()?.into_inner();
-    let mut applied_index = 0;
+    let mut applied = Applied::new();
     for replica in status.replicas.iter().filter(|replica| replica.cluster_id != META_GROUP_ID) {
         if replica.leader_id == 0 {
             return None;
         }
-        applied_index += replica.applied_index;
+        applied.insert(replica.cluster_id, replica.applied_index);
     }
-    Some(applied_index)
+    Some(applied)
 }
 
 /// Three nodes in us-east (home), eu-west and ap-south, nearest first;
@@ -208,10 +222,16 @@ mod tests {
     async fn a_replica_lags_only_behind_what_another_had_long_enough_ago() {
         let pool = test_pool();
         let now = Instant::now();
-        pool.applied_seen.lock().unwrap().extend([(now - Duration::from_secs(5), 100), (now, 200)]);
+        let seen = |pairs: &[(u64, u64)]| pairs.iter().copied().collect::<Applied>();
+        pool.applied_seen
+            .lock()
+            .unwrap()
+            .extend([(now - Duration::from_secs(5), seen(&[(1, 100), (2, 50)])), (now, seen(&[(1, 200), (2, 80)]))]);
         let lag_max = Duration::from_secs(3);
-        assert!(pool.is_lagging(99, lag_max), "100 was applied elsewhere 5 s ago");
-        assert!(!pool.is_lagging(100, lag_max));
-        assert!(!pool.is_lagging(150, lag_max), "200 was seen only now");
+        assert!(pool.is_lagging(&seen(&[(1, 99)]), lag_max), "100 was applied elsewhere 5 s ago");
+        assert!(!pool.is_lagging(&seen(&[(1, 100)]), lag_max));
+        assert!(!pool.is_lagging(&seen(&[(1, 150)]), lag_max), "200 was seen only now");
+        assert!(pool.is_lagging(&seen(&[(1, 100), (2, 10)]), lag_max), "behind in cluster 2");
+        assert!(!pool.is_lagging(&seen(&[(2, 50)]), lag_max), "cluster 1 is not hosted there: it does not count");
     }
 }

@@ -204,6 +204,7 @@ async fn follow_once(
     let mut last_heard = Instant::now();
     // What the probes last saw, until the replica reports its own progress.
     let mut applied_index = pool.health(index).applied_index;
+    let mut applied_by_cluster = pool.health(index).applied_by_cluster;
     let mut lagging_since: Option<Instant> = None;
     // Spaces to watch again, and when.
     let mut rewatch: HashMap<String, Instant> = HashMap::new();
@@ -239,6 +240,7 @@ async fn follow_once(
                     }
                     Some(Event::Progress(progress)) => {
                         applied_index = progress.applied_index;
+                        applied_by_cluster = progress.applied_by_cluster.into_iter().collect();
                         status.update(slot, |one| one.applied_index = applied_index);
                     }
                     Some(Event::Ended(_)) | None => {}
@@ -278,7 +280,7 @@ async fn follow_once(
                 if silent_for >= silence_max {
                     return SwitchReason::Silent(silent_for.as_millis() as u64);
                 }
-                if pool.is_lagging(applied_index, lag_max) {
+                if pool.is_lagging(&applied_by_cluster, lag_max) {
                     let since = *lagging_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= lag_max.min(Duration::from_millis(config.probe_interval_ms * 2)) {
                         return SwitchReason::Lagging(applied_index);

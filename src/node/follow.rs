@@ -7,8 +7,13 @@
 //! progress) stops before the gap and looks again after the next apply.
 //! A progress event goes out at a fixed interval whatever happens, so the
 //! gateway can tell a dead or lagging replica from an idle space.
+//!
+//! A space whose cluster this node does not host is followed through a node
+//! that hosts it ([`Relays`]): one Follow stream per such node, its events
+//! passed on as they come, so a gateway can follow every space through any
+//! one node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +29,8 @@ use crate::pb::follow_event::Event;
 use crate::placement::directory::META_GROUP_ID;
 use crate::storage::state_machine::SpaceReader;
 
+/// Requests queued into one relay stream.
+const RELAY_REQUESTS_LEN_MAX: usize = 4096;
 /// Messages read per space per step, and per batch event at most.
 const FOLLOW_READ_LEN: usize = 512;
 
@@ -49,6 +56,8 @@ pub async fn serve(
 ) {
     let mut applied = context.host.applied_any();
     let mut cursors = Cursors::new();
+    let mut relays =
+        Relays { host: context.host.clone(), sender: sender.clone(), streams: HashMap::new(), spaces: HashMap::new() };
     let mut progress = tokio::time::interval(context.progress_interval);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Whether the last pump stopped at its length bound, or a watch was added,
@@ -62,13 +71,22 @@ pub async fn serve(
                 let Some(Ok(request)) = request else { return };
                 match request.request {
                     Some(pb::follow_request::Request::Watch(watch)) => {
+                        relays.unwatch(&watch.space);
                         match start_watch(&context.host, &watch).await {
-                            Ok((next_seq, reader, cluster, event)) => {
+                            Ok(Start::Here(next_seq, reader, cluster, event)) => {
                                 cursors.insert(watch.space, (next_seq, reader, cluster));
                                 if sender.send(Ok(event)).await.is_err() {
                                     return;
                                 }
                                 more = true;
+                            }
+                            Ok(Start::Elsewhere(cluster)) => {
+                                cursors.remove(&watch.space);
+                                if let Err(event) = relays.watch(watch, cluster).await {
+                                    if sender.send(Ok(event)).await.is_err() {
+                                        return;
+                                    }
+                                }
                             }
                             Err(event) => {
                                 cursors.remove(&watch.space);
@@ -79,19 +97,21 @@ pub async fn serve(
                         }
                     }
                     Some(pb::follow_request::Request::Unwatch(unwatch)) => {
+                        relays.unwatch(&unwatch.space);
                         cursors.remove(&unwatch.space);
                     }
                     None => {}
                 }
             }
             _ = progress.tick() => {
-                let (applied_index, has_leader) = progress_of(&context.host);
+                let (applied_index, has_leader, applied_by_cluster) = progress_of(&context.host);
                 let event = pb::FollowEvent {
                     event: Some(Event::Progress(pb::Progress {
                         node_id: context.node_id,
                         region: context.region.clone(),
                         applied_index,
                         has_leader,
+                        applied_by_cluster,
                     })),
                 };
                 if sender.send(Ok(event)).await.is_err() {
@@ -119,23 +139,30 @@ pub async fn serve(
 /// indexes (comparable between nodes that host the same clusters, the
 /// figure a gateway's health probe reads too, and growing with every
 /// apply), and whether every one of them knows a leader.
-fn progress_of(host: &Host) -> (u64, bool) {
-    let (mut applied_index, mut has_leader) = (0, true);
+fn progress_of(host: &Host) -> (u64, bool, HashMap<u64, u64>) {
+    let (mut applied_index, mut has_leader, mut by_cluster) = (0, true, HashMap::new());
     for group in host.groups.all().iter().filter(|group| group.id != META_GROUP_ID) {
         let metrics = group.raft.metrics();
         let current = metrics.borrow_watched();
-        applied_index += current.last_applied.as_ref().map(|id| id.index()).unwrap_or(0);
+        let applied = current.last_applied.as_ref().map(|id| id.index()).unwrap_or(0);
+        applied_index += applied;
+        by_cluster.insert(group.id, applied);
         has_leader &= current.current_leader.is_some();
     }
-    (applied_index, has_leader)
+    (applied_index, has_leader, by_cluster)
+}
+
+/// Where a watch is served from.
+enum Start {
+    /// Here: the first seq to send, the replica, its cluster, the answer.
+    Here(u64, SpaceReader, u64, pb::FollowEvent),
+    /// Through a node that hosts this cluster.
+    Elsewhere(u64),
 }
 
 /// Answers a watch: where delivery starts and the replica it reads, or why
 /// it cannot.
-async fn start_watch(
-    host: &Host,
-    watch: &pb::Watch,
-) -> Result<(u64, SpaceReader, u64, pb::FollowEvent), pb::FollowEvent> {
+async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::FollowEvent> {
     let cluster = match host.placement_fresh(&watch.space).await {
         Ok(placement) => placement.cluster,
         Err(ApiError::UnknownSpace { .. }) => {
@@ -152,10 +179,7 @@ async fn start_watch(
             }
             group.reader.clone()
         }
-        Ok(None) => {
-            let message = format!("space cluster {cluster} of this space is not hosted on this node");
-            return Err(ended(&watch.space, "not_hosted", &message, 0));
-        }
+        Ok(None) => return Ok(Start::Elsewhere(cluster)),
         Err(error) => return Err(ended(&watch.space, "unavailable", &error.to_string(), 0)),
     };
     let record = {
@@ -183,7 +207,104 @@ async fn start_watch(
     };
     let event =
         pb::FollowEvent { event: Some(Event::Watching(pb::Watching { space: Some(space), next_seq, resumed })) };
-    Ok((next_seq, reader, cluster, event))
+    Ok(Start::Here(next_seq, reader, cluster, event))
+}
+
+/// Spaces followed through other nodes: one Follow stream per node.
+struct Relays {
+    host: Arc<Host>,
+    sender: EventSender,
+    /// Requests into the stream to each node, by address.
+    streams: HashMap<String, mpsc::Sender<pb::FollowRequest>>,
+    /// The node each relayed space is followed through.
+    spaces: HashMap<String, String>,
+}
+
+impl Relays {
+    /// Follows `watch.space` of `cluster` through one of its voters (this
+    /// region's first).
+    async fn watch(&mut self, watch: pb::Watch, cluster: u64) -> Result<(), pb::FollowEvent> {
+        let space = watch.space.clone();
+        let voters = self
+            .host
+            .cluster_addrs(cluster)
+            .await
+            .map_err(|error| ended(&space, "unavailable", &error.to_string(), 0))?;
+        let (_, addr) =
+            voters.first().cloned().ok_or_else(|| ended(&space, "unavailable", "the cluster has no voter", 0))?;
+        let stream = match self.streams.get(&addr) {
+            Some(stream) if !stream.is_closed() => stream.clone(),
+            _ => {
+                let stream = self.open(&addr);
+                self.streams.insert(addr.clone(), stream.clone());
+                stream
+            }
+        };
+        let request = pb::FollowRequest { request: Some(pb::follow_request::Request::Watch(watch)) };
+        stream
+            .send(request)
+            .await
+            .map_err(|_| ended(&space, "unavailable", "the relay to the hosting node closed", 0))?;
+        self.spaces.insert(space, addr);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, space: &str) {
+        let Some(addr) = self.spaces.remove(space) else { return };
+        if let Some(stream) = self.streams.get(&addr) {
+            let unwatch = pb::Unwatch { space: space.to_string() };
+            let _ = stream.try_send(pb::FollowRequest { request: Some(pb::follow_request::Request::Unwatch(unwatch)) });
+        }
+    }
+
+    /// Opens a Follow stream to the node at `addr` and passes its events on
+    /// (not its progress: this stream's progress is this node's). When it
+    /// ends, every space still followed through it is ended as unavailable,
+    /// and the gateway watches them again.
+    fn open(&self, addr: &str) -> mpsc::Sender<pb::FollowRequest> {
+        let (requests, receiver) = mpsc::channel::<pb::FollowRequest>(RELAY_REQUESTS_LEN_MAX);
+        let (sender, channel) = (self.sender.clone(), self.host.peers.channel(addr));
+        let watched: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+        tokio::spawn(async move {
+            let recorded = watched.clone();
+            let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |request| {
+                let mut watched = recorded.lock().expect("relay lock");
+                match &request.request {
+                    Some(pb::follow_request::Request::Watch(watch)) => watched.insert(watch.space.clone()),
+                    Some(pb::follow_request::Request::Unwatch(unwatch)) => watched.remove(&unwatch.space),
+                    None => false,
+                };
+                request
+            });
+            if let Ok(channel) = channel {
+                let mut client =
+                    pb::client_client::ClientClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+                if let Ok(response) = client.follow(outbound).await {
+                    let mut events = response.into_inner();
+                    while let Some(Ok(event)) = events.next().await {
+                        match &event.event {
+                            Some(Event::Progress(_)) | None => continue,
+                            Some(Event::Ended(ended)) => {
+                                watched.lock().expect("relay lock").remove(&ended.space);
+                            }
+                            _ => {}
+                        }
+                        if sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let left: Vec<String> = watched.lock().expect("relay lock").drain().collect();
+            for space in left {
+                let event = ended(&space, "unavailable", "the node this space was followed through went away", 0);
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        requests
+    }
 }
 
 fn ended(space: &str, code: &str, message: &str, first_seq: u64) -> pb::FollowEvent {

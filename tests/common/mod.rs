@@ -85,16 +85,35 @@ pub fn write_config(path: &Path, id: u64, addr: &str, data_dir: &Path, peers: &[
             REGIONS[(*peer_id as usize - 1) % 3]
         ));
     }
-    // [raft] last: callers' extra lines may continue it.
-    text.push_str(
+    // A [groups] section in `extra` adds its keys to the test defaults.
+    let (groups_extra, extra) = split_section(extra, "[groups]");
+    text.push_str(&format!(
         "[groups]\nping_interval_ms = 100\ndown_after_ms = 1000\nquiesce_after_ms = 1000\n\
-         leader_check_interval_ms = 200\nleader_settle_ms = 1500\n",
-    );
+         leader_check_interval_ms = 200\nleader_settle_ms = 1500\n{groups_extra}"
+    ));
+    // [raft] last: callers' extra lines may continue it.
     text.push_str(
         "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n",
     );
-    text.push_str(extra);
+    text.push_str(&extra);
     std::fs::write(path, text).expect("write node config");
+}
+
+/// Takes the lines of TOML `section` (header excluded) out of `text`.
+fn split_section(text: &str, section: &str) -> (String, String) {
+    let (mut inside, mut taken, mut rest) = (false, String::new(), String::new());
+    for line in text.lines() {
+        if line.trim_start().starts_with('[') {
+            inside = line.trim() == section;
+            if inside {
+                continue;
+            }
+        }
+        let into = if inside { &mut taken } else { &mut rest };
+        into.push_str(line);
+        into.push('\n');
+    }
+    (taken, rest)
 }
 
 impl TestCluster {
