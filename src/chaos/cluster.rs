@@ -299,14 +299,23 @@ impl ChaosCluster {
         None
     }
 
-    /// A node's applied index (None when it does not answer).
-    pub async fn applied_index(&self, id: u64) -> Option<u64> {
+    /// A node's applied index of each space cluster it hosts (None when it
+    /// does not answer).
+    pub async fn applied_indexes(&self, id: u64) -> Option<std::collections::BTreeMap<u64, u64>> {
         let mut admin = self.admin(id).await?;
         let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest {}))
             .await
             .ok()?
             .ok()?;
-        first_cluster(&status.into_inner()).map(|replica| replica.applied_index)
+        let status = status.into_inner();
+        Some(
+            status
+                .replicas
+                .iter()
+                .filter(|replica| replica.cluster_id != crate::placement::directory::META_GROUP_ID)
+                .map(|replica| (replica.cluster_id, replica.applied_index))
+                .collect(),
+        )
     }
 
     /// A replica's whole history of a space (operator read on the node).

@@ -369,8 +369,9 @@ fn heal_everything(cluster: &mut ChaosCluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until every replica has applied as far as the most advanced one
-/// (bounded), then returns the longest history of each space.
+/// Waits until every replica of every space cluster has applied as far as
+/// the most advanced replica of that cluster (bounded), then returns the
+/// longest history of each space.
 async fn converged_histories(
     cluster: &ChaosCluster,
     spaces: &[String],
@@ -379,11 +380,16 @@ async fn converged_histories(
     loop {
         let mut applied = Vec::new();
         for node in &cluster.nodes {
-            applied.push(cluster.applied_index(node.id).await);
+            applied.push(cluster.applied_indexes(node.id).await);
         }
         let all_answer = applied.iter().all(Option::is_some);
-        let max = applied.iter().flatten().max().copied().unwrap_or(0);
-        if (all_answer && applied.iter().all(|index| *index == Some(max))) || Instant::now() >= deadline {
+        let mut highest: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        for (group, index) in applied.iter().flatten().flatten() {
+            let high = highest.entry(*group).or_insert(0);
+            *high = (*high).max(*index);
+        }
+        let converged = applied.iter().flatten().all(|node| node.iter().all(|(group, index)| highest[group] == *index));
+        if (all_answer && converged) || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
