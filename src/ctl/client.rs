@@ -192,6 +192,51 @@ impl Endpoints {
         .await
     }
 
+    pub async fn change_members(
+        &self,
+        cluster: u64,
+        node: u64,
+        change: &str,
+        force: bool,
+    ) -> Result<pb::ChangeMembersResponse, CtlError> {
+        let request = pb::ChangeMembersRequest { cluster_id: cluster, node_id: node, change: change.into(), force };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::admin_client::AdminClient::new(channel).change_members(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn transfer_leader(&self, cluster: u64, to: u64) -> Result<(), CtlError> {
+        let request = pb::TransferLeaderRequest { cluster_id: cluster, to_node: to };
+        self.each(|channel| async move {
+            pb::admin_client::AdminClient::new(channel).transfer_leader(request).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Polls until node `to` leads `cluster`, up to the command timeout.
+    pub async fn wait_for_leader(&self, cluster: u64, to: u64) -> Result<(), CtlError> {
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        loop {
+            if let Ok(status) = self.cluster_status().await {
+                let leads =
+                    status.replicas.iter().any(|r| r.cluster_id == cluster && r.node_id == to && r.role == "leader");
+                if leads {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CtlError::Failed(format!(
+                    "node {to} did not become the leader of space cluster {cluster} within {:?}",
+                    self.command_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn directory(&self) -> Result<pb::DirectoryResponse, CtlError> {
         self.each(|channel| async move {
             Ok(pb::admin_client::AdminClient::new(channel).directory(pb::DirectoryRequest {}).await?.into_inner())

@@ -92,6 +92,64 @@ pub enum Command {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Members of a space cluster.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Leadership of a space cluster.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+    /// Print spacectl's version.
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Add a node to a space cluster: as a learner that catches up, then
+    /// (without --learner) promoted to voter.
+    Add {
+        node: u64,
+        #[arg(long)]
+        cluster: u64,
+        /// Stop at learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner of a space cluster to voter.
+    Promote {
+        node: u64,
+        #[arg(long)]
+        cluster: u64,
+    },
+    /// Remove a node from a space cluster (destructive: needs --yes). A
+    /// removal that would leave no majority of the voters up is refused
+    /// unless --force.
+    Remove {
+        node: u64,
+        #[arg(long)]
+        cluster: u64,
+        #[arg(long)]
+        force: bool,
+        /// Confirm the removal.
+        #[arg(long, env = "SPACERAFT_YES")]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaderCommand {
+    /// Hand a space cluster's leadership to one of its voters.
+    Transfer {
+        #[arg(long)]
+        cluster: u64,
+        #[arg(long)]
+        to: u64,
+        /// Poll until the leadership has moved (exit 1 if it has not by the
+        /// command timeout).
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +185,10 @@ pub enum ClusterCommand {
     List,
     /// Set the region a space cluster's leader should sit in ("" for none).
     Prefer { cluster: u64, region: String },
+    /// Whether every cluster (the meta cluster and every space cluster) has
+    /// a leader and a majority of its replicas answering: exit 0 if so, 5
+    /// if not.
+    Health,
 }
 
 fn parse_attr(text: &str) -> Result<(String, String), String> {
@@ -191,6 +253,49 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             let moved = endpoints.move_space(name.clone(), to).await;
             progress.finish_and_clear();
             out.space_moved(&name, &moved?);
+        }
+        Command::Member(MemberCommand::Add { node, cluster, learner }) => {
+            let mut members = endpoints.change_members(cluster, node, "add_learner", false).await?;
+            if !learner {
+                members = endpoints.change_members(cluster, node, "promote", false).await?;
+            }
+            out.members(cluster, &members);
+        }
+        Command::Member(MemberCommand::Promote { node, cluster }) => {
+            let members = endpoints.change_members(cluster, node, "promote", false).await?;
+            out.members(cluster, &members);
+        }
+        Command::Member(MemberCommand::Remove { node, cluster, force, yes }) => {
+            if !yes {
+                return Err(CtlError::Usage(format!(
+                    "removing node {node} from space cluster {cluster} is destructive: add --yes"
+                )));
+            }
+            let members = endpoints.change_members(cluster, node, "remove", force).await?;
+            out.members(cluster, &members);
+        }
+        Command::Leader(LeaderCommand::Transfer { cluster, to, wait }) => {
+            endpoints.transfer_leader(cluster, to).await?;
+            if wait {
+                let progress = out.spinner(format!("waiting for node {to} to lead space cluster {cluster}"));
+                let moved = endpoints.wait_for_leader(cluster, to).await;
+                progress.finish_and_clear();
+                moved?;
+            }
+            out.leader_transferred(cluster, to, wait);
+        }
+        Command::Cluster(ClusterCommand::Health) => {
+            let status = endpoints.cluster_status().await?;
+            let health = output::health(&status.replicas);
+            out.health(&health);
+            if health.iter().any(|cluster| !cluster.healthy) {
+                return Err(CtlError::NoLeader("a cluster has no leader or no majority answering".into()));
+            }
+        }
+        Command::Version => out.version(),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "spacectl", &mut std::io::stdout());
         }
         Command::Cluster(ClusterCommand::List) => {
             let directory = endpoints.directory().await?;

@@ -12,6 +12,38 @@ pub struct Output {
     format: Format,
 }
 
+/// One cluster's health, from the replicas' status.
+pub struct ClusterHealth {
+    pub cluster_id: u64,
+    pub healthy: bool,
+    pub leader_id: Option<u64>,
+    pub replicas: usize,
+    pub answering: usize,
+}
+
+/// Per cluster: a leader that answers as leader, and a majority of its
+/// replicas answering.
+pub fn health(replicas: &[pb::ReplicaStatus]) -> Vec<ClusterHealth> {
+    let mut clusters: std::collections::BTreeMap<u64, Vec<&pb::ReplicaStatus>> = std::collections::BTreeMap::new();
+    for replica in replicas {
+        clusters.entry(replica.cluster_id).or_default().push(replica);
+    }
+    clusters
+        .into_iter()
+        .map(|(cluster_id, rows)| {
+            let answering = rows.iter().filter(|r| r.role != "unreachable").count();
+            let leader_id = rows.iter().find(|r| r.role == "leader").map(|r| r.node_id);
+            ClusterHealth {
+                cluster_id,
+                healthy: leader_id.is_some() && answering * 2 > rows.len(),
+                leader_id,
+                replicas: rows.len(),
+                answering,
+            }
+        })
+        .collect()
+}
+
 fn message_json(message: &pb::Message) -> serde_json::Value {
     json!({
         "space": message.space,
@@ -169,6 +201,66 @@ impl Output {
                 }
                 println!("{}", builder.build().with(Style::blank()));
             }
+        }
+    }
+
+    pub fn members(&self, cluster: u64, members: &pb::ChangeMembersResponse) {
+        match self.format {
+            Format::Json => {
+                println!("{}", json!({"cluster_id": cluster, "voters": members.voters, "learners": members.learners}))
+            }
+            Format::Table => {
+                println!("space cluster {cluster}: voters {:?}, learners {:?}", members.voters, members.learners)
+            }
+        }
+    }
+
+    pub fn leader_transferred(&self, cluster: u64, to: u64, waited: bool) {
+        match self.format {
+            Format::Json => println!("{}", json!({"cluster_id": cluster, "to_node": to, "moved": waited})),
+            Format::Table if waited => println!("node {to} leads space cluster {cluster}"),
+            Format::Table => println!("asked node {to} to take over space cluster {cluster}"),
+        }
+    }
+
+    pub fn health(&self, clusters: &[ClusterHealth]) {
+        match self.format {
+            Format::Json => {
+                let rows: Vec<serde_json::Value> = clusters
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "cluster_id": c.cluster_id,
+                            "healthy": c.healthy,
+                            "leader_id": c.leader_id,
+                            "replicas": c.replicas,
+                            "answering": c.answering,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            }
+            Format::Table => {
+                let mut builder = Builder::default();
+                builder.push_record(["CLUSTER", "HEALTHY", "LEADER", "ANSWERING"]);
+                for c in clusters {
+                    builder.push_record([
+                        c.cluster_id.to_string(),
+                        if c.healthy { "yes" } else { "NO" }.to_string(),
+                        c.leader_id.map(|id| id.to_string()).unwrap_or_else(|| "-".into()),
+                        format!("{}/{}", c.answering, c.replicas),
+                    ]);
+                }
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
+    pub fn version(&self) {
+        let version = env!("CARGO_PKG_VERSION");
+        match self.format {
+            Format::Json => println!("{}", json!({"spacectl": version})),
+            Format::Table => println!("spacectl {version}"),
         }
     }
 

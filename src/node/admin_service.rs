@@ -74,16 +74,18 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let mut replicas = self.local_status();
         // Every other node that is a member of a group hosted here.
-        let mut others = std::collections::BTreeMap::new();
+        // (address, the clusters it is a member of) per other node.
+        let mut others: std::collections::BTreeMap<u64, (crate::raft::types::NodeAddr, Vec<u64>)> =
+            std::collections::BTreeMap::new();
         for group in self.host.groups.all() {
             let metrics = group.raft.metrics().borrow_watched().clone();
             for (id, node) in metrics.membership_config.membership().nodes() {
                 if *id != self.config.node_id {
-                    others.insert(*id, (node.clone(), group.id));
+                    others.entry(*id).or_insert_with(|| (node.clone(), Vec::new())).1.push(group.id);
                 }
             }
         }
-        let asks = others.into_iter().map(|(id, (node, cluster_id))| {
+        let asks = others.into_iter().map(|(id, (node, clusters))| {
             let peers = self.host.peers.clone();
             async move {
                 let result = async {
@@ -98,16 +100,20 @@ impl pb::admin_server::Admin for AdminService {
                     }
                 }
                 .await;
+                // An unreachable node: a row for each cluster it is in.
                 result.unwrap_or_else(|error| {
-                    vec![pb::ReplicaStatus {
-                        node_id: id,
-                        region: node.region.clone(),
-                        grpc_addr: node.addr.clone(),
-                        cluster_id,
-                        role: "unreachable".into(),
-                        error,
-                        ..Default::default()
-                    }]
+                    clusters
+                        .iter()
+                        .map(|cluster_id| pb::ReplicaStatus {
+                            node_id: id,
+                            region: node.region.clone(),
+                            grpc_addr: node.addr.clone(),
+                            cluster_id: *cluster_id,
+                            role: "unreachable".into(),
+                            error: error.clone(),
+                            ..Default::default()
+                        })
+                        .collect()
                 })
             }
         });
@@ -237,6 +243,61 @@ impl pb::admin_server::Admin for AdminService {
             return pb::admin_client::AdminClient::new(channel).move_space(forward).await;
         }
         Ok(Response::new(self.host.move_space(&request.space, request.to_cluster).await?))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let to_leader = request.metadata().get(MEMBERS_HOP_METADATA).is_some_and(|hop| hop == "leader");
+        let message = request.into_inner();
+        let (next, hop) = match self.host.local_cluster(message.cluster_id).await? {
+            Some(group) => match self.host.leader_of(&group).await? {
+                None => {
+                    let is_voter = group
+                        .raft
+                        .metrics()
+                        .borrow_watched()
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|id| id == message.to_node);
+                    if !is_voter {
+                        return Err(Status::failed_precondition(format!(
+                            "node {} is not a voter of space cluster {}",
+                            message.to_node, message.cluster_id
+                        )));
+                    }
+                    if message.to_node != self.config.node_id {
+                        group.wake();
+                        group
+                            .raft
+                            .trigger()
+                            .transfer_leader(message.to_node)
+                            .await
+                            .map_err(|error| Status::unavailable(format!("transfer failed: {error}")))?;
+                    }
+                    return Ok(Response::new(pb::TransferLeaderResponse {}));
+                }
+                Some((_, addr)) => (addr, "leader"),
+            },
+            None => {
+                let voters =
+                    self.host.cluster_addrs(message.cluster_id).await.map_err(|_| {
+                        Status::not_found(format!("space cluster {} does not exist", message.cluster_id))
+                    })?;
+                let (_, addr) =
+                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
+                (addr, "voter")
+            }
+        };
+        if to_leader {
+            return Err(Status::unavailable("the transfer reached a node that does not lead the cluster"));
+        }
+        let channel = self.host.peers.channel(&next).map_err(|e| Status::internal(e.to_string()))?;
+        let mut forward = tonic::Request::new(message);
+        forward.metadata_mut().insert(MEMBERS_HOP_METADATA, hop.parse().expect("ascii"));
+        pb::admin_client::AdminClient::new(channel).transfer_leader(forward).await
     }
 
     async fn change_members(

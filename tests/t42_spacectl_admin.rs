@@ -1,0 +1,111 @@
+//! spacectl's cluster administration, run as the real binary against a
+//! real local cluster: members, leader transfer, health, version and
+//! completions, with their exit codes.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::TestCluster;
+use serde_json::Value;
+
+fn spacectl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", endpoints)
+        .env_remove("SPACERAFT_OUTPUT")
+        .env_remove("SPACERAFT_YES")
+        .args(args)
+        .output()
+        .expect("run spacectl")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exit code")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spacectl_changes_members_moves_leadership_and_reports_health() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, "general", &["alice"]).await;
+    let endpoints = cluster.endpoints();
+    let one = |args: &[&str]| spacectl(&endpoints, args);
+
+    // --- version and completions
+    let version = json(&one(&["version", "-o", "json"]));
+    assert_eq!(version["spacectl"], env!("CARGO_PKG_VERSION"));
+    let completion = one(&["completion", "bash"]);
+    assert!(completion.status.success() && String::from_utf8_lossy(&completion.stdout).contains("spacectl"));
+
+    // --- health: every cluster has a leader and a majority
+    let health = one(&["cluster", "health", "-o", "json"]);
+    assert_eq!(code(&health), 0, "{}", String::from_utf8_lossy(&health.stderr));
+    let rows = json(&health);
+    let clusters: Vec<u64> = rows.as_array().unwrap().iter().map(|row| row["cluster_id"].as_u64().unwrap()).collect();
+    assert_eq!(clusters, [0, 1]);
+    assert!(rows.as_array().unwrap().iter().all(|row| row["healthy"] == true), "{rows}");
+
+    // --- leader transfer --wait moves leadership of cluster 1
+    let status = json(&one(&["cluster", "status", "-o", "json"]));
+    let leader = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["cluster_id"] == 1 && row["role"] == "leader")
+        .map(|row| row["node_id"].as_u64().unwrap())
+        .unwrap();
+    let target = (1..=3).find(|id| *id != leader).unwrap().to_string();
+    let moved = one(&["leader", "transfer", "--cluster", "1", "--to", &target, "--wait", "-o", "json"]);
+    assert_eq!(json(&moved)["moved"], true);
+    let status = json(&one(&["cluster", "status", "-o", "json"]));
+    let now = status.as_array().unwrap().iter().find(|row| row["cluster_id"] == 1 && row["role"] == "leader").unwrap();
+    assert_eq!(now["node_id"].as_u64().unwrap().to_string(), target);
+    let not_a_voter = one(&["leader", "transfer", "--cluster", "1", "--to", "9"]);
+    assert_eq!(code(&not_a_voter), 1, "{}", String::from_utf8_lossy(&not_a_voter.stderr));
+
+    // --- members: removal needs --yes; remove, add back, promote
+    let unconfirmed = one(&["member", "remove", "3", "--cluster", "1"]);
+    assert_eq!(code(&unconfirmed), 2);
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--yes"));
+    let removed = json(&one(&["member", "remove", "3", "--cluster", "1", "--yes", "-o", "json"]));
+    assert_eq!(removed["voters"], serde_json::json!([1, 2]));
+    let learner = json(&one(&["member", "add", "3", "--cluster", "1", "--learner", "-o", "json"]));
+    assert_eq!(
+        (learner["voters"].clone(), learner["learners"].clone()),
+        (serde_json::json!([1, 2]), serde_json::json!([3]))
+    );
+    let promoted = json(&one(&["member", "promote", "3", "--cluster", "1", "-o", "json"]));
+    assert_eq!(promoted["voters"], serde_json::json!([1, 2, 3]));
+    let table = one(&["member", "add", "3", "--cluster", "1"]);
+    assert_eq!(code(&table), 1, "a voter cannot be added again");
+
+    // --- with node 3 down, removing node 2 would leave no majority up
+    cluster.kill_node(3);
+    let first = cluster.node(1).addr.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let refused =
+            spacectl(&first, &["member", "remove", "2", "--cluster", "1", "--yes", "--command-timeout", "3s"]);
+        let text = String::from_utf8_lossy(&refused.stderr).to_string();
+        if code(&refused) == 1 && text.contains("no majority") {
+            break;
+        }
+        assert_ne!(code(&refused), 0, "a removal leaving no majority went through: {text}");
+        assert!(std::time::Instant::now() < deadline, "never refused: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // --- with node 2 down as well, no cluster has a quorum: health says so
+    cluster.kill_node(2);
+    let unhealthy = spacectl(&first, &["cluster", "health", "--command-timeout", "5s", "-o", "json"]);
+    assert_eq!(code(&unhealthy), 5, "{}", String::from_utf8_lossy(&unhealthy.stdout));
+    let rows: Value = serde_json::from_slice(&unhealthy.stdout).expect("JSON rows");
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["healthy"], false, "{row}");
+        assert_eq!((row["replicas"].as_u64(), row["answering"].as_u64()), (Some(3), Some(1)), "{row}");
+    }
+}
