@@ -25,6 +25,11 @@ fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
 }
 
+/// JSON on stdout whatever the exit code.
+fn json_any(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
 fn code(output: &Output) -> i32 {
     output.status.code().expect("exit code")
 }
@@ -49,6 +54,18 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     let clusters: Vec<u64> = rows.as_array().unwrap().iter().map(|row| row["cluster_id"].as_u64().unwrap()).collect();
     assert_eq!(clusters, [0, 1]);
     assert!(rows.as_array().unwrap().iter().all(|row| row["healthy"] == true), "{rows}");
+
+    // --- monitoring checks, with Nagios exit codes
+    let ok = one(&["check", "cluster", "--expect-regions", "3"]);
+    assert_eq!(code(&ok), 0, "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("SPACERAFT OK - 2 clusters"));
+    let missing_region = one(&["check", "cluster", "--expect-regions", "4", "--format", "json"]);
+    assert_eq!(code(&missing_region), 2);
+    assert_eq!(json_any(&missing_region)["status"], "critical");
+    let metrics = String::from_utf8_lossy(&one(&["check", "cluster", "--format", "prometheus"]).stdout).to_string();
+    assert!(
+        metrics.contains("spaceraft_check_status 0") && metrics.contains("spaceraft_cluster_healthy{cluster=\"1\"} 1")
+    );
 
     // --- leader transfer --wait moves leadership of cluster 1
     let status = json(&one(&["cluster", "status", "-o", "json"]));
@@ -99,6 +116,10 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
         assert!(std::time::Instant::now() < deadline, "never refused: {text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let critical = spacectl(&first, &["check", "cluster", "--expect-regions", "3"]);
+    assert_eq!(code(&critical), 2, "{}", String::from_utf8_lossy(&critical.stdout));
+    assert!(String::from_utf8_lossy(&critical.stdout).starts_with("SPACERAFT CRITICAL"));
+
     // --- with node 2 down as well, no cluster has a quorum: health says so
     cluster.kill_node(2);
     let unhealthy = spacectl(&first, &["cluster", "health", "--command-timeout", "5s", "-o", "json"]);

@@ -23,6 +23,9 @@ pub enum CtlError {
     Denied(String),
     #[error("{0}")]
     NoLeader(String),
+    /// A monitoring check found a critical problem (Nagios code 2).
+    #[error("{0}")]
+    Critical(String),
 }
 
 impl CtlError {
@@ -33,6 +36,7 @@ impl CtlError {
             CtlError::Unreachable(_) => 3,
             CtlError::Denied(_) => 4,
             CtlError::NoLeader(_) => 5,
+            CtlError::Critical(_) => 2,
         }
     }
 

@@ -98,6 +98,10 @@ pub enum Command {
     /// Leadership of a space cluster.
     #[command(subcommand)]
     Leader(LeaderCommand),
+    /// Monitoring checks with Nagios exit codes (0 ok, 1 warning, 2
+    /// critical, 3 unknown).
+    #[command(subcommand)]
+    Check(CheckCommand),
     /// Print spacectl's version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -135,6 +139,32 @@ pub enum MemberCommand {
         #[arg(long, env = "SPACERAFT_YES")]
         yes: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckCommand {
+    /// Every cluster has a leader and a majority answering, enough regions
+    /// answer, and no replica lags too far behind its leader.
+    Cluster {
+        /// Fewer regions with an answering node is critical.
+        #[arg(long, default_value_t = 1)]
+        expect_regions: usize,
+        /// A replica this many entries behind its leader is a warning.
+        #[arg(long, default_value_t = 1_000)]
+        lag_warning: u64,
+        /// A replica this many entries behind its leader is critical.
+        #[arg(long, default_value_t = 10_000)]
+        lag_critical: u64,
+        #[arg(long, value_enum, default_value_t = CheckFormat::Nagios)]
+        format: CheckFormat,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckFormat {
+    Nagios,
+    Json,
+    Prometheus,
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +321,23 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             if health.iter().any(|cluster| !cluster.healthy) {
                 return Err(CtlError::NoLeader("a cluster has no leader or no majority answering".into()));
             }
+        }
+        Command::Check(CheckCommand::Cluster { expect_regions, lag_warning, lag_critical, format }) => {
+            let status = match endpoints.cluster_status().await {
+                Ok(status) => status,
+                Err(error) => {
+                    output::print_check(&output::unknown_check(&error.to_string()), format);
+                    return Err(CtlError::Unreachable(error.to_string()));
+                }
+            };
+            let check = output::check_cluster(&status.replicas, expect_regions, lag_warning, lag_critical);
+            output::print_check(&check, format);
+            return match check.code {
+                0 => Ok(()),
+                1 => Err(CtlError::Failed(format!("WARNING: {}", check.summary))),
+                2 => Err(CtlError::Critical(format!("CRITICAL: {}", check.summary))),
+                _ => Err(CtlError::Unreachable(check.summary)),
+            };
         }
         Command::Version => out.version(),
         Command::Completion { shell } => {

@@ -12,6 +12,109 @@ pub struct Output {
     format: Format,
 }
 
+/// A monitoring check's outcome.
+pub struct Check {
+    /// Nagios: 0 ok, 1 warning, 2 critical, 3 unknown.
+    pub code: u8,
+    pub summary: String,
+    pub clusters: Vec<ClusterHealth>,
+    pub regions_up: usize,
+    /// Per cluster: entries the furthest replica trails its leader's commit.
+    pub lag: std::collections::BTreeMap<u64, u64>,
+}
+
+pub fn unknown_check(why: &str) -> Check {
+    Check {
+        code: 3,
+        summary: format!("no answer: {why}"),
+        clusters: Vec::new(),
+        regions_up: 0,
+        lag: Default::default(),
+    }
+}
+
+pub fn check_cluster(
+    replicas: &[pb::ReplicaStatus],
+    expect_regions: usize,
+    lag_warning: u64,
+    lag_critical: u64,
+) -> Check {
+    let clusters = health(replicas);
+    let regions_up = replicas
+        .iter()
+        .filter(|r| r.role != "unreachable")
+        .map(|r| r.region.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let mut lag = std::collections::BTreeMap::new();
+    for cluster in &clusters {
+        let rows: Vec<&pb::ReplicaStatus> =
+            replicas.iter().filter(|r| r.cluster_id == cluster.cluster_id && r.role != "unreachable").collect();
+        let commit = rows.iter().find(|r| r.role == "leader").map(|r| r.commit_index).unwrap_or(0);
+        let behind = rows.iter().map(|r| commit.saturating_sub(r.applied_index)).max().unwrap_or(0);
+        lag.insert(cluster.cluster_id, behind);
+    }
+    let unhealthy = clusters.iter().filter(|c| !c.healthy).count();
+    let unreachable = replicas.iter().filter(|r| r.role == "unreachable").count();
+    let max_lag = lag.values().copied().max().unwrap_or(0);
+    let code = if unhealthy > 0 || regions_up < expect_regions || max_lag >= lag_critical {
+        2
+    } else if unreachable > 0 || max_lag >= lag_warning {
+        1
+    } else {
+        0
+    };
+    let summary = format!(
+        "{} clusters, {unhealthy} without a leader or majority, {regions_up} regions answering (expected {expect_regions}), {unreachable} replicas unreachable, max lag {max_lag}",
+        clusters.len()
+    );
+    Check { code, summary, clusters, regions_up, lag }
+}
+
+pub fn print_check(check: &Check, format: super::CheckFormat) {
+    let label = ["OK", "WARNING", "CRITICAL", "UNKNOWN"][check.code.min(3) as usize];
+    let max_lag = check.lag.values().copied().max().unwrap_or(0);
+    let unhealthy = check.clusters.iter().filter(|c| !c.healthy).count();
+    match format {
+        super::CheckFormat::Nagios => println!(
+            "SPACERAFT {label} - {} | clusters={} unhealthy={unhealthy} regions={} max_lag={max_lag}",
+            check.summary,
+            check.clusters.len(),
+            check.regions_up
+        ),
+        super::CheckFormat::Json => println!(
+            "{}",
+            json!({
+                "status": label.to_lowercase(),
+                "code": check.code,
+                "summary": check.summary,
+                "regions_up": check.regions_up,
+                "clusters": check.clusters.iter().map(|c| json!({
+                    "cluster_id": c.cluster_id,
+                    "healthy": c.healthy,
+                    "leader_id": c.leader_id,
+                    "lag": check.lag.get(&c.cluster_id).copied().unwrap_or(0),
+                })).collect::<Vec<_>>(),
+            })
+        ),
+        super::CheckFormat::Prometheus => {
+            println!("# HELP spaceraft_check_status 0 ok, 1 warning, 2 critical, 3 unknown.");
+            println!("# TYPE spaceraft_check_status gauge");
+            println!("spaceraft_check_status {}", check.code);
+            println!("# TYPE spaceraft_regions_up gauge");
+            println!("spaceraft_regions_up {}", check.regions_up);
+            println!("# TYPE spaceraft_cluster_healthy gauge");
+            for c in &check.clusters {
+                println!("spaceraft_cluster_healthy{{cluster=\"{}\"}} {}", c.cluster_id, u8::from(c.healthy));
+            }
+            println!("# TYPE spaceraft_cluster_lag_entries gauge");
+            for (cluster, behind) in &check.lag {
+                println!("spaceraft_cluster_lag_entries{{cluster=\"{cluster}\"}} {behind}");
+            }
+        }
+    }
+}
+
 /// One cluster's health, from the replicas' status.
 pub struct ClusterHealth {
     pub cluster_id: u64,
