@@ -55,6 +55,18 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     assert_eq!(clusters, [0, 1]);
     assert!(rows.as_array().unwrap().iter().all(|row| row["healthy"] == true), "{rows}");
 
+    // --- cluster info and space list
+    let info = json(&one(&["cluster", "info", "1", "-o", "json"]));
+    assert_eq!(info["voters"], serde_json::json!([1, 2, 3]));
+    let replicas = info["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3);
+    assert_eq!(replicas.iter().filter(|r| r["role"] == "leader").count(), 1);
+    assert!(replicas.iter().all(|r| r["lag"].is_u64()), "{info}");
+    assert_eq!(code(&one(&["cluster", "info", "99"])), 1);
+    let listed = json(&one(&["space", "list", "--as", "alice", "-o", "json"]));
+    assert_eq!(listed[0]["name"], "general");
+    assert_eq!(json(&one(&["space", "list", "--as", "nobody", "-o", "json"])), serde_json::json!([]));
+
     // --- monitoring checks, with Nagios exit codes
     let ok = one(&["check", "cluster", "--expect-regions", "3"]);
     assert_eq!(code(&ok), 0, "{}", String::from_utf8_lossy(&ok.stdout));

@@ -156,6 +156,15 @@ impl Endpoints {
         .await
     }
 
+    pub async fn list_spaces(&self, user: String) -> Result<pb::ListSpacesResponse, CtlError> {
+        let request = pb::ListSpacesRequest { user };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).list_spaces(request).await?.into_inner()) }
+        })
+        .await
+    }
+
     pub async fn post(
         &self,
         space: String,

@@ -196,6 +196,11 @@ pub enum SpaceCommand {
     },
     /// Show a space: members, attributes, cluster, seq range.
     Info { name: String },
+    /// List spaces (those a user is a member of, with --as).
+    List {
+        #[arg(long = "as", env = "SPACERAFT_USER")]
+        user: Option<String>,
+    },
     /// Move a space to another space cluster, online: posts and
     /// subscriptions carry on; running it again finishes a cut-short move.
     Move {
@@ -215,6 +220,10 @@ pub enum ClusterCommand {
     List,
     /// Set the region a space cluster's leader should sit in ("" for none).
     Prefer { cluster: u64, region: String },
+    /// One space cluster: its replicas per region, the leader (marked),
+    /// term, commit and applied index, each replica's lag behind the
+    /// leader's commit, the preferred leader region.
+    Info { cluster: u64 },
     /// Whether every cluster (the meta cluster and every space cluster) has
     /// a leader and a majority of its replicas answering: exit 0 if so, 5
     /// if not.
@@ -343,6 +352,20 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "spacectl", &mut std::io::stdout());
+        }
+        Command::Space(SpaceCommand::List { user }) => {
+            let spaces = endpoints.list_spaces(user.unwrap_or_default()).await?;
+            out.space_list(&spaces.spaces);
+        }
+        Command::Cluster(ClusterCommand::Info { cluster }) => {
+            let directory = endpoints.directory().await?;
+            let entry = directory
+                .clusters
+                .iter()
+                .find(|c| c.cluster_id == cluster)
+                .ok_or_else(|| CtlError::Failed(format!("space cluster {cluster} does not exist")))?;
+            let status = endpoints.cluster_status().await?;
+            out.cluster_info(entry, &status.replicas);
         }
         Command::Cluster(ClusterCommand::List) => {
             let directory = endpoints.directory().await?;

@@ -236,6 +236,80 @@ impl Output {
         }
     }
 
+    pub fn space_list(&self, spaces: &[pb::SpaceInfo]) {
+        match self.format {
+            Format::Json => {
+                println!("{}", serde_json::Value::Array(spaces.iter().map(space_json).collect()))
+            }
+            Format::Table => {
+                let mut builder = Builder::default();
+                builder.push_record(["NAME", "CLUSTER", "MEMBERS", "SEQS"]);
+                for space in spaces {
+                    builder.push_record([
+                        space.name.clone(),
+                        space.cluster_id.to_string(),
+                        space.members.len().to_string(),
+                        format!("{}..={}", space.first_seq, space.last_seq),
+                    ]);
+                }
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
+    pub fn cluster_info(&self, cluster: &pb::DirectoryCluster, replicas: &[pb::ReplicaStatus]) {
+        let rows: Vec<&pb::ReplicaStatus> = replicas.iter().filter(|r| r.cluster_id == cluster.cluster_id).collect();
+        let commit = rows.iter().find(|r| r.role == "leader").map(|r| r.commit_index).unwrap_or(0);
+        let lag = |r: &pb::ReplicaStatus| (r.role != "unreachable").then(|| commit.saturating_sub(r.applied_index));
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                json!({
+                    "cluster_id": cluster.cluster_id,
+                    "voters": cluster.voters,
+                    "learners": cluster.learners,
+                    "preferred_region": if cluster.preferred_region.is_empty() { serde_json::Value::Null } else { json!(cluster.preferred_region) },
+                    "spaces": cluster.spaces,
+                    "replicas": rows.iter().map(|r| json!({
+                        "node_id": r.node_id,
+                        "region": r.region,
+                        "role": r.role,
+                        "term": r.term,
+                        "commit_index": r.commit_index,
+                        "applied_index": r.applied_index,
+                        "lag": lag(r),
+                        "error": if r.error.is_empty() { serde_json::Value::Null } else { json!(r.error) },
+                    })).collect::<Vec<_>>(),
+                })
+            ),
+            Format::Table => {
+                let preferred =
+                    if cluster.preferred_region.is_empty() { "-" } else { cluster.preferred_region.as_str() };
+                println!(
+                    "space cluster {}: {} spaces, preferred leader region {preferred}",
+                    cluster.cluster_id, cluster.spaces
+                );
+                let mut builder = Builder::default();
+                builder.push_record(["NODE", "REGION", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"]);
+                let mut sorted = rows.clone();
+                sorted.sort_by(|a, b| (&a.region, a.node_id).cmp(&(&b.region, b.node_id)));
+                for r in sorted {
+                    let role = if r.role == "leader" { "leader *".to_string() } else { r.role.clone() };
+                    builder.push_record([
+                        r.node_id.to_string(),
+                        r.region.clone(),
+                        role,
+                        r.term.to_string(),
+                        r.commit_index.to_string(),
+                        r.applied_index.to_string(),
+                        lag(r).map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
     /// A spinner on stderr for a long operation, when stderr is a terminal.
     pub fn spinner(&self, message: String) -> indicatif::ProgressBar {
         use std::io::IsTerminal;
