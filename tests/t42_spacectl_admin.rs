@@ -97,6 +97,19 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     let not_a_voter = one(&["leader", "transfer", "--cluster", "1", "--to", "9"]);
     assert_eq!(code(&not_a_voter), 1, "{}", String::from_utf8_lossy(&not_a_voter.stderr));
 
+    // --- drain: the node hands over every leadership (meta included)
+    let target: u64 = target.parse().unwrap();
+    let drained = one(&["node", "drain", &target.to_string(), "--wait", "-o", "json"]);
+    assert_eq!(json(&drained)["drained"], true);
+    let status = json(&one(&["cluster", "status", "-o", "json"]));
+    let still = status.as_array().unwrap().iter().filter(|r| r["node_id"] == target && r["role"] == "leader").count();
+    assert_eq!(still, 0, "{status}");
+    let directory_nodes = json(&one(&["cluster", "list", "-o", "json"]));
+    assert!(directory_nodes.is_array());
+    assert_eq!(json(&one(&["node", "recommission", &target.to_string(), "-o", "json"]))["drained"], false);
+    assert_eq!(code(&one(&["node", "drain", "9"])), 1, "an unknown node");
+    assert_eq!(code(&one(&["node", "decommission", "3"])), 2, "decommission needs --yes");
+
     // --- members: removal needs --yes; remove, add back, promote
     let unconfirmed = one(&["member", "remove", "3", "--cluster", "1"]);
     assert_eq!(code(&unconfirmed), 2);

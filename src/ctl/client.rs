@@ -229,6 +229,36 @@ impl Endpoints {
         .await
     }
 
+    pub async fn set_drained(&self, node: u64, drained: bool) -> Result<(), CtlError> {
+        let request = pb::SetDrainedRequest { node_id: node, drained };
+        self.each(|channel| async move {
+            pb::admin_client::AdminClient::new(channel).set_drained(request).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Polls until none of `nodes` leads a group, up to the command timeout.
+    pub async fn wait_leading_nothing(&self, nodes: &[u64]) -> Result<(), CtlError> {
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        loop {
+            if let Ok(status) = self.cluster_status().await {
+                let leading =
+                    status.replicas.iter().filter(|r| nodes.contains(&r.node_id) && r.role == "leader").count();
+                if leading == 0 {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CtlError::Failed(format!(
+                    "node(s) {nodes:?} still lead groups after {:?}",
+                    self.command_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls until node `to` leads `cluster`, up to the command timeout.
     pub async fn wait_for_leader(&self, cluster: u64, to: u64) -> Result<(), CtlError> {
         let deadline = tokio::time::Instant::now() + self.command_timeout;

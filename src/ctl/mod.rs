@@ -98,6 +98,12 @@ pub enum Command {
     /// Leadership of a space cluster.
     #[command(subcommand)]
     Leader(LeaderCommand),
+    /// Drain, return to service, or retire a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Drain every node of a region.
+    #[command(subcommand)]
+    Region(RegionCommand),
     /// Monitoring checks with Nagios exit codes (0 ok, 1 warning, 2
     /// critical, 3 unknown).
     #[command(subcommand)]
@@ -165,6 +171,38 @@ pub enum CheckFormat {
     Nagios,
     Json,
     Prometheus,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// The node hands over every leadership and stops serving gateways;
+    /// with --wait, until it leads nothing.
+    Drain {
+        node: u64,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Return a drained node to service.
+    Recommission { node: u64 },
+    /// Drain the node, then remove it from every space cluster (destructive:
+    /// needs --yes; --force as for `member remove`).
+    Decommission {
+        node: u64,
+        #[arg(long, env = "SPACERAFT_YES")]
+        yes: bool,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegionCommand {
+    /// Drain every node of the region; with --wait, until they lead nothing.
+    Drain {
+        region: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,6 +286,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Drains `nodes`; with `wait`, until none of them leads a group.
+async fn drain(endpoints: &Endpoints, out: &Output, nodes: &[u64], wait: bool) -> Result<(), CtlError> {
+    for node in nodes {
+        endpoints.set_drained(*node, true).await?;
+    }
+    if wait {
+        let progress = out.spinner(format!("moving leaderships off node(s) {nodes:?}"));
+        let drained = endpoints.wait_leading_nothing(nodes).await;
+        progress.finish_and_clear();
+        drained?;
+    }
+    out.drained(nodes, true);
+    Ok(())
+}
+
 /// Runs spacectl with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -322,6 +375,33 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 moved?;
             }
             out.leader_transferred(cluster, to, wait);
+        }
+        Command::Node(NodeCommand::Drain { node, wait }) => {
+            drain(&endpoints, &out, &[node], wait).await?;
+        }
+        Command::Region(RegionCommand::Drain { region, wait }) => {
+            let directory = endpoints.directory().await?;
+            let nodes: Vec<u64> = directory.nodes.iter().filter(|n| n.region == region).map(|n| n.node_id).collect();
+            if nodes.is_empty() {
+                return Err(CtlError::Failed(format!("no node is registered in region {region:?}")));
+            }
+            drain(&endpoints, &out, &nodes, wait).await?;
+        }
+        Command::Node(NodeCommand::Recommission { node }) => {
+            endpoints.set_drained(node, false).await?;
+            out.drained(&[node], false);
+        }
+        Command::Node(NodeCommand::Decommission { node, yes, force }) => {
+            if !yes {
+                return Err(CtlError::Usage(format!("decommissioning node {node} is destructive: add --yes")));
+            }
+            drain(&endpoints, &out, &[node], true).await?;
+            let directory = endpoints.directory().await?;
+            for cluster in directory.clusters.iter().filter(|c| c.voters.contains(&node) || c.learners.contains(&node))
+            {
+                let members = endpoints.change_members(cluster.cluster_id, node, "remove", force).await?;
+                out.members(cluster.cluster_id, &members);
+            }
         }
         Command::Cluster(ClusterCommand::Health) => {
             let status = endpoints.cluster_status().await?;

@@ -433,6 +433,14 @@ impl Output {
         }
     }
 
+    pub fn drained(&self, nodes: &[u64], drained: bool) {
+        match self.format {
+            Format::Json => println!("{}", json!({"nodes": nodes, "drained": drained})),
+            Format::Table if drained => println!("drained node(s) {nodes:?}"),
+            Format::Table => println!("node(s) {nodes:?} back in service"),
+        }
+    }
+
     pub fn version(&self) {
         let version = env!("CARGO_PKG_VERSION");
         match self.format {

@@ -156,7 +156,12 @@ impl pb::admin_server::Admin for AdminService {
             pb::DirectoryResponse {
                 nodes: Directory::nodes(&tree)
                     .into_iter()
-                    .map(|node| pb::DirectoryNode { node_id: node.id, region: node.region, grpc_addr: node.addr })
+                    .map(|node| pb::DirectoryNode {
+                        node_id: node.id,
+                        region: node.region,
+                        grpc_addr: node.addr,
+                        drained: node.drained,
+                    })
                     .collect(),
                 clusters: Directory::clusters(&tree)
                     .into_iter()
@@ -243,6 +248,23 @@ impl pb::admin_server::Admin for AdminService {
             return pb::admin_client::AdminClient::new(channel).move_space(forward).await;
         }
         Ok(Response::new(self.host.move_space(&request.space, request.to_cluster).await?))
+    }
+
+    async fn set_drained(
+        &self,
+        request: Request<pb::SetDrainedRequest>,
+    ) -> Result<Response<pb::SetDrainedResponse>, Status> {
+        let request = request.into_inner();
+        self.host
+            .meta_write(MetaCommand::SetDrained { node: request.node_id, drained: request.drained })
+            .await
+            .map_err(|error| match error {
+                ApiError::Internal(message) if message.contains("not registered") => {
+                    Status::failed_precondition(message)
+                }
+                other => other.into(),
+            })?;
+        Ok(Response::new(pb::SetDrainedResponse {}))
     }
 
     async fn transfer_leader(

@@ -704,6 +704,9 @@ impl pb::client_server::Client for ClientService {
         &self,
         request: Request<tonic::Streaming<pb::FollowRequest>>,
     ) -> Result<Response<FollowStream>, Status> {
+        if self.host.is_drained() {
+            return Err(Status::unavailable("this node is drained: follow another replica"));
+        }
         let context = crate::node::follow::FollowContext {
             node_id: self.config.node_id,
             region: self.config.region.clone(),

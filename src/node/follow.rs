@@ -104,6 +104,11 @@ pub async fn serve(
                 }
             }
             _ = progress.tick() => {
+                // A drained node serves no gateway: ending the stream sends
+                // the gateway to another replica, from its cursors.
+                if context.host.is_drained() {
+                    return;
+                }
                 let (applied_index, has_leader, applied_by_cluster) = progress_of(&context.host);
                 let event = pb::FollowEvent {
                     event: Some(Event::Progress(pb::Progress {

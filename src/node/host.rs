@@ -704,6 +704,11 @@ impl Host {
         }
     }
 
+    /// Whether an operator drained this node.
+    pub fn is_drained(&self) -> bool {
+        Directory::node(&self.directory(), self.config.node_id).is_some_and(|node| node.drained)
+    }
+
     /// The addresses of `cluster`'s voters, this node's region first.
     pub async fn cluster_addrs(&self, cluster: u64) -> Result<Vec<(NodeId, String)>, ApiError> {
         let tree = self.directory();

@@ -24,6 +24,9 @@ use crate::node::group::since_start_ms;
 use crate::node::host::Host;
 use crate::placement::directory::{Directory, META_GROUP_ID};
 
+/// How soon a drained node tries again to hand over a leadership.
+const DRAINED_RETRY_MS: u64 = 1_000;
+
 /// Runs until shutdown.
 pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     let config = host.config.groups.clone();
@@ -40,16 +43,21 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let tree = host.directory();
-        let Ok(preferred) = tokio::task::spawn_blocking(move || {
-            Directory::clusters(&tree).into_iter().map(|c| (c.id, c.preferred_region)).collect::<HashMap<_, _>>()
+        let Ok((preferred, drained)) = tokio::task::spawn_blocking(move || {
+            let preferred =
+                Directory::clusters(&tree).into_iter().map(|c| (c.id, c.preferred_region)).collect::<HashMap<_, _>>();
+            let drained: Vec<NodeId> =
+                Directory::nodes(&tree).into_iter().filter(|n| n.drained).map(|n| n.id).collect();
+            (preferred, drained)
         })
         .await
         else {
             continue;
         };
+        let me_drained = drained.contains(&host.node_id());
         let now = since_start_ms();
         for group in host.groups.all() {
-            if group.id == META_GROUP_ID {
+            if group.id == META_GROUP_ID && !me_drained {
                 continue;
             }
             let target = {
@@ -61,10 +69,16 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
                 }
                 let since = *leading_since.entry(group.id).or_insert(now);
                 let region = preferred.get(&group.id).map(String::as_str).unwrap_or("");
-                if region.is_empty() || region == host.config.region || now.saturating_sub(since) < settle_ms {
+                // A drained node hands over at once (again after a second if
+                // the first try did not take); otherwise only towards the
+                // preferred region, after settling.
+                let pause = if me_drained { DRAINED_RETRY_MS } else { settle_ms };
+                if !me_drained
+                    && (region.is_empty() || region == host.config.region || now.saturating_sub(since) < settle_ms)
+                {
                     continue;
                 }
-                if handed_at.get(&group.id).is_some_and(|at| now.saturating_sub(*at) < settle_ms) {
+                if handed_at.get(&group.id).is_some_and(|at| now.saturating_sub(*at) < pause) {
                     continue;
                 }
                 let last_log_index = current.last_log_index.unwrap_or(0);
@@ -79,11 +93,18 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
                 let membership = current.membership_config.membership();
                 let settled =
                     |node: NodeId| host.detector.up_for(node).is_some_and(|up| up >= Duration::from_millis(settle_ms));
-                let target = membership
-                    .voter_ids()
+                let candidates = || membership.voter_ids().filter(|id| *id != host.node_id() && !drained.contains(id));
+                let in_region = candidates()
                     .filter(|id| membership.get_node(id).is_some_and(|node| node.region == region))
                     .find(|id| settled(*id) && matched(*id));
-                target
+                let up = |id: NodeId| host.detector.is_up(id);
+                if me_drained {
+                    in_region
+                        .or_else(|| candidates().find(|id| up(*id) && matched(*id)))
+                        .or_else(|| candidates().find(|id| up(*id)))
+                } else {
+                    in_region
+                }
             };
             if let Some(target) = target {
                 tracing::info!(cluster = group.id, to = target, "moving leadership to the preferred region");

@@ -259,7 +259,12 @@ async fn bootstrap_directory(host: Arc<Host>, mut shutdown: watch::Receiver<bool
         .peers
         .iter()
         .map(|peer| {
-            MetaCommand::RegisterNode(NodeEntry { id: peer.id, region: peer.region.clone(), addr: peer.addr.clone() })
+            MetaCommand::RegisterNode(NodeEntry {
+                id: peer.id,
+                region: peer.region.clone(),
+                addr: peer.addr.clone(),
+                drained: false,
+            })
         })
         .collect();
     commands.push(MetaCommand::CreateCluster {

@@ -38,6 +38,9 @@ pub struct NodeEntry {
     pub id: u64,
     pub region: String,
     pub addr: String,
+    /// Drained by an operator: it leads no group and serves no gateway.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// A space cluster: its voters (node ids) and where its leader should be.
@@ -89,6 +92,11 @@ pub enum MetaCommand {
     SetPreferredRegion {
         cluster: u64,
         region: String,
+    },
+    /// Drains a node (or returns it to service).
+    SetDrained {
+        node: u64,
+        drained: bool,
     },
     /// Records a cluster's members after a membership change.
     SetMembers {
@@ -172,7 +180,10 @@ fn scan<R: KvRead, T: for<'a> Deserialize<'a>>(store: &R, prefix: u8) -> Vec<T> 
 pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> Result<MetaOutcome, MetaError> {
     match command {
         MetaCommand::RegisterNode(node) => {
-            overlay.insert(id_key(NODE_PREFIX, node.id), encode(node));
+            // A registration again (every bootstrap start) keeps the drain.
+            let drained =
+                read_overlay::<R, NodeEntry>(overlay, &id_key(NODE_PREFIX, node.id)).is_some_and(|n| n.drained);
+            overlay.insert(id_key(NODE_PREFIX, node.id), encode(&NodeEntry { drained, ..node.clone() }));
             Ok(MetaOutcome::NodeRegistered)
         }
         MetaCommand::CreateCluster { voters, preferred_region, only_if_none } => {
@@ -223,6 +234,14 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             entry.preferred_region = region.clone();
             overlay.insert(id_key(CLUSTER_PREFIX, *cluster), encode(&entry));
             Ok(MetaOutcome::PreferenceSet)
+        }
+        MetaCommand::SetDrained { node, drained } => {
+            let Some(mut entry) = read_overlay::<R, NodeEntry>(overlay, &id_key(NODE_PREFIX, *node)) else {
+                return Err(MetaError::UnknownNode(*node));
+            };
+            entry.drained = *drained;
+            overlay.insert(id_key(NODE_PREFIX, *node), encode(&entry));
+            Ok(MetaOutcome::NodeRegistered)
         }
         MetaCommand::SetMembers { cluster, voters, learners } => {
             let Some(mut entry) = read_overlay::<R, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
@@ -400,7 +419,12 @@ mod tests {
     }
 
     fn node(id: u64, region: &str) -> MetaCommand {
-        MetaCommand::RegisterNode(NodeEntry { id, region: region.into(), addr: format!("127.0.0.1:{}", 7000 + id) })
+        MetaCommand::RegisterNode(NodeEntry {
+            id,
+            region: region.into(),
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            drained: false,
+        })
     }
 
     fn profile(name: &str, org: &str, members: &[&str]) -> SpaceProfile {
@@ -509,7 +533,7 @@ mod tests {
     fn voters_spread_over_regions_and_avoid_loaded_and_dead_nodes() {
         let nodes: Vec<NodeEntry> = [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "c")]
             .iter()
-            .map(|(id, region)| NodeEntry { id: *id, region: region.to_string(), addr: String::new() })
+            .map(|(id, region)| NodeEntry { id: *id, region: region.to_string(), addr: String::new(), drained: false })
             .collect();
         let clusters =
             vec![ClusterEntry { id: 1, voters: vec![1, 3, 4], learners: Vec::new(), preferred_region: String::new() }];
