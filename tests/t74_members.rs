@@ -104,3 +104,42 @@ async fn members_are_removed_added_and_promoted_and_quorum_is_kept() {
     assert_eq!(members(&cluster).await.0, vec![1, 2, 3]);
     assert_eq!(post(&cluster, 1, "k4").await, 4);
 }
+
+/// A node started after bootstrap joins (registers in the directory and
+/// follows it), is added to a space cluster, and takes over from a node that
+/// is decommissioned with spacectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
+    let mut cluster = TestCluster::start().await;
+    create_space(&cluster, 1, "s", &["alice"]).await;
+    assert_eq!(post(&cluster, 1, "k1").await, 1);
+    let new = cluster.add_node("");
+    let mut admin = cluster.admin(1).await;
+    let deadline = Instant::now() + WAIT;
+    while !admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner().nodes.iter().any(|n| n.node_id == new) {
+        assert!(Instant::now() < deadline, "node {new} never joined the directory");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let added = admin.change_members(change(new, "add_learner", false)).await.expect("add learner").into_inner();
+    assert_eq!(added.learners, vec![new]);
+    let promoted = admin.change_members(change(new, "promote", false)).await.expect("promote").into_inner();
+    assert_eq!(promoted.voters, vec![1, 2, 3, new]);
+
+    let output = std::process::Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", cluster.endpoints())
+        .args(["node", "decommission", "3", "--yes", "-o", "json"])
+        .output()
+        .expect("run spacectl");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(members(&cluster).await.0, vec![1, 2, new]);
+    assert_eq!(post(&cluster, new, "k2").await, 2);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let keys: Vec<String> = full_history(&cluster, new, "s").await.into_iter().map(|m| m.idempotency_key).collect();
+        if keys == ["k1", "k2"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {new} has {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

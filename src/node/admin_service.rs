@@ -11,7 +11,7 @@ use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::node::host::{Host, MemberChange};
 use crate::pb;
-use crate::placement::directory::{Directory, MetaCommand};
+use crate::placement::directory::{Directory, MetaCommand, NodeEntry};
 use crate::space::{Command, CommandResult};
 
 /// Set on a MoveSpace passed to a voter of the space's cluster.
@@ -392,6 +392,42 @@ impl pb::admin_server::Admin for AdminService {
             Some(_) => self.host.cluster_write(request.cluster_id, &command).await?,
         };
         Ok(Response::new(pb::ProposeReply { result: postcard::to_stdvec(&result).expect("results serialize") }))
+    }
+
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let request = request.into_inner();
+        if request.node_id == 0 || request.region.is_empty() || request.grpc_addr.is_empty() {
+            return Err(Status::invalid_argument("a joining node needs an id, a region and an address"));
+        }
+        let meta = self.host.meta();
+        // On the meta leader: register, then add as a learner of the meta
+        // group. Elsewhere: unavailable, the joining node tries the next peer
+        // (it is told the leader's address).
+        if let Some((_, addr)) = self.host.leader_of(&meta).await? {
+            let mut status = Status::unavailable("not the meta leader");
+            if let Ok(value) = addr.parse() {
+                status.metadata_mut().insert(crate::error::LEADER_HINT_METADATA, value);
+            }
+            return Err(status);
+        }
+        let entry = NodeEntry {
+            id: request.node_id,
+            region: request.region.clone(),
+            addr: request.grpc_addr.clone(),
+            drained: false,
+        };
+        self.host.meta_write(MetaCommand::RegisterNode(entry)).await?;
+        let known =
+            meta.raft.metrics().borrow_watched().membership_config.membership().get_node(&request.node_id).is_some();
+        if !known {
+            meta.wake();
+            let node = crate::raft::types::NodeAddr { addr: request.grpc_addr, region: request.region };
+            meta.raft
+                .add_learner(request.node_id, node, false)
+                .await
+                .map_err(|error| Status::unavailable(format!("cannot add the node to the meta cluster: {error}")))?;
+        }
+        Ok(Response::new(pb::JoinReply {}))
     }
 
     async fn ping(&self, _request: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {

@@ -145,6 +145,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     ));
     if config.bootstrap {
         tokio::spawn(bootstrap_directory(host.clone(), shutdown_rx.clone()));
+    } else if fresh {
+        // A fresh node that does not bootstrap joins: a no-op for a peer the
+        // bootstrap node registers anyway, what adds a node started later.
+        tokio::spawn(join(host.clone(), shutdown_rx.clone()));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -247,6 +251,49 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
             Some(InitializeError::NotAllowed(_)) => Ok(()),
             _ => Err(anyhow::anyhow!("bootstrap failed: {error}")),
         },
+    }
+}
+
+/// A node started after bootstrap, not among the bootstrap peers: asks the
+/// peers (the meta leader, found through them) to register it and make it a
+/// learner of the meta cluster, retrying until one does.
+async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    let config = host.config.clone();
+    let me = config.advertise_addr().to_string();
+    let mut targets: Vec<String> =
+        config.peers.iter().map(|peer| peer.addr.clone()).filter(|addr| *addr != me).collect();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let mut hinted = Vec::new();
+        for addr in &targets {
+            let Ok(channel) = host.peers.channel(addr) else { continue };
+            let request =
+                pb::JoinRequest { node_id: config.node_id, region: config.region.clone(), grpc_addr: me.clone() };
+            match pb::admin_client::AdminClient::new(channel).join(request).await {
+                Ok(_) => {
+                    tracing::info!(through = %addr, "joined the cluster: registered, following the directory");
+                    return;
+                }
+                Err(status) => {
+                    if let Some(leader) = status.metadata().get(crate::error::LEADER_HINT_METADATA) {
+                        if let Ok(leader) = leader.to_str() {
+                            hinted.push(leader.to_string());
+                        }
+                    }
+                    tracing::debug!(%status, peer = %addr, "join not taken yet");
+                }
+            }
+        }
+        for leader in hinted {
+            if !targets.contains(&leader) {
+                targets.insert(0, leader);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

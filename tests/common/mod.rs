@@ -142,6 +142,21 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts one more node (not a bootstrap peer: it joins the running
+    /// cluster) and returns its id.
+    pub fn add_node(&mut self, extra_config: &str) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let mut peers: Vec<(u64, String)> = self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+        peers.push((id, addr.clone()));
+        let config_path = self.dir.path().join(format!("node-{id}.toml"));
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        write_config(&config_path, id, &addr, &data_dir, &peers, extra_config);
+        self.nodes.push(TestNode { id, addr, config_path, data_dir, process: None });
+        self.start_node(id);
+        id
+    }
+
     pub fn node(&self, id: u64) -> &TestNode {
         &self.nodes[id as usize - 1]
     }
