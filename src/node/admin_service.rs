@@ -38,7 +38,53 @@ fn role(state: ServerState) -> &'static str {
     }
 }
 
+/// Where an admin request that must run on a space cluster's leader goes.
+enum LeaderRoute {
+    /// This node leads the cluster.
+    Here(Arc<crate::node::group::Group>),
+    /// To the leader's node ("leader"), or to a voter when the cluster is
+    /// not hosted here ("voter"), with the hop to mark the request with.
+    There(pb::admin_client::AdminClient<tonic::transport::Channel>, &'static str),
+}
+
+/// A request passed on, marked with its hop.
+fn with_hop<T>(message: T, hop: &'static str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(MEMBERS_HOP_METADATA, hop.parse().expect("ascii"));
+    request
+}
+
 impl AdminService {
+    /// Routes a request for space cluster `cluster`'s leader: here, the
+    /// leader's node, or a voter when not hosted here. A request that
+    /// arrived marked "leader" is not passed on again.
+    async fn route_to_leader<T>(&self, cluster: u64, request: &Request<T>) -> Result<LeaderRoute, Status> {
+        let to_leader = request.metadata().get(MEMBERS_HOP_METADATA).is_some_and(|hop| hop == "leader");
+        let (next, hop) = match self.host.local_cluster(cluster).await? {
+            Some(group) => match self.host.leader_of(&group).await? {
+                None => return Ok(LeaderRoute::Here(group)),
+                Some((_, addr)) => (addr, "leader"),
+            },
+            None => {
+                let voters = self
+                    .host
+                    .cluster_addrs(cluster)
+                    .await
+                    .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
+                let (_, addr) =
+                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
+                (addr, "voter")
+            }
+        };
+        if to_leader {
+            return Err(Status::unavailable(format!(
+                "the request reached a node that does not lead space cluster {cluster}"
+            )));
+        }
+        let channel = self.host.peers.channel(&next).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(LeaderRoute::There(pb::admin_client::AdminClient::new(channel), hop))
+    }
+
     fn local_status(&self) -> Vec<pb::ReplicaStatus> {
         self.host
             .groups
@@ -271,66 +317,44 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let to_leader = request.metadata().get(MEMBERS_HOP_METADATA).is_some_and(|hop| hop == "leader");
+        let cluster = request.get_ref().cluster_id;
+        let route = self.route_to_leader(cluster, &request).await?;
         let message = request.into_inner();
-        let (next, hop) = match self.host.local_cluster(message.cluster_id).await? {
-            Some(group) => match self.host.leader_of(&group).await? {
-                None => {
-                    let is_voter = group
-                        .raft
-                        .metrics()
-                        .borrow_watched()
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|id| id == message.to_node);
-                    if !is_voter {
-                        return Err(Status::failed_precondition(format!(
-                            "node {} is not a voter of space cluster {}",
-                            message.to_node, message.cluster_id
-                        )));
-                    }
-                    if message.to_node != self.config.node_id {
-                        group.wake();
-                        group
-                            .raft
-                            .trigger()
-                            .transfer_leader(message.to_node)
-                            .await
-                            .map_err(|error| Status::unavailable(format!("transfer failed: {error}")))?;
-                    }
-                    return Ok(Response::new(pb::TransferLeaderResponse {}));
-                }
-                Some((_, addr)) => (addr, "leader"),
-            },
-            None => {
-                let voters =
-                    self.host.cluster_addrs(message.cluster_id).await.map_err(|_| {
-                        Status::not_found(format!("space cluster {} does not exist", message.cluster_id))
-                    })?;
-                let (_, addr) =
-                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
-                (addr, "voter")
-            }
+        let group = match route {
+            LeaderRoute::Here(group) => group,
+            LeaderRoute::There(mut client, hop) => return client.transfer_leader(with_hop(message, hop)).await,
         };
-        if to_leader {
-            return Err(Status::unavailable("the transfer reached a node that does not lead the cluster"));
+        let is_voter = group
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == message.to_node);
+        if !is_voter {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not a voter of space cluster {cluster}",
+                message.to_node
+            )));
         }
-        let channel = self.host.peers.channel(&next).map_err(|e| Status::internal(e.to_string()))?;
-        let mut forward = tonic::Request::new(message);
-        forward.metadata_mut().insert(MEMBERS_HOP_METADATA, hop.parse().expect("ascii"));
-        pb::admin_client::AdminClient::new(channel).transfer_leader(forward).await
+        if message.to_node != self.config.node_id {
+            group.wake();
+            group
+                .raft
+                .trigger()
+                .transfer_leader(message.to_node)
+                .await
+                .map_err(|error| Status::unavailable(format!("transfer failed: {error}")))?;
+        }
+        Ok(Response::new(pb::TransferLeaderResponse {}))
     }
 
     async fn change_members(
         &self,
         request: Request<pb::ChangeMembersRequest>,
     ) -> Result<Response<pb::ChangeMembersResponse>, Status> {
-        // "leader": sent to the node taken as the leader; it does not pass
-        // the request on again.
-        let to_leader = request.metadata().get(MEMBERS_HOP_METADATA).is_some_and(|hop| hop == "leader");
-        let message = request.into_inner();
-        let change = match message.change.as_str() {
+        let change = match request.get_ref().change.as_str() {
             "add_learner" => MemberChange::AddLearner,
             "promote" => MemberChange::Promote,
             "remove" => MemberChange::Remove,
@@ -340,39 +364,20 @@ impl pb::admin_server::Admin for AdminService {
                 )))
             }
         };
-        let cluster = message.cluster_id;
+        let cluster = request.get_ref().cluster_id;
         if cluster == crate::placement::directory::META_GROUP_ID {
             return Err(Status::invalid_argument("the meta cluster's members follow the bootstrap peers"));
         }
-        // Run it on the cluster's leader: here, or its node, or through a
-        // voter when the cluster is not hosted here.
-        let (next, hop) = match self.host.local_cluster(cluster).await? {
-            Some(group) => match self.host.leader_of(&group).await? {
-                None => {
-                    let (voters, learners) =
-                        self.host.change_members(&group, message.node_id, change, message.force).await?;
-                    return Ok(Response::new(pb::ChangeMembersResponse { voters, learners }));
-                }
-                Some((_, addr)) => (addr, "leader"),
-            },
-            None => {
-                let voters = self
-                    .host
-                    .cluster_addrs(cluster)
-                    .await
-                    .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
-                let (_, addr) =
-                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
-                (addr, "voter")
+        let route = self.route_to_leader(cluster, &request).await?;
+        let message = request.into_inner();
+        match route {
+            LeaderRoute::Here(group) => {
+                let (voters, learners) =
+                    self.host.change_members(&group, message.node_id, change, message.force).await?;
+                Ok(Response::new(pb::ChangeMembersResponse { voters, learners }))
             }
-        };
-        if to_leader {
-            return Err(Status::unavailable("the membership change reached a node that does not lead the cluster"));
+            LeaderRoute::There(mut client, hop) => client.change_members(with_hop(message, hop)).await,
         }
-        let channel = self.host.peers.channel(&next).map_err(|e| Status::internal(e.to_string()))?;
-        let mut forward = tonic::Request::new(message);
-        forward.metadata_mut().insert(MEMBERS_HOP_METADATA, hop.parse().expect("ascii"));
-        pb::admin_client::AdminClient::new(channel).change_members(forward).await
     }
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeReply>, Status> {

@@ -74,6 +74,8 @@ pub struct Host {
     /// known leader does not elect: the node has just started and its
     /// peers' leaders are making themselves known ([`crate::node::quiesce`]).
     pub quiet_until_ms: std::sync::atomic::AtomicU64,
+    /// This node's drain flag from the directory, refreshed on every change.
+    drained: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -100,6 +102,7 @@ impl Host {
             initialized: Mutex::new(BTreeSet::new()),
             applied_any: watch::channel(0).0,
             quiet_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            drained: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -182,8 +185,12 @@ impl Host {
     /// initializes the ones whose first voter this node is.
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let tree = self.directory();
-        let clusters = tokio::task::spawn_blocking(move || Directory::clusters(&tree)).await?;
         let me = self.config.node_id;
+        let (clusters, drained) = tokio::task::spawn_blocking(move || {
+            (Directory::clusters(&tree), Directory::node(&tree, me).is_some_and(|node| node.drained))
+        })
+        .await?;
+        self.drained.store(drained, std::sync::atomic::Ordering::Relaxed);
         for cluster in
             clusters.into_iter().filter(|cluster| cluster.voters.contains(&me) || cluster.learners.contains(&me))
         {
@@ -704,9 +711,10 @@ impl Host {
         }
     }
 
-    /// Whether an operator drained this node.
+    /// Whether an operator drained this node (as of the last directory
+    /// change this node applied).
     pub fn is_drained(&self) -> bool {
-        Directory::node(&self.directory(), self.config.node_id).is_some_and(|node| node.drained)
+        self.drained.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The addresses of `cluster`'s voters, this node's region first.
