@@ -54,6 +54,9 @@ impl From<ApplyError> for ApiError {
             ApplyError::SpaceExists { space } => ApiError::SpaceExists { space },
             ApplyError::Moved { space, to } => ApiError::Moved { space, to },
             ApplyError::Importing { space } => ApiError::Moving { space },
+            refused @ (ApplyError::NoMembersLeft { .. }
+            | ApplyError::TooManyMembers { .. }
+            | ApplyError::Deleted { .. }) => ApiError::Refused(refused.to_string()),
         }
     }
 }

@@ -156,6 +156,29 @@ impl Endpoints {
         .await
     }
 
+    pub async fn update_members(
+        &self,
+        space: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<pb::SpaceInfo, CtlError> {
+        let request = pb::UpdateMembersRequest { space, add, remove };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).update_members(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn delete_space(&self, space: String) -> Result<pb::DeleteSpaceResponse, CtlError> {
+        let request = pb::DeleteSpaceRequest { space };
+        self.each(|channel| {
+            let request = request.clone();
+            async move { Ok(pb::client_client::ClientClient::new(channel).delete_space(request).await?.into_inner()) }
+        })
+        .await
+    }
+
     pub async fn list_spaces(&self, user: String) -> Result<pb::ListSpacesResponse, CtlError> {
         let request = pb::ListSpacesRequest { user };
         self.each(|channel| {

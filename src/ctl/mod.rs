@@ -232,8 +232,20 @@ pub enum SpaceCommand {
         #[arg(long = "attr", value_parser = parse_attr)]
         attrs: Vec<(String, String)>,
     },
-    /// Show a space: members, attributes, cluster, seq range.
+    /// Show a space: members, attributes, seq range, and its placement
+    /// (cluster, version, the policy's reason, a move under way).
     Info { name: String },
+    /// Add or remove members of a space.
+    #[command(subcommand)]
+    Members(SpaceMembersCommand),
+    /// Delete a space with its messages (destructive: needs --yes). Its
+    /// subscriptions end, and its name is not taken again.
+    Delete {
+        name: String,
+        /// Confirm the deletion.
+        #[arg(long, env = "SPACERAFT_YES")]
+        yes: bool,
+    },
     /// List spaces (those a user is a member of, with --as).
     List {
         #[arg(long = "as", env = "SPACERAFT_USER")]
@@ -246,6 +258,23 @@ pub enum SpaceCommand {
         /// The space cluster to move it to.
         #[arg(long)]
         to: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpaceMembersCommand {
+    /// Add users to a space.
+    Add {
+        space: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove users from a space: their subscriptions end before any later
+    /// message reaches them.
+    Remove {
+        space: String,
+        #[arg(required = true)]
+        users: Vec<String>,
     },
 }
 
@@ -325,8 +354,25 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             out.space_created(&response);
         }
         Command::Space(SpaceCommand::Info { name }) => {
-            let space = endpoints.get_space(name).await?;
-            out.space_info(&space);
+            let space = endpoints.get_space(name.clone()).await?;
+            let directory = endpoints.directory().await?;
+            let placement = directory.placements.iter().find(|placement| placement.space == name);
+            out.space_info(&space, placement);
+        }
+        Command::Space(SpaceCommand::Members(SpaceMembersCommand::Add { space, users })) => {
+            let space = endpoints.update_members(space, users, Vec::new()).await?;
+            out.space_info(&space, None);
+        }
+        Command::Space(SpaceCommand::Members(SpaceMembersCommand::Remove { space, users })) => {
+            let space = endpoints.update_members(space, Vec::new(), users).await?;
+            out.space_info(&space, None);
+        }
+        Command::Space(SpaceCommand::Delete { name, yes }) => {
+            if !yes {
+                return Err(CtlError::Usage(format!("deleting space {name} removes its messages for good: add --yes")));
+            }
+            let deleted = endpoints.delete_space(name).await?;
+            out.space_deleted(&deleted);
         }
         Command::Post { space, text, user, key } => {
             let key = key.unwrap_or_else(|| format!("spacectl-{:032x}", rand::random::<u128>()));

@@ -221,18 +221,51 @@ impl Output {
         }
     }
 
-    pub fn space_info(&self, space: &pb::SpaceInfo) {
+    /// A space, with its placement when given.
+    pub fn space_info(&self, space: &pb::SpaceInfo, placement: Option<&pb::DirectoryPlacement>) {
         match self.format {
-            Format::Json => println!("{}", space_json(space)),
+            Format::Json => {
+                let mut value = space_json(space);
+                if let Some(placement) = placement {
+                    let reason: serde_json::Value =
+                        serde_json::from_str(&placement.reason).unwrap_or_else(|_| json!(placement.reason));
+                    value["placement"] = json!({
+                        "cluster_id": placement.cluster_id,
+                        "version": placement.version,
+                        "reason": reason,
+                        "moving_to": if placement.moving_to == 0 { serde_json::Value::Null } else { json!(placement.moving_to) },
+                    });
+                }
+                println!("{value}");
+            }
             Format::Table => {
                 let attrs: std::collections::BTreeMap<_, _> = space.attrs.iter().collect();
                 let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!("name:     {}", space.name);
-                println!("members:  {}", space.members.join(","));
-                println!("attrs:    {}", attrs.join(" "));
-                println!("cluster:  {}", space.cluster_id);
-                println!("seqs:     {}..={}", space.first_seq, space.last_seq);
+                println!("name:       {}", space.name);
+                println!("members:    {}", space.members.join(","));
+                println!("attrs:      {}", attrs.join(" "));
+                println!("cluster:    {}", space.cluster_id);
+                println!("seqs:       {}..={}", space.first_seq, space.last_seq);
+                if let Some(placement) = placement {
+                    println!("placement:  version {}, {}", placement.version, placement.reason);
+                    if placement.moving_to != 0 {
+                        println!("moving to:  space cluster {}", placement.moving_to);
+                    }
+                }
             }
+        }
+    }
+
+    pub fn space_deleted(&self, deleted: &pb::DeleteSpaceResponse) {
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                json!({"space": deleted.space, "existed": deleted.existed, "last_seq": deleted.last_seq})
+            ),
+            Format::Table if deleted.existed => {
+                println!("deleted space {} (its last seq was {})", deleted.space, deleted.last_seq)
+            }
+            Format::Table => println!("space {} was deleted before", deleted.space),
         }
     }
 

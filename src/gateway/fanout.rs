@@ -321,11 +321,35 @@ impl Fanout {
     /// discontinuity (retention trimmed what the feed needed): the feed jumps
     /// there and its buffer is dropped; behind subscribers find out from
     /// history.
+    ///
+    /// A watching answer also carries the members: subscribers no longer
+    /// among them get a `not_member` error and are dropped, before any
+    /// message committed after their removal reaches the feed.
     pub fn on_watching(&self, watching: &pb::Watching) {
         let Some(info) = watching.space.as_ref() else { return };
         let mut feeds = self.feeds();
         let Some(feed) = feeds.get_mut(&info.name) else { return };
-        feed.members = Some(info.members.iter().cloned().collect());
+        let members: HashSet<String> = info.members.iter().cloned().collect();
+        feed.subscribers.retain(|_, subscriber| {
+            if members.contains(&subscriber.client.user) {
+                return true;
+            }
+            let message = format!("user {:?} is not a member of space {:?}", subscriber.client.user, info.name);
+            subscriber.client.offer(Outbound::Event(ServerEvent::error(
+                None,
+                Some(&info.name),
+                ErrorCode::NotMember,
+                message,
+            )));
+            false
+        });
+        feed.members = Some(members);
+        if feed.subscribers.is_empty() {
+            feeds.remove(&info.name);
+            drop(feeds);
+            self.bump_spaces();
+            return;
+        }
         if watching.next_seq > feed.next_seq {
             tracing::warn!(space = %info.name, from = feed.next_seq, to = watching.next_seq, "feed jumped: history trimmed");
             feed.next_seq = watching.next_seq;
@@ -337,6 +361,17 @@ impl Fanout {
                 }
             }
         }
+    }
+
+    /// Ends every subscription of a space that is gone (deleted): each
+    /// subscriber gets an error event, and the feed is dropped.
+    pub fn end_space(&self, space: &str, code: ErrorCode, message: &str) {
+        let Some(feed) = self.feeds().remove(space) else { return };
+        for subscriber in feed.subscribers.values() {
+            let event = ServerEvent::error(None, Some(space), code, message.to_string());
+            subscriber.client.offer(Outbound::Event(event));
+        }
+        self.bump_spaces();
     }
 
     /// Takes committed messages from an upstream and fans them out.
@@ -608,10 +643,55 @@ mod tests {
         let (mallory, mut ends) = ClientHandle::new(1, "mallory".into(), 64);
         fanout.subscribe("general", &mallory, 1, 1);
         fanout.on_watching(&watching("general", 1, &["alice"]));
-        assert_eq!(fanout.is_member("general", "mallory"), Some(false));
-        let _ = fanout.go_live("general", 1, 1, false);
+        assert!(matches!(fanout.go_live("general", 1, 1, false), GoLive::Gone), "dropped at the watching answer");
         fanout.publish(vec![message("general", 1)]);
         assert!(drain(&mut ends).is_empty());
+    }
+
+    /// Kinds of what a client was queued: "m<seq>", or an error's code.
+    fn kinds(ends: &mut ClientEnds) -> Vec<String> {
+        let mut kinds = Vec::new();
+        while let Ok(item) = ends.queue.try_recv() {
+            kinds.push(match item {
+                Outbound::Deliver(delivery) => format!("m{}", delivery.message.seq),
+                Outbound::Event(ServerEvent::Error { code, .. }) => code.as_str().to_string(),
+                Outbound::Event(other) => format!("{other:?}"),
+            });
+        }
+        kinds
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_gets_not_member_and_nothing_posted_after() {
+        let fanout = Fanout::new(16);
+        let (alice, mut alice_ends) = ClientHandle::new(1, "alice".into(), 64);
+        let (bob, mut bob_ends) = ClientHandle::new(2, "bob".into(), 64);
+        fanout.subscribe("general", &alice, 1, 1);
+        fanout.subscribe("general", &bob, 1, 1);
+        fanout.on_watching(&watching("general", 1, &["alice", "bob"]));
+        let _ = fanout.go_live("general", 1, 1, false);
+        let _ = fanout.go_live("general", 2, 1, false);
+        fanout.publish(vec![message("general", 1)]);
+        fanout.on_watching(&watching("general", 2, &["alice"]));
+        fanout.publish(vec![message("general", 2)]);
+        assert_eq!(kinds(&mut alice_ends), ["m1", "m2"]);
+        assert_eq!(kinds(&mut bob_ends), ["m1", "not_member"]);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_space_ends_every_subscription() {
+        let fanout = Fanout::new(16);
+        let (alice, mut ends) = ClientHandle::new(1, "alice".into(), 64);
+        fanout.subscribe("general", &alice, 1, 1);
+        fanout.on_watching(&watching("general", 1, &["alice"]));
+        let _ = fanout.go_live("general", 1, 1, false);
+        let mut spaces = fanout.spaces_changed();
+        spaces.borrow_and_update();
+        fanout.end_space("general", ErrorCode::Deleted, "space \"general\" was deleted");
+        assert!(spaces.has_changed().unwrap(), "upstreams stop following it");
+        assert!(fanout.cursors().is_empty());
+        fanout.publish(vec![message("general", 1)]);
+        assert_eq!(kinds(&mut ends), ["deleted"]);
     }
 
     #[tokio::test]

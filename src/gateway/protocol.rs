@@ -119,6 +119,8 @@ pub enum ErrorCode {
     BadRequest,
     TooLarge,
     UnknownSpace,
+    /// The space was deleted: its subscriptions end.
+    Deleted,
     NotMember,
     NotSubscribed,
     Trimmed,
@@ -132,6 +134,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnknownSpace => "unknown_space",
+            ErrorCode::Deleted => "deleted",
             ErrorCode::NotMember => "not_member",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::Trimmed => "trimmed",

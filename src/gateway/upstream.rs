@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::gateway::config::UpstreamConfig;
 use crate::gateway::fanout::Fanout;
 use crate::gateway::nodes::NodePool;
+use crate::gateway::protocol::ErrorCode;
 use crate::pb;
 use crate::pb::follow_event::Event;
 
@@ -225,10 +226,14 @@ async fn follow_once(
                     Some(Event::Messages(batch)) => {
                         fanout.publish(batch.messages);
                     }
+                    Some(Event::Ended(ended)) if ended.code == "deleted" => {
+                        let message = format!("space {:?} was deleted", ended.space);
+                        fanout.end_space(&ended.space, ErrorCode::Deleted, &message);
+                    }
                     Some(Event::Ended(ended)) if watched.contains_key(&ended.space) => {
-                        // The replica stopped following the space. Spaces are
-                        // never deleted and every feed exists because a node
-                        // served its history, so this replica is behind (has
+                        // The replica stopped following the space. Every feed
+                        // exists because a node served its history, so
+                        // unless the space was deleted this replica is behind (has
                         // not applied the create, or is restoring a snapshot)
                         // or retention overtook the cursor: watch again from
                         // the feed's cursor, at once when trimmed (the replica

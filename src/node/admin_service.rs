@@ -227,6 +227,7 @@ impl pb::admin_server::Admin for AdminService {
                         version: placement.version,
                         org: placement.space.org.unwrap_or_default(),
                         reason: serde_json::to_string(&placement.reason).unwrap_or_default(),
+                        moving_to: placement.moving_to.unwrap_or(0),
                     })
                     .collect(),
             }

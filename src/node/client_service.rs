@@ -718,6 +718,39 @@ impl pb::client_server::Client for ClientService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
+    async fn update_members(
+        &self,
+        request: Request<pb::UpdateMembersRequest>,
+    ) -> Result<Response<pb::SpaceInfo>, Status> {
+        let request = request.into_inner();
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
+        if request.add.is_empty() && request.remove.is_empty() {
+            return Err(Status::invalid_argument("name at least one member to add or remove"));
+        }
+        for user in request.add.iter().chain(&request.remove) {
+            validate::check_name("user name", user, &limits).map_err(ApiError::from)?;
+        }
+        let record = self.host.update_space_members(&request.space, request.add, request.remove).await?;
+        let cluster = self.host.placement(&request.space).await?.map(|placement| placement.cluster).unwrap_or(0);
+        Ok(Response::new(record_info(record, cluster)))
+    }
+
+    async fn delete_space(
+        &self,
+        request: Request<pb::DeleteSpaceRequest>,
+    ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
+        let request = request.into_inner();
+        let limits = self.config.limits.request_limits();
+        validate::check_name("space name", &request.space, &limits).map_err(ApiError::from)?;
+        let deleted = self.host.delete_space(&request.space).await?;
+        Ok(Response::new(pb::DeleteSpaceResponse {
+            space: request.space,
+            existed: deleted.is_some(),
+            last_seq: deleted.unwrap_or(0),
+        }))
+    }
+
     async fn get_space(&self, request: Request<pb::GetSpaceRequest>) -> Result<Response<pb::SpaceInfo>, Status> {
         let hop = Hop::of(&request);
         let request = request.into_inner();
@@ -766,7 +799,11 @@ async fn follow(
             Ok(None) if moved => None,
             Ok(Some(record)) => Some(record),
             Ok(None) => {
-                let _ = sender.send(Err(ApiError::UnknownSpace { space: space.clone() }.into())).await;
+                let error = match reader.is_deleted(&space) {
+                    Ok(true) => Status::not_found(format!("space {space:?} was deleted")),
+                    _ => ApiError::UnknownSpace { space: space.clone() }.into(),
+                };
+                let _ = sender.send(Err(error)).await;
                 return;
             }
             Err(error) => {

@@ -44,9 +44,36 @@ pub struct FollowContext {
     pub progress_interval: Duration,
 }
 
-/// A watched space's cursor: the next seq to send, and the replica of the
-/// space's cluster it is read from.
-type Cursors = BTreeMap<String, (u64, SpaceReader, u64)>;
+/// A watched space's cursor: the next seq to send, the replica of the
+/// space's cluster it is read from, and a digest of the members last told
+/// to the gateway (a change is sent as a new `Watching`).
+struct Cursor {
+    next: u64,
+    reader: SpaceReader,
+    cluster: u64,
+    members: u64,
+}
+
+type Cursors = BTreeMap<String, Cursor>;
+
+fn members_digest(members: &std::collections::BTreeSet<String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    members.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn watching(record: crate::space::SpaceRecord, cluster: u64, next_seq: u64, resumed: bool) -> pb::FollowEvent {
+    let space = pb::SpaceInfo {
+        name: record.name,
+        members: record.members.into_iter().collect(),
+        attrs: record.attrs.into_iter().collect(),
+        cluster_id: cluster,
+        first_seq: record.first_seq,
+        last_seq: record.last_seq,
+    };
+    pb::FollowEvent { event: Some(Event::Watching(pb::Watching { space: Some(space), next_seq, resumed })) }
+}
 
 /// Serves one follow stream until the gateway hangs up.
 pub async fn serve(
@@ -73,8 +100,8 @@ pub async fn serve(
                     Some(pb::follow_request::Request::Watch(watch)) => {
                         relays.unwatch(&watch.space);
                         match start_watch(&context.host, &watch).await {
-                            Ok(Start::Here(next_seq, reader, cluster, event)) => {
-                                cursors.insert(watch.space, (next_seq, reader, cluster));
+                            Ok(Start::Here(cursor, event)) => {
+                                cursors.insert(watch.space, cursor);
                                 if sender.send(Ok(event)).await.is_err() {
                                     return;
                                 }
@@ -159,8 +186,8 @@ fn progress_of(host: &Host) -> (u64, bool, HashMap<u64, u64>) {
 
 /// Where a watch is served from.
 enum Start {
-    /// Here: the first seq to send, the replica, its cluster, the answer.
-    Here(u64, SpaceReader, u64, pb::FollowEvent),
+    /// Here: where to start, and the answer.
+    Here(Cursor, pb::FollowEvent),
     /// Through a node that hosts this cluster.
     Elsewhere(u64),
 }
@@ -170,6 +197,9 @@ enum Start {
 async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::FollowEvent> {
     let cluster = match host.placement_fresh(&watch.space).await {
         Ok(placement) => placement.cluster,
+        Err(ApiError::UnknownSpace { .. }) if host.is_deleted(&watch.space).await.unwrap_or(false) => {
+            return Err(ended(&watch.space, "deleted", "the space was deleted", 0))
+        }
         Err(ApiError::UnknownSpace { .. }) => {
             return Err(ended(&watch.space, "unknown_space", "space does not exist", 0))
         }
@@ -202,17 +232,9 @@ async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::Follow
         wanted if wanted < record.first_seq => (record.first_seq, false),
         wanted => (wanted, true),
     };
-    let space = pb::SpaceInfo {
-        name: record.name,
-        members: record.members.into_iter().collect(),
-        attrs: record.attrs.into_iter().collect(),
-        cluster_id: cluster,
-        first_seq: record.first_seq,
-        last_seq: record.last_seq,
-    };
-    let event =
-        pb::FollowEvent { event: Some(Event::Watching(pb::Watching { space: Some(space), next_seq, resumed })) };
-    Ok(Start::Here(next_seq, reader, cluster, event))
+    let members = members_digest(&record.members);
+    let event = watching(record, cluster, next_seq, resumed);
+    Ok(Start::Here(Cursor { next: next_seq, reader, cluster, members }, event))
 }
 
 /// Spaces followed through other nodes: one Follow stream per node.
@@ -330,14 +352,18 @@ enum Step {
     /// Every message of the sealed copy was sent: the space goes on in
     /// this cluster.
     Moved(u64),
+    /// The members changed: the record, and its members' digest.
+    Members(crate::space::SpaceRecord, u64),
 }
 
 /// Sends what was committed past every cursor. Returns whether more is
 /// readable right away (a read stopped at its length bound), Err when the
 /// gateway left.
 async fn pump(host: &Host, cursors: &mut Cursors, sender: &EventSender) -> Result<bool, ()> {
-    let wanted: Vec<(String, u64, SpaceReader)> =
-        cursors.iter().map(|(space, (next, reader, _))| (space.clone(), *next, reader.clone())).collect();
+    let wanted: Vec<(String, u64, SpaceReader, u64)> = cursors
+        .iter()
+        .map(|(space, cursor)| (space.clone(), cursor.next, cursor.reader.clone(), cursor.members))
+        .collect();
     let steps = off_runtime(move || Ok(read_step(wanted))).await;
     let Ok(steps) = steps else { return Err(()) };
     let mut more = false;
@@ -347,9 +373,9 @@ async fn pump(host: &Host, cursors: &mut Cursors, sender: &EventSender) -> Resul
             Step::Messages(messages, full) => {
                 more |= full;
                 if let Some(last) = messages.last() {
-                    let (next, _, _) = cursors.get_mut(&space).expect("cursor of a read space");
-                    debug_assert_eq!(messages[0].seq, *next, "follow must not skip or repeat a seq");
-                    *next = last.seq + 1;
+                    let cursor = cursors.get_mut(&space).expect("cursor of a read space");
+                    debug_assert_eq!(messages[0].seq, cursor.next, "follow must not skip or repeat a seq");
+                    cursor.next = last.seq + 1;
                 }
                 batch.extend(messages);
                 if batch.len() >= FOLLOW_READ_LEN {
@@ -364,8 +390,8 @@ async fn pump(host: &Host, cursors: &mut Cursors, sender: &EventSender) -> Resul
             Step::Moved(to) => match host.local_cluster(to).await {
                 Ok(Some(group)) => {
                     let cursor = cursors.get_mut(&space).expect("cursor of a read space");
-                    cursor.1 = group.reader.clone();
-                    cursor.2 = to;
+                    cursor.reader = group.reader.clone();
+                    cursor.cluster = to;
                     more = true;
                 }
                 _ => {
@@ -375,6 +401,14 @@ async fn pump(host: &Host, cursors: &mut Cursors, sender: &EventSender) -> Resul
                     sender.send(Ok(ended(&space, "moved", &message, 0))).await.map_err(|_| ())?;
                 }
             },
+            Step::Members(record, digest) => {
+                send_batch(sender, &mut batch).await?;
+                let cursor = cursors.get_mut(&space).expect("cursor of a read space");
+                cursor.members = digest;
+                let event = watching(record, cursor.cluster, cursor.next, true);
+                sender.send(Ok(event)).await.map_err(|_| ())?;
+                more = true;
+            }
         }
     }
     send_batch(sender, &mut batch).await?;
@@ -392,14 +426,19 @@ async fn send_batch(sender: &EventSender, batch: &mut Vec<pb::Message>) -> Resul
 
 /// Reads, for each (space, next seq), what is committed from there (up to
 /// [`FOLLOW_READ_LEN`]), and whether more is readable now.
-fn read_step(wanted: Vec<(String, u64, SpaceReader)>) -> Vec<(String, Step)> {
+fn read_step(wanted: Vec<(String, u64, SpaceReader, u64)>) -> Vec<(String, Step)> {
     let mut steps = Vec::with_capacity(wanted.len());
-    for (space, next_seq, reader) in wanted {
+    for (space, next_seq, reader, members) in wanted {
         let record = match reader.space(&space) {
             Ok(Some(record)) => record,
-            // Spaces are never deleted: a record missing after the watch
-            // found it means a snapshot is being restored. Keep the cursor
-            // and look again after the next apply.
+            Ok(None) if reader.is_deleted(&space).unwrap_or(false) => {
+                let event = ended(&space, "deleted", "the space was deleted", 0);
+                steps.push((space, Step::Ended(event)));
+                continue;
+            }
+            // A record missing after the watch found it, and no tombstone:
+            // a snapshot is being restored. Keep the cursor and look again
+            // after the next apply.
             Ok(None) => continue,
             Err(error) => {
                 let event = ended(&space, "internal", &error.to_string(), 0);
@@ -409,6 +448,15 @@ fn read_step(wanted: Vec<(String, u64, SpaceReader)>) -> Vec<(String, Step)> {
         };
         if record.importing {
             // Being copied in by a move: readable once complete.
+            continue;
+        }
+        let digest = members_digest(&record.members);
+        if digest != members {
+            // The members changed after every message sent so far was
+            // committed (they are at most `record.last_seq` of an earlier
+            // read). Tell the gateway before any message read now, so a
+            // removed member gets nothing posted after the removal.
+            steps.push((space, Step::Members(record, digest)));
             continue;
         }
         if record.last_seq < next_seq {

@@ -319,7 +319,7 @@ impl Host {
                 None => match meta.woken_write(Command::Meta(command.clone())).await {
                     Ok(response) => match response.data {
                         CommandResult::Meta(result) => {
-                            return result.map_err(|refused| ApiError::Internal(format!("directory: {refused}")))
+                            return result.map_err(|refused| ApiError::Refused(refused.to_string()))
                         }
                         other => return Err(ApiError::Internal(format!("directory answered {other:?}"))),
                     },
@@ -337,7 +337,7 @@ impl Host {
                         Ok(reply) => {
                             let reply = reply.into_inner();
                             if !reply.refused.is_empty() {
-                                return Err(ApiError::Internal(format!("directory: {}", reply.refused)));
+                                return Err(ApiError::Refused(reply.refused));
                             }
                             return postcard::from_bytes(&reply.outcome)
                                 .map_err(|e| ApiError::Internal(format!("undecodable directory answer: {e}")));
@@ -386,6 +386,9 @@ impl Host {
         let _placing = self.placing.lock().await;
         if let Some(placement) = self.placement(&profile.name).await? {
             return Ok(placement);
+        }
+        if self.is_deleted(&profile.name).await? {
+            return Err(ApiError::Refused(crate::placement::directory::MetaError::Deleted(profile.name).to_string()));
         }
         self.wait_for_first_cluster().await?;
         let tree = self.directory();
@@ -512,13 +515,7 @@ impl Host {
         let group = self.local_cluster(from).await?.ok_or_else(|| {
             ApiError::Internal(format!("space cluster {from} is not hosted here; run the move on one of its voters"))
         })?;
-        let meta_refused = |error: ApiError| match error {
-            ApiError::Internal(message) if message.starts_with("directory: ") => {
-                ApiError::Refused(message.trim_start_matches("directory: ").to_string())
-            }
-            other => other,
-        };
-        self.meta_write(MetaCommand::BeginMove { space: space.to_string(), to }).await.map_err(meta_refused)?;
+        self.meta_write(MetaCommand::BeginMove { space: space.to_string(), to }).await?;
         let sealed = match self.cluster_write(from, &Command::SealSpace { name: space.to_string(), to }).await? {
             CommandResult::Sealed(result) => result.map_err(ApiError::from)?,
             other => return Err(ApiError::Internal(format!("seal answered {other:?}"))),
@@ -552,11 +549,7 @@ impl Host {
                 other => return Err(ApiError::Internal(format!("import answered {other:?}"))),
             }
         }
-        let version = match self
-            .meta_write(MetaCommand::FinishMove { space: space.to_string(), to })
-            .await
-            .map_err(meta_refused)?
-        {
+        let version = match self.meta_write(MetaCommand::FinishMove { space: space.to_string(), to }).await? {
             MetaOutcome::Moved { placement } => placement.version,
             other => return Err(ApiError::Internal(format!("directory answered {other:?}"))),
         };
@@ -568,6 +561,63 @@ impl Host {
             messages_copied,
             version,
         })
+    }
+
+    /// Adds and removes members of `space` in its cluster, then records the
+    /// new members in the directory (where placement and `space list --as`
+    /// read them). Answers the space's record.
+    pub async fn update_space_members(
+        &self,
+        space: &str,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<crate::space::SpaceRecord, ApiError> {
+        let placement = self.placement_fresh(space).await?;
+        if placement.moving_to.is_some() {
+            return Err(ApiError::Moving { space: space.to_string() });
+        }
+        let members_len_max = self.config.limits.request_limits().members_len_max as u64;
+        let command = Command::UpdateMembers { name: space.to_string(), add, remove, members_len_max };
+        let (record, as_of) = match self.cluster_write(placement.cluster, &command).await? {
+            CommandResult::MembersUpdated(result) => result.map_err(ApiError::from)?,
+            other => return Err(ApiError::Internal(format!("member change answered {other:?}"))),
+        };
+        let members = record.members.iter().cloned().collect();
+        let set = MetaCommand::SetSpaceMembers { space: space.to_string(), members, cluster: placement.cluster, as_of };
+        self.meta_write(set).await?;
+        Ok(record)
+    }
+
+    /// Deletes `space`: its cluster drops the record, messages and keys and
+    /// keeps a tombstone, then the directory forgets the placement and keeps
+    /// the name from being placed again. Gateways end their subscribers'
+    /// subscriptions. Running it again (after it was cut short) finishes it.
+    /// Answers the deleted space's last seq (None when it was deleted before).
+    pub async fn delete_space(&self, space: &str) -> Result<Option<u64>, ApiError> {
+        let placement = match self.placement_fresh(space).await {
+            Ok(placement) => placement,
+            Err(ApiError::UnknownSpace { .. }) if self.is_deleted(space).await? => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        if placement.moving_to.is_some() {
+            return Err(ApiError::Refused(format!("space {space:?} is being moved; finish the move first")));
+        }
+        let last_seq =
+            match self.cluster_write(placement.cluster, &Command::DeleteSpace { name: space.to_string() }).await? {
+                CommandResult::Deleted(result) => result.map_err(ApiError::from)?,
+                other => return Err(ApiError::Internal(format!("delete answered {other:?}"))),
+            };
+        self.meta_write(MetaCommand::DeleteSpace { space: space.to_string() }).await?;
+        tracing::info!(space, cluster = placement.cluster, ?last_seq, "space deleted");
+        Ok(last_seq)
+    }
+
+    /// Whether the local directory has `space` as deleted.
+    pub async fn is_deleted(&self, space: &str) -> Result<bool, ApiError> {
+        let (tree, space) = (self.directory(), space.to_string());
+        tokio::task::spawn_blocking(move || Directory::is_deleted(&tree, &space))
+            .await
+            .map_err(|e| ApiError::Internal(format!("directory read failed: {e}")))
     }
 
     /// Changes a space cluster's members, on its leader: adds `node` as a

@@ -10,6 +10,8 @@
 //! - `C` cluster id (u64 BE) → [`ClusterEntry`]
 //! - `L` cluster id (u64 BE) → [`ClusterLoad`]
 //! - `P` space name → [`SpacePlacement`]
+//! - `D` space name → () : a deleted space, whose name is not placed again
+//! - `M` space name → (cluster, log index) of the last member change recorded
 //! - `K` → the last cluster id handed out
 //!
 //! [`apply`] is pure and deterministic like the space machine: every meta
@@ -30,6 +32,8 @@ const NODE_PREFIX: u8 = b'N';
 const CLUSTER_PREFIX: u8 = b'C';
 const LOAD_PREFIX: u8 = b'L';
 const PLACEMENT_PREFIX: u8 = b'P';
+const DELETED_PREFIX: u8 = b'D';
+const MEMBERS_AS_OF_PREFIX: u8 = b'M';
 const LAST_CLUSTER_KEY: &[u8] = b"K";
 
 /// A node as the directory knows it.
@@ -114,6 +118,21 @@ pub enum MetaCommand {
         space: String,
         to: u64,
     },
+    /// Records a space's members after its cluster changed them at log
+    /// index `as_of`; a report older than the last one recorded from the
+    /// same cluster changes nothing (member changes racing each other).
+    SetSpaceMembers {
+        space: String,
+        members: Vec<String>,
+        cluster: u64,
+        as_of: u64,
+    },
+    /// Forgets a deleted space's placement (a move under way included: the
+    /// space is gone from its cluster already) and keeps its name from being
+    /// placed again (idempotent).
+    DeleteSpace {
+        space: String,
+    },
 }
 
 /// What applying a [`MetaCommand`] answers.
@@ -126,6 +145,8 @@ pub enum MetaOutcome {
     MembersSet,
     Moving { placement: SpacePlacement },
     Moved { placement: SpacePlacement },
+    SpaceMembersSet { placement: SpacePlacement },
+    SpaceDeleted { existed: bool },
 }
 
 /// Why apply refused a meta command; refusals change nothing.
@@ -141,6 +162,8 @@ pub enum MetaError {
     UnknownSpace(String),
     #[error("space {space:?} is already moving to space cluster {to}")]
     AlreadyMoving { space: String, to: u64 },
+    #[error("space {0:?} was deleted; the names of deleted spaces are not taken again")]
+    Deleted(String),
 }
 
 fn id_key(prefix: u8, id: u64) -> Vec<u8> {
@@ -150,11 +173,15 @@ fn id_key(prefix: u8, id: u64) -> Vec<u8> {
     key
 }
 
-fn placement_key(space: &str) -> Vec<u8> {
+fn name_key(prefix: u8, space: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + space.len());
-    key.push(PLACEMENT_PREFIX);
+    key.push(prefix);
     key.extend_from_slice(space.as_bytes());
     key
+}
+
+fn placement_key(space: &str) -> Vec<u8> {
+    name_key(PLACEMENT_PREFIX, space)
 }
 
 fn read<R: KvRead, T: for<'a> Deserialize<'a>>(store: &R, key: &[u8]) -> Option<T> {
@@ -210,6 +237,9 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
         MetaCommand::PlaceSpace { space, attrs, cluster, reason } => {
             if let Some(placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(&space.name)) {
                 return Ok(MetaOutcome::SpacePlaced { placement, existed: true });
+            }
+            if overlay.get(&name_key(DELETED_PREFIX, &space.name)).is_some() {
+                return Err(MetaError::Deleted(space.name.clone()));
             }
             let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *cluster)) else {
                 return Err(MetaError::UnknownCluster(*cluster));
@@ -307,6 +337,45 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             overlay.insert(placement_key(space), encode(&placement));
             Ok(MetaOutcome::Moved { placement })
         }
+        MetaCommand::SetSpaceMembers { space, members, cluster, as_of } => {
+            let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+                return Err(MetaError::UnknownSpace(space.clone()));
+            };
+            let as_of_key = name_key(MEMBERS_AS_OF_PREFIX, space);
+            let last: Option<(u64, u64)> = read_overlay(overlay, &as_of_key);
+            if last.is_some_and(|(last_cluster, last_index)| last_cluster == *cluster && last_index >= *as_of) {
+                return Ok(MetaOutcome::SpaceMembersSet { placement });
+            }
+            overlay.insert(as_of_key, encode(&(*cluster, *as_of)));
+            let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster))
+            else {
+                return Err(MetaError::UnknownCluster(placement.cluster));
+            };
+            load.remove(&placement.space);
+            placement.space.members = members.iter().cloned().collect();
+            load.add(&placement.space);
+            placement.version += 1;
+            overlay.insert(id_key(LOAD_PREFIX, placement.cluster), encode(&load));
+            overlay.insert(placement_key(space), encode(&placement));
+            Ok(MetaOutcome::SpaceMembersSet { placement })
+        }
+        MetaCommand::DeleteSpace { space } => {
+            let Some(placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+                let existed = overlay.get(&name_key(DELETED_PREFIX, space)).is_some();
+                if !existed {
+                    return Err(MetaError::UnknownSpace(space.clone()));
+                }
+                return Ok(MetaOutcome::SpaceDeleted { existed: false });
+            };
+            if let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster)) {
+                load.remove(&placement.space);
+                overlay.insert(id_key(LOAD_PREFIX, placement.cluster), encode(&load));
+            }
+            overlay.remove(placement_key(space));
+            overlay.remove(name_key(MEMBERS_AS_OF_PREFIX, space));
+            overlay.insert(name_key(DELETED_PREFIX, space), encode(&()));
+            Ok(MetaOutcome::SpaceDeleted { existed: true })
+        }
     }
 }
 
@@ -340,6 +409,11 @@ impl Directory {
 
     pub fn placements<R: KvRead>(store: &R) -> Vec<SpacePlacement> {
         scan(store, PLACEMENT_PREFIX)
+    }
+
+    /// Whether a space of this name was deleted.
+    pub fn is_deleted<R: KvRead>(store: &R, space: &str) -> bool {
+        store.get(&name_key(DELETED_PREFIX, space)).is_some()
     }
 
     /// The spaces `user` is a member of, by name.
@@ -496,6 +570,50 @@ mod tests {
         assert_eq!((load.spaces, load.orgs["o"], load.members["u"]), (1, 1, 1));
         assert_eq!(Directory::spaces_of(&store, "v").into_iter().collect::<Vec<_>>(), vec!["x".to_string()]);
         assert!(Directory::spaces_of(&store, "w").is_empty());
+    }
+
+    #[test]
+    fn members_follow_the_space_and_a_deleted_name_is_never_placed_again() {
+        let mut store = Store::new();
+        run(&mut store, node(1, "a")).unwrap();
+        let create =
+            MetaCommand::CreateCluster { voters: vec![1], preferred_region: String::new(), only_if_none: false };
+        run(&mut store, create).unwrap();
+        let place = MetaCommand::PlaceSpace {
+            space: profile("x", "o", &["u"]),
+            attrs: BTreeMap::new(),
+            cluster: 1,
+            reason: Reason::LeastLoaded,
+        };
+        run(&mut store, place.clone()).unwrap();
+        let set = |members: &[&str], as_of| MetaCommand::SetSpaceMembers {
+            space: "x".into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            cluster: 1,
+            as_of,
+        };
+        let MetaOutcome::SpaceMembersSet { placement } = run(&mut store, set(&["u", "v"], 7)).unwrap() else {
+            panic!("set")
+        };
+        assert_eq!(placement.version, 2);
+        let MetaOutcome::SpaceMembersSet { placement } = run(&mut store, set(&["u"], 5)).unwrap() else {
+            panic!("set")
+        };
+        assert_eq!(placement.version, 2, "an older report changes nothing");
+        assert!(Directory::spaces_of(&store, "v").contains("x"));
+        assert_eq!(Directory::loads(&store)[0].members.get("v"), Some(&1));
+
+        let delete = MetaCommand::DeleteSpace { space: "x".into() };
+        assert_eq!(run(&mut store, delete.clone()), Ok(MetaOutcome::SpaceDeleted { existed: true }));
+        assert_eq!(run(&mut store, delete), Ok(MetaOutcome::SpaceDeleted { existed: false }), "idempotent");
+        assert!(Directory::placement(&store, "x").is_none() && Directory::is_deleted(&store, "x"));
+        let load = &Directory::loads(&store)[0];
+        assert!(load.spaces == 0 && load.members.is_empty() && load.orgs.is_empty());
+        let before = store.clone();
+        assert_eq!(run(&mut store, place), Err(MetaError::Deleted("x".into())));
+        let unknown = MetaCommand::DeleteSpace { space: "never".into() };
+        assert_eq!(run(&mut store, unknown), Err(MetaError::UnknownSpace("never".into())));
+        assert_eq!(store, before, "refusals change nothing");
     }
 
     #[test]

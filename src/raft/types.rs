@@ -32,6 +32,10 @@ impl fmt::Display for Command {
             Command::ImportSpace { record, blocks, first, last } => {
                 write!(f, "import-space {} ({} blocks, first {first}, last {last})", record.name, blocks.len())
             }
+            Command::UpdateMembers { name, add, remove, .. } => {
+                write!(f, "update-members {name} (+{} -{})", add.len(), remove.len())
+            }
+            Command::DeleteSpace { name } => write!(f, "delete-space {name}"),
         }
     }
 }

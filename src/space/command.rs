@@ -33,6 +33,13 @@ pub enum Command {
     /// adds message blocks, the last one opens the space for posts, its seqs
     /// going on from the sealed `last_seq`.
     ImportSpace { record: SpaceRecord, blocks: Vec<MessageBlock>, first: bool, last: bool },
+    /// Adds and removes members of a space (removals after additions). The
+    /// proposing node stamps its member bound. Answers the new record.
+    UpdateMembers { name: String, add: Vec<String>, remove: Vec<String>, members_len_max: u64 },
+    /// Deletes a space with its messages and keys, leaving a tombstone: the
+    /// name is not taken again, so no cursor of the old space can be read
+    /// against a new one. Deleting a deleted space succeeds again.
+    DeleteSpace { name: String },
 }
 
 /// One message to append.
@@ -67,6 +74,12 @@ pub enum ApplyError {
     Moved { space: String, to: u64 },
     #[error("space {space:?} is being moved here and takes posts once the copy is complete")]
     Importing { space: String },
+    #[error("space {space:?} would have no member left")]
+    NoMembersLeft { space: String },
+    #[error("space {space:?} would have {len} members; at most {max} are allowed")]
+    TooManyMembers { space: String, len: u64, max: u64 },
+    #[error("space {space:?} was deleted; the names of deleted spaces are not taken again")]
+    Deleted { space: String },
 }
 
 /// What applying one entry answers to its proposer.
@@ -84,4 +97,8 @@ pub enum CommandResult {
     Meta(Result<MetaOutcome, MetaError>),
     Sealed(Result<SpaceRecord, ApplyError>),
     Imported(Result<(), ApplyError>),
+    /// The new record, and the log index of the change.
+    MembersUpdated(Result<(SpaceRecord, u64), ApplyError>),
+    /// The deleted space's last seq; None when it was deleted before.
+    Deleted(Result<Option<u64>, ApplyError>),
 }

@@ -141,6 +141,13 @@ impl<'a, R: KvRead> Overlay<'a, R> {
     fn put_space(&mut self, space: SpaceRecord) {
         self.spaces.insert(space.name.clone(), space);
     }
+
+    /// Removes a space's record and every message block.
+    fn remove_space(&mut self, name: &str) {
+        self.remove_all_blocks(name);
+        self.spaces.remove(name);
+        self.pending.insert(record::space_key(name), None);
+    }
 }
 
 /// The idempotency keys of each space's newest `dedup_window_len` retained
@@ -286,7 +293,71 @@ impl SpaceMachine {
             Command::ImportSpace { record, blocks, first, last } => {
                 CommandResult::Imported(Self::import(overlay, dedup, record, blocks, *first, *last))
             }
+            Command::UpdateMembers { name, add, remove, members_len_max } => {
+                let updated = Self::update_members(overlay, name, add, remove, *members_len_max);
+                CommandResult::MembersUpdated(updated.map(|record| (record, log_index)))
+            }
+            Command::DeleteSpace { name } => CommandResult::Deleted(Self::delete(overlay, dedup, log_index, name)),
         }
+    }
+
+    /// Whether a space of this name was deleted here.
+    pub fn is_deleted<R: KvRead>(overlay: &Overlay<'_, R>, name: &str) -> bool {
+        overlay.get(&record::deleted_key(name)).is_some()
+    }
+
+    fn update_members<R: KvRead>(
+        overlay: &mut Overlay<'_, R>,
+        name: &str,
+        add: &[String],
+        remove: &[String],
+        members_len_max: u64,
+    ) -> Result<SpaceRecord, ApplyError> {
+        let Some(space) = overlay.space(name) else {
+            return Err(ApplyError::UnknownSpace { space: name.to_string() });
+        };
+        if let Some(to) = space.moved_to {
+            return Err(ApplyError::Moved { space: name.to_string(), to });
+        }
+        if space.importing {
+            return Err(ApplyError::Importing { space: name.to_string() });
+        }
+        let mut members = space.members.clone();
+        members.extend(add.iter().cloned());
+        for user in remove {
+            members.remove(user);
+        }
+        if members.is_empty() {
+            return Err(ApplyError::NoMembersLeft { space: name.to_string() });
+        }
+        let len = members.len() as u64;
+        if len > members_len_max && len > space.members.len() as u64 {
+            return Err(ApplyError::TooManyMembers { space: name.to_string(), len, max: members_len_max });
+        }
+        space.members = members;
+        Ok(space.clone())
+    }
+
+    fn delete<R: KvRead>(
+        overlay: &mut Overlay<'_, R>,
+        dedup: &mut DedupIndex,
+        log_index: u64,
+        name: &str,
+    ) -> Result<Option<u64>, ApplyError> {
+        let Some(space) = Self::read_space(overlay, name) else {
+            return if Self::is_deleted(overlay, name) {
+                Ok(None)
+            } else {
+                Err(ApplyError::UnknownSpace { space: name.to_string() })
+            };
+        };
+        if space.importing {
+            return Err(ApplyError::Importing { space: name.to_string() });
+        }
+        overlay.remove_space(name);
+        dedup.forget(name);
+        overlay.insert(record::deleted_key(name), record::encode(&log_index));
+        Ok(Some(space.last_seq))
     }
 
     pub fn read_space<R: KvRead>(overlay: &mut Overlay<'_, R>, name: &str) -> Option<SpaceRecord> {
@@ -294,6 +365,12 @@ impl SpaceMachine {
     }
 
     fn create_space<R: KvRead>(overlay: &mut Overlay<'_, R>, wanted: SpaceRecord) -> CommandResult {
+        if Self::is_deleted(overlay, &wanted.name) {
+            return CommandResult::SpaceCreated {
+                existed: false,
+                result: Err(ApplyError::Deleted { space: wanted.name }),
+            };
+        }
         if let Some(existing) = Self::read_space(overlay, &wanted.name) {
             // A retried create of the same space succeeds without change;
             // anything else under the same name is a conflict.
@@ -591,6 +668,57 @@ mod tests {
         // seq 3 entered, so the key of seq 1 left the window: a new commit.
         let again = outcomes(replica.run(4, &Command::Posts(vec![post("general", "alice", "old")])));
         assert_eq!(again[0], Ok(PostOutcome { seq: 4, duplicate: false }));
+    }
+
+    #[test]
+    fn members_change_and_removed_members_can_no_longer_post() {
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 10, 0));
+        let update = |add: &[&str], remove: &[&str], max: u64| Command::UpdateMembers {
+            name: "general".into(),
+            add: add.iter().map(|s| s.to_string()).collect(),
+            remove: remove.iter().map(|s| s.to_string()).collect(),
+            members_len_max: max,
+        };
+        let CommandResult::MembersUpdated(Ok((record, 2))) = replica.run(2, &update(&["bob"], &[], 10)) else {
+            panic!()
+        };
+        assert_eq!(record.members.iter().collect::<Vec<_>>(), ["alice", "bob"]);
+        let posted = outcomes(replica.run(3, &Command::Posts(vec![post("general", "bob", "b1")])));
+        assert_eq!(posted[0], Ok(PostOutcome { seq: 1, duplicate: false }));
+        replica.run(4, &update(&[], &["bob"], 10));
+        let refused = outcomes(replica.run(5, &Command::Posts(vec![post("general", "bob", "b2")])));
+        assert_eq!(refused[0], Err(ApplyError::NotMember { space: "general".into(), user: "bob".into() }));
+
+        let before = replica.store.clone();
+        let CommandResult::MembersUpdated(empty) = replica.run(6, &update(&[], &["alice"], 10)) else { panic!() };
+        assert_eq!(empty, Err(ApplyError::NoMembersLeft { space: "general".into() }));
+        let CommandResult::MembersUpdated(many) = replica.run(7, &update(&["b", "c"], &[], 2)) else { panic!() };
+        assert_eq!(many, Err(ApplyError::TooManyMembers { space: "general".into(), len: 3, max: 2 }));
+        assert_eq!(replica.store, before, "refusals change nothing");
+    }
+
+    #[test]
+    fn a_deleted_space_leaves_nothing_but_its_tombstone() {
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice"], 10, 0));
+        replica.run(1, &create("random", &["alice"], 10, 0));
+        let posts: Vec<PostCommand> = (0..600).map(|i| post("general", "alice", &format!("k{i}"))).collect();
+        replica.run(2, &Command::Posts(posts));
+        let delete = Command::DeleteSpace { name: "general".into() };
+        assert_eq!(replica.run(3, &delete), CommandResult::Deleted(Ok(Some(600))));
+        let left: Vec<&Vec<u8>> = replica.store.keys().collect();
+        assert_eq!(left, [&record::deleted_key("general"), &record::space_key("random")], "blocks and record gone");
+        assert!(replica.dedup.lookup("general", "k1").is_none());
+        assert_eq!(replica.run(4, &delete), CommandResult::Deleted(Ok(None)), "deleting again succeeds");
+        let refused = outcomes(replica.run(5, &Command::Posts(vec![post("general", "alice", "late")])));
+        assert_eq!(refused[0], Err(ApplyError::UnknownSpace { space: "general".into() }));
+        let again = replica.run(6, &create("general", &["alice"], 10, 0));
+        let deleted = Err(ApplyError::Deleted { space: "general".into() });
+        assert_eq!(again, CommandResult::SpaceCreated { existed: false, result: deleted });
+        let unknown = replica.run(7, &Command::DeleteSpace { name: "nowhere".into() });
+        assert_eq!(unknown, CommandResult::Deleted(Err(ApplyError::UnknownSpace { space: "nowhere".into() })));
+        assert_eq!(replica.rebuilt_index(), replica.dedup);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! Keys (all within one tree per space cluster):
 //! - `s` name → [`SpaceRecord`]
+//! - `d` name → the log index that deleted the space (a tombstone)
 //! - `m` name 0x00 first_seq(u64 BE) → [`MessageBlock`]: the messages with
 //!   seqs `first_seq..next block's first_seq`; big-endian seqs make a range
 //!   scan return a space's blocks in seq order. The posts of one apply batch
@@ -77,10 +78,18 @@ pub const BLOCK_BYTES_MAX: usize = 256 * 1024;
 
 pub const SPACE_PREFIX: u8 = b's';
 pub const MESSAGE_PREFIX: u8 = b'm';
+pub const DELETED_PREFIX: u8 = b'd';
 
 pub fn space_key(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
     key.push(SPACE_PREFIX);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub fn deleted_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(DELETED_PREFIX);
     key.extend_from_slice(name.as_bytes());
     key
 }

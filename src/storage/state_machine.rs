@@ -496,6 +496,11 @@ impl SpaceReader {
             .map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))
     }
 
+    /// Whether a space of this name was deleted in this cluster.
+    pub fn is_deleted(&self, name: &str) -> Result<bool, crate::error::ApiError> {
+        Ok(self.tree.get(record::deleted_key(name)).map_err(read_error)?.is_some())
+    }
+
     /// Every space record, in name order.
     pub fn spaces(&self) -> Result<Vec<crate::space::SpaceRecord>, crate::error::ApiError> {
         let mut spaces = Vec::new();

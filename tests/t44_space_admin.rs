@@ -1,0 +1,146 @@
+//! Space administration through spacectl against real nodes and gateways:
+//! members added can post, members removed lose their subscriptions before
+//! any later message reaches them, and a deleted space ends every
+//! subscription and never comes back under its name.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::gateway::{Recorder, TEST_UPSTREAM};
+use common::TestCluster;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn spacectl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", endpoints)
+        .env_remove("SPACERAFT_OUTPUT")
+        .env_remove("SPACERAFT_YES")
+        .args(args)
+        .output()
+        .expect("run spacectl")
+}
+
+fn ok_json(output: &Output) -> Value {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exit code")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// Waits until `recorder` got an error frame with `code` for `space`.
+async fn wait_for_error(recorder: &Recorder, space: &str, code: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let errors = recorder.seen.lock().unwrap().errors.clone();
+        if errors.iter().any(|error| error["code"] == code && error["space"] == space) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} got no {code} error for {space}; errors: {errors:?}", recorder.user);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
+    let mut cluster = TestCluster::start().await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    let endpoints = cluster.endpoints();
+    let ctl = |args: &[&str]| spacectl(&endpoints, args);
+    let urls: Vec<String> = cluster.gateways.iter().map(|g| g.ws_url()).collect();
+
+    ok_json(&ctl(&["space", "create", "general", "--members", "alice,bob", "-o", "json"]));
+    let alice = Recorder::start("alice", &["general"], vec![urls[0].clone()]);
+    let bob = Recorder::start("bob", &["general"], vec![urls[1].clone()]);
+    for n in 1..=3 {
+        let posted = ok_json(&ctl(&["post", "general", &format!("m{n}"), "--as", "alice", "-o", "json"]));
+        assert_eq!(posted["seq"], n);
+    }
+    alice.wait_for("general", 3, WAIT).await;
+    bob.wait_for("general", 3, WAIT).await;
+
+    // --- a member added can post, read, and finds the space in its list
+    let added = ok_json(&ctl(&["space", "members", "add", "general", "carol", "-o", "json"]));
+    assert_eq!(added["members"], serde_json::json!(["alice", "bob", "carol"]));
+    let posted = ok_json(&ctl(&["post", "general", "hi from carol", "--as", "carol", "-o", "json"]));
+    assert_eq!(posted["seq"], 4);
+    let listed = ok_json(&ctl(&["space", "list", "--as", "carol", "-o", "json"]));
+    assert_eq!(listed[0]["name"], "general", "{listed}");
+    // Carol listens on bob's gateway: when she has a message, that gateway
+    // has fanned it out.
+    let carol = Recorder::start("carol", &["general"], vec![urls[1].clone()]);
+    carol.wait_for("general", 4, WAIT).await;
+    bob.wait_for("general", 4, WAIT).await;
+
+    // --- a member removed: subscription ended, nothing later delivered
+    let removed = ok_json(&ctl(&["space", "members", "remove", "general", "bob", "-o", "json"]));
+    assert_eq!(removed["members"], serde_json::json!(["alice", "carol"]));
+    wait_for_error(&bob, "general", "not_member").await;
+    ok_json(&ctl(&["post", "general", "after bob left", "--as", "alice", "-o", "json"]));
+    alice.wait_for("general", 5, WAIT).await;
+    carol.wait_for("general", 5, WAIT).await;
+    assert_eq!(bob.seqs("general"), [1, 2, 3, 4], "bob got nothing posted after his removal");
+    let refused = ctl(&["post", "general", "still here?", "--as", "bob"]);
+    assert_eq!(code(&refused), 4, "a removed member may not post: {}", stderr(&refused));
+    assert_eq!(code(&ctl(&["history", "general", "--as", "bob"])), 4);
+    assert_eq!(ok_json(&ctl(&["space", "list", "--as", "bob", "-o", "json"])), serde_json::json!([]));
+
+    // --- refused member changes change nothing
+    let empty = ctl(&["space", "members", "remove", "general", "alice", "carol"]);
+    assert_eq!(code(&empty), 1);
+    assert!(stderr(&empty).contains("no member left"), "{}", stderr(&empty));
+    assert_eq!(code(&ctl(&["space", "members", "add", "general", "bad name!"])), 1);
+    assert_eq!(code(&ctl(&["space", "members", "add", "nowhere", "dave"])), 1);
+    assert_eq!(code(&ctl(&["space", "members", "add", "general"])), 2, "no user given is a usage error");
+
+    // --- info shows the placement
+    let info = ok_json(&ctl(&["space", "info", "general", "-o", "json"]));
+    assert_eq!(info["members"], serde_json::json!(["alice", "carol"]));
+    assert_eq!(info["last_seq"], 5);
+    assert_eq!(info["placement"]["cluster_id"], info["cluster_id"]);
+    assert!(info["placement"]["version"].as_u64().unwrap() >= 3, "member changes bump the version: {info}");
+    assert!(!info["placement"]["reason"].is_null(), "{info}");
+    assert!(info["placement"]["moving_to"].is_null());
+
+    // --- delete: needs --yes, ends subscriptions, takes the name for good
+    let unconfirmed = ctl(&["space", "delete", "general"]);
+    assert_eq!(code(&unconfirmed), 2);
+    assert!(stderr(&unconfirmed).contains("--yes"));
+    assert_eq!(ok_json(&ctl(&["space", "info", "general", "-o", "json"]))["last_seq"], 5, "still there");
+    let deleted = ok_json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
+    assert_eq!((deleted["existed"].as_bool(), deleted["last_seq"].as_u64()), (Some(true), Some(5)));
+    wait_for_error(&alice, "general", "deleted").await;
+    wait_for_error(&carol, "general", "deleted").await;
+    let again = ok_json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
+    assert_eq!(again["existed"], false, "deleting again succeeds");
+    for node in [1, 2, 3] {
+        let one = spacectl(&cluster.node(node).addr, &["space", "info", "general"]);
+        assert_eq!(code(&one), 1, "node {node}: {}", stderr(&one));
+    }
+    assert_eq!(code(&ctl(&["post", "general", "anyone?", "--as", "alice"])), 1);
+    assert_eq!(code(&ctl(&["history", "general", "--as", "alice"])), 1);
+    let recreate = ctl(&["space", "create", "general", "--members", "alice"]);
+    assert_eq!(code(&recreate), 1);
+    assert!(stderr(&recreate).contains("deleted"), "{}", stderr(&recreate));
+    assert_eq!(ok_json(&ctl(&["space", "list", "-o", "json"])), serde_json::json!([]));
+    assert_eq!(code(&ctl(&["space", "delete", "nowhere", "--yes"])), 1);
+
+    // The tombstone survives a restart of every node.
+    for node in [1, 2, 3] {
+        cluster.kill_node(node);
+        cluster.start_node(node);
+    }
+    cluster.wait_for_leader(WAIT).await;
+    let recreate = ctl(&["space", "create", "general", "--members", "alice"]);
+    assert_eq!(code(&recreate), 1, "{}", stderr(&recreate));
+    assert_eq!(alice.seqs("general"), [1, 2, 3, 4, 5]);
+}
