@@ -100,7 +100,8 @@ async fn spacectl_outputs_and_exit_codes() {
     assert_eq!(info["last_seq"], 2);
 
     // --- phase: cluster status
-    let status: Value = serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "-o", "json"]))).unwrap();
+    let status: Value =
+        serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "--replicas", "-o", "json"]))).unwrap();
     // One row per replica: the meta group (0) and the first space cluster
     // (1) on each of the three nodes.
     let rows = status.as_array().unwrap();
@@ -116,6 +117,7 @@ async fn spacectl_outputs_and_exit_codes() {
             "commit_index",
             "error",
             "last_log_index",
+            "last_seen_ms",
             "leader_id",
             "node_id",
             "purged_index",
@@ -131,8 +133,45 @@ async fn spacectl_outputs_and_exit_codes() {
         let regions: Vec<&str> = of_cluster.iter().map(|row| row["region"].as_str().unwrap()).collect();
         assert_eq!(regions, ["us-east", "eu-west", "ap-south"]);
     }
-    let table = ok(spacectl(&one, &["cluster", "status"]));
+    for row in rows {
+        let seen = row["last_seen_ms"].as_u64().expect("every replica's node was heard from");
+        assert!(seen < 10_000, "{row}");
+        assert_eq!(seen == 0, row["role"] == "leader", "the leader is seen now, by itself: {row}");
+    }
+    let table = ok(spacectl(&one, &["cluster", "status", "--replicas"]));
     assert!(table.contains("LEADER") && table.contains("ap-south"), "{table}");
+
+    // One row per node: health, roles, groups led, size on disk.
+    let nodes: Value = serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "-o", "json"]))).unwrap();
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.iter().map(|n| n["node_id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        keys(&nodes[0]),
+        [
+            "address",
+            "db_size_bytes",
+            "drained",
+            "errors",
+            "groups",
+            "groups_led",
+            "health",
+            "node_id",
+            "region",
+            "roles",
+            "uptime_ms",
+            "version"
+        ]
+    );
+    let led: u64 = nodes.iter().map(|n| n["groups_led"].as_u64().unwrap()).sum();
+    assert_eq!(led, 2, "the meta group and cluster 1 have one leader each: {nodes:?}");
+    for node in nodes {
+        assert_eq!(node["health"], "healthy", "{node}");
+        assert_eq!(node["groups"], 2);
+        assert!(node["db_size_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(node["errors"], serde_json::json!([]));
+    }
+    let table = ok(spacectl(&one, &["cluster", "status"]));
+    assert!(table.contains("HEALTH") && table.contains("DB SIZE") && table.contains("healthy"), "{table}");
 
     // --- phase: tail streams committed messages as they arrive
     let mut tail = Command::new(common::spacectl_bin())

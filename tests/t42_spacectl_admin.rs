@@ -80,7 +80,7 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     );
 
     // --- leader transfer --wait moves leadership of cluster 1
-    let status = json(&one(&["cluster", "status", "-o", "json"]));
+    let status = json(&one(&["cluster", "status", "--replicas", "-o", "json"]));
     let leader = status
         .as_array()
         .unwrap()
@@ -91,7 +91,7 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     let target = (1..=3).find(|id| *id != leader).unwrap().to_string();
     let moved = one(&["leader", "transfer", "--cluster", "1", "--to", &target, "--wait", "-o", "json"]);
     assert_eq!(json(&moved)["moved"], true);
-    let status = json(&one(&["cluster", "status", "-o", "json"]));
+    let status = json(&one(&["cluster", "status", "--replicas", "-o", "json"]));
     let now = status.as_array().unwrap().iter().find(|row| row["cluster_id"] == 1 && row["role"] == "leader").unwrap();
     assert_eq!(now["node_id"].as_u64().unwrap().to_string(), target);
     let not_a_voter = one(&["leader", "transfer", "--cluster", "1", "--to", "9"]);
@@ -101,7 +101,7 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     let target: u64 = target.parse().unwrap();
     let drained = one(&["node", "drain", &target.to_string(), "--wait", "-o", "json"]);
     assert_eq!(json(&drained)["drained"], true);
-    let status = json(&one(&["cluster", "status", "-o", "json"]));
+    let status = json(&one(&["cluster", "status", "--replicas", "-o", "json"]));
     let still = status.as_array().unwrap().iter().filter(|r| r["node_id"] == target && r["role"] == "leader").count();
     assert_eq!(still, 0, "{status}");
     let directory_nodes = json(&one(&["cluster", "list", "-o", "json"]));
@@ -144,6 +144,23 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     let critical = spacectl(&first, &["check", "cluster", "--expect-regions", "3"]);
     assert_eq!(code(&critical), 2, "{}", String::from_utf8_lossy(&critical.stdout));
     assert!(String::from_utf8_lossy(&critical.stdout).starts_with("SPACERAFT CRITICAL"));
+    // The node rows: node 3 unreachable, the others degraded (they miss it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = json(&spacectl(&first, &["cluster", "status", "-o", "json"]));
+        let health: Vec<&str> = nodes.as_array().unwrap().iter().map(|n| n["health"].as_str().unwrap()).collect();
+        if health == ["degraded", "degraded", "unreachable"] {
+            let errors = nodes[0]["errors"].as_array().unwrap();
+            assert!(errors.iter().any(|e| e == "node 3 does not answer"), "{nodes}");
+            assert!(!nodes[2]["errors"].as_array().unwrap().is_empty(), "why it is unreachable: {nodes}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{nodes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let info = json(&spacectl(&first, &["cluster", "info", "1", "-o", "json"]));
+    let of_node = |id: u64| info["replicas"].as_array().unwrap().iter().find(|r| r["node_id"] == id).cloned().unwrap();
+    assert!(of_node(3)["last_seen_ms"].as_u64().is_none_or(|ms| ms >= 1_000), "node 3 is not heard from: {info}");
 
     // --- with node 2 down as well, no cluster has a quorum: health says so
     cluster.kill_node(2);

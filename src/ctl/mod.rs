@@ -280,8 +280,13 @@ pub enum SpaceMembersCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Per node: id, region, role, term, log, commit and applied index, leader.
-    Status,
+    /// One row per node: region, address, health, raft roles, groups led,
+    /// size on disk, errors. With --replicas, one row per replica instead:
+    /// role, term, log, commit and applied index, leader.
+    Status {
+        #[arg(long)]
+        replicas: bool,
+    },
     /// Space clusters from the directory: voters, preferred leader region,
     /// spaces placed.
     List,
@@ -501,9 +506,13 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             endpoints.set_preferred_region(cluster, region.clone()).await?;
             out.preferred(cluster, &region);
         }
-        Command::Cluster(ClusterCommand::Status) => {
+        Command::Cluster(ClusterCommand::Status { replicas }) => {
             let status = endpoints.cluster_status().await?;
-            out.cluster_status(&status.replicas);
+            if replicas {
+                out.cluster_status(&status.replicas);
+            } else {
+                out.node_status(&status.nodes);
+            }
         }
     }
     Ok(())

@@ -170,6 +170,16 @@ fn space_json(space: &pb::SpaceInfo) -> serde_json::Value {
     })
 }
 
+/// "1.2s ago"-style age of a replica's last contact.
+fn last_seen(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(0) => "now".into(),
+        Some(ms) if ms < 10_000 => format!("{:.1}s ago", ms as f64 / 1000.0),
+        Some(ms) => format!("{}s ago", ms / 1000),
+    }
+}
+
 impl Output {
     pub fn new(format: Format) -> Output {
         Output { format }
@@ -311,6 +321,7 @@ impl Output {
                         "commit_index": r.commit_index,
                         "applied_index": r.applied_index,
                         "lag": lag(r),
+                        "last_seen_ms": r.last_seen_ms,
                         "error": if r.error.is_empty() { serde_json::Value::Null } else { json!(r.error) },
                     })).collect::<Vec<_>>(),
                 })
@@ -323,7 +334,7 @@ impl Output {
                     cluster.cluster_id, cluster.spaces
                 );
                 let mut builder = Builder::default();
-                builder.push_record(["NODE", "REGION", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"]);
+                builder.push_record(["NODE", "REGION", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST SEEN"]);
                 let mut sorted = rows.clone();
                 sorted.sort_by(|a, b| (&a.region, a.node_id).cmp(&(&b.region, b.node_id)));
                 for r in sorted {
@@ -336,6 +347,70 @@ impl Output {
                         r.commit_index.to_string(),
                         r.applied_index.to_string(),
                         lag(r).map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                        last_seen(r.last_seen_ms),
+                    ]);
+                }
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
+    /// One row per node.
+    pub fn node_status(&self, nodes: &[pb::NodeSummary]) {
+        match self.format {
+            Format::Json => {
+                let rows: Vec<serde_json::Value> = nodes
+                    .iter()
+                    .map(|n| {
+                        let roles: std::collections::BTreeMap<_, _> = n.roles.iter().collect();
+                        json!({
+                            "node_id": n.node_id,
+                            "region": n.region,
+                            "address": n.grpc_addr,
+                            "health": n.health,
+                            "version": if n.version.is_empty() { serde_json::Value::Null } else { json!(n.version) },
+                            "uptime_ms": n.uptime_ms,
+                            "groups": n.groups,
+                            "groups_led": n.groups_led,
+                            "roles": roles,
+                            "db_size_bytes": n.db_size_bytes,
+                            "drained": n.drained,
+                            "errors": n.errors,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            }
+            Format::Table => {
+                let mut builder = Builder::default();
+                builder.push_record([
+                    "NODE", "REGION", "ADDRESS", "HEALTH", "ROLES", "GROUPS", "LED", "DB SIZE", "UPTIME", "ERRORS",
+                ]);
+                for n in nodes {
+                    let roles: std::collections::BTreeMap<_, _> = n.roles.iter().collect();
+                    let roles: Vec<String> = roles.iter().map(|(role, count)| format!("{count} {role}")).collect();
+                    let health = if n.drained { format!("{} (drained)", n.health) } else { n.health.clone() };
+                    let reachable = n.health != "unreachable";
+                    let errors = match n.errors.len() {
+                        0 => String::new(),
+                        1 => n.errors[0].clone(),
+                        more => format!("{} (+{} more)", n.errors[0], more - 1),
+                    };
+                    builder.push_record([
+                        n.node_id.to_string(),
+                        n.region.clone(),
+                        n.grpc_addr.clone(),
+                        health,
+                        if reachable { roles.join(", ") } else { "-".into() },
+                        if reachable { n.groups.to_string() } else { "-".into() },
+                        if reachable { n.groups_led.to_string() } else { "-".into() },
+                        if reachable { indicatif::HumanBytes(n.db_size_bytes).to_string() } else { "-".into() },
+                        if reachable {
+                            indicatif::HumanDuration(std::time::Duration::from_millis(n.uptime_ms)).to_string()
+                        } else {
+                            "-".into()
+                        },
+                        errors,
                     ]);
                 }
                 println!("{}", builder.build().with(Style::blank()));
@@ -509,6 +584,7 @@ impl Output {
                             "error": if r.error.is_empty() { serde_json::Value::Null } else { json!(r.error) },
                             "snapshot_index": r.snapshot_index,
                             "purged_index": r.purged_index,
+                            "last_seen_ms": r.last_seen_ms,
                         })
                     })
                     .collect();
@@ -517,7 +593,17 @@ impl Output {
             Format::Table => {
                 let mut builder = Builder::default();
                 builder.push_record([
-                    "NODE", "REGION", "ADDRESS", "CLUSTER", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LEADER",
+                    "NODE",
+                    "REGION",
+                    "ADDRESS",
+                    "CLUSTER",
+                    "ROLE",
+                    "TERM",
+                    "LAST LOG",
+                    "COMMIT",
+                    "APPLIED",
+                    "LEADER",
+                    "LAST SEEN",
                     "ERROR",
                 ]);
                 for r in replicas {
@@ -532,6 +618,7 @@ impl Output {
                         r.commit_index.to_string(),
                         r.applied_index.to_string(),
                         if r.leader_id == 0 { "-".into() } else { r.leader_id.to_string() },
+                        last_seen(r.last_seen_ms),
                         r.error.clone(),
                     ]);
                 }

@@ -85,6 +85,53 @@ impl AdminService {
         Ok(LeaderRoute::There(pb::admin_client::AdminClient::new(channel), hop))
     }
 
+    /// This node's status: its replicas, the members it knows, what its
+    /// failure detector sees, and its summary.
+    async fn node_status_now(&self) -> pb::NodeStatusResponse {
+        let mut members = Vec::new();
+        let mut roles: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        let mut errors = Vec::new();
+        let groups = self.host.groups.all();
+        for group in &groups {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            for (id, node) in metrics.membership_config.membership().nodes() {
+                members.push(pb::Member {
+                    cluster_id: group.id,
+                    node_id: *id,
+                    region: node.region.clone(),
+                    grpc_addr: node.addr.clone(),
+                });
+            }
+            *roles.entry(role(metrics.state).to_string()).or_default() += 1;
+            if metrics.state == ServerState::Shutdown {
+                errors.push(format!("group {}: raft core stopped", group.id));
+            } else if metrics.current_leader.is_none() {
+                errors.push(format!("group {} has no leader", group.id));
+            }
+        }
+        let nodes_down = self.host.detector.down().borrow().clone();
+        errors.extend(nodes_down.iter().map(|node| format!("node {node} does not answer")));
+        let root = self.host.data_root();
+        let db_size_bytes = tokio::task::spawn_blocking(move || dir_size(&root)).await.unwrap_or(0);
+        let node = pb::NodeSummary {
+            node_id: self.config.node_id,
+            region: self.config.region.clone(),
+            grpc_addr: self.config.advertise_addr().to_string(),
+            health: if errors.is_empty() { "healthy" } else { "degraded" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_ms: self.host.started.elapsed().as_millis() as u64,
+            groups: groups.len() as u32,
+            groups_led: roles.get("leader").copied().unwrap_or(0),
+            roles,
+            db_size_bytes,
+            drained: self.host.is_drained(),
+            errors,
+        };
+        let last_seen_ms =
+            self.host.detector.last_seen().into_iter().map(|(node, ago)| (node, ago.as_millis() as u64)).collect();
+        pb::NodeStatusResponse { replicas: self.local_status(), members, nodes_down, node: Some(node), last_seen_ms }
+    }
+
     fn local_status(&self) -> Vec<pb::ReplicaStatus> {
         self.host
             .groups
@@ -106,10 +153,55 @@ impl AdminService {
                     error: String::new(),
                     snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
                     purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
+                    last_seen_ms: None,
                 }
             })
             .collect()
     }
+}
+
+/// Bytes on disk under `dir` (0 for what cannot be read).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// One cluster-wide status out of every node's: the replicas, sorted, each
+/// with how long ago its cluster's leader (else the answering node) last
+/// heard from its node, and one summary per node.
+fn merge_statuses(statuses: Vec<pb::NodeStatusResponse>) -> pb::ClusterStatusResponse {
+    use std::collections::{BTreeMap, HashMap};
+    let heard: BTreeMap<u64, HashMap<u64, u64>> = statuses
+        .iter()
+        .filter_map(|status| Some((status.node.as_ref()?.node_id, status.last_seen_ms.clone())))
+        .collect();
+    let answering = statuses.first().and_then(|status| status.node.as_ref()).map(|node| node.node_id).unwrap_or(0);
+    let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+    for replica in statuses.iter().flat_map(|status| &status.replicas) {
+        if replica.role == "leader" {
+            leaders.insert(replica.cluster_id, replica.node_id);
+        }
+    }
+    let mut replicas: Vec<pb::ReplicaStatus> = statuses.iter().flat_map(|status| status.replicas.clone()).collect();
+    for replica in &mut replicas {
+        let observer = leaders.get(&replica.cluster_id).copied().unwrap_or(answering);
+        replica.last_seen_ms = if observer == replica.node_id && replica.role != "unreachable" {
+            Some(0)
+        } else {
+            heard.get(&observer).and_then(|seen| seen.get(&replica.node_id)).copied()
+        };
+    }
+    replicas.sort_by_key(|replica| (replica.cluster_id, replica.node_id));
+    let mut nodes: Vec<pb::NodeSummary> = statuses.into_iter().filter_map(|status| status.node).collect();
+    nodes.sort_by_key(|node| node.node_id);
+    pb::ClusterStatusResponse { replicas, nodes }
 }
 
 #[tonic::async_trait]
@@ -118,7 +210,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let mut replicas = self.local_status();
+        let here = self.node_status_now().await;
         // Every other node that is a member of a group hosted here.
         // (address, the clusters it is a member of) per other node.
         let mut others: std::collections::BTreeMap<u64, (crate::raft::types::NodeAddr, Vec<u64>)> =
@@ -140,15 +232,15 @@ impl pb::admin_server::Admin for AdminService {
                     let mut request = Request::new(pb::NodeStatusRequest {});
                     request.set_timeout(PEER_STATUS_TIMEOUT);
                     match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.node_status(request)).await {
-                        Ok(Ok(response)) => Ok(response.into_inner().replicas),
+                        Ok(Ok(response)) => Ok(response.into_inner()),
                         Ok(Err(status)) => Err(status.message().to_string()),
                         Err(_) => Err(format!("no answer within {PEER_STATUS_TIMEOUT:?}")),
                     }
                 }
                 .await;
                 // An unreachable node: a row for each cluster it is in.
-                result.unwrap_or_else(|error| {
-                    clusters
+                result.unwrap_or_else(|error| pb::NodeStatusResponse {
+                    replicas: clusters
                         .iter()
                         .map(|cluster_id| pb::ReplicaStatus {
                             node_id: id,
@@ -159,35 +251,29 @@ impl pb::admin_server::Admin for AdminService {
                             error: error.clone(),
                             ..Default::default()
                         })
-                        .collect()
+                        .collect(),
+                    node: Some(pb::NodeSummary {
+                        node_id: id,
+                        region: node.region.clone(),
+                        grpc_addr: node.addr.clone(),
+                        health: "unreachable".into(),
+                        errors: vec![error.clone()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
                 })
             }
         });
-        for found in futures::future::join_all(asks).await {
-            replicas.extend(found);
-        }
-        replicas.sort_by_key(|replica| (replica.cluster_id, replica.node_id));
-        Ok(Response::new(pb::ClusterStatusResponse { replicas }))
+        let mut statuses = vec![here];
+        statuses.extend(futures::future::join_all(asks).await);
+        Ok(Response::new(merge_statuses(statuses)))
     }
 
     async fn node_status(
         &self,
         _request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        let mut members = Vec::new();
-        for group in self.host.groups.all() {
-            let metrics = group.raft.metrics().borrow_watched().clone();
-            for (id, node) in metrics.membership_config.membership().nodes() {
-                members.push(pb::Member {
-                    cluster_id: group.id,
-                    node_id: *id,
-                    region: node.region.clone(),
-                    grpc_addr: node.addr.clone(),
-                });
-            }
-        }
-        let nodes_down = self.host.detector.down().borrow().clone();
-        Ok(Response::new(pb::NodeStatusResponse { replicas: self.local_status(), members, nodes_down }))
+        Ok(Response::new(self.node_status_now().await))
     }
 
     async fn directory(

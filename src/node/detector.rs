@@ -63,6 +63,12 @@ impl Detector {
     }
 
     /// The nodes taken as down; changes wake the receiver.
+    /// How long ago each node last answered.
+    pub fn last_seen(&self) -> BTreeMap<NodeId, Duration> {
+        let last_seen = self.inner.last_seen.lock().expect("detector lock");
+        last_seen.iter().map(|(node, (last, _))| (*node, last.elapsed())).collect()
+    }
+
     pub fn down(&self) -> watch::Receiver<Vec<NodeId>> {
         self.inner.down.subscribe()
     }

@@ -76,6 +76,8 @@ pub struct Host {
     pub quiet_until_ms: std::sync::atomic::AtomicU64,
     /// This node's drain flag from the directory, refreshed on every change.
     drained: std::sync::atomic::AtomicBool,
+    /// When this node started.
+    pub started: std::time::Instant,
 }
 
 impl Host {
@@ -103,7 +105,13 @@ impl Host {
             applied_any: watch::channel(0).0,
             quiet_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             drained: std::sync::atomic::AtomicBool::new(false),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// The root of this node's data directory.
+    pub fn data_root(&self) -> std::path::PathBuf {
+        self.data_dir.root.clone()
     }
 
     pub fn node_id(&self) -> NodeId {
