@@ -50,6 +50,19 @@ async fn wait_for_error(recorder: &Recorder, space: &str, code: &str) {
     }
 }
 
+/// Polls `gateway list -o json` until `check` finds what it waits for.
+async fn wait_for_gateways<T>(ctl: impl Fn(&[&str]) -> Output, check: impl Fn(&[Value]) -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = ok_json(&ctl(&["gateway", "list", "-o", "json"]));
+        if let Some(found) = check(rows.as_array().unwrap()) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "gateways never got there: {rows}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     let mut cluster = TestCluster::start().await;
@@ -68,27 +81,58 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     alice.wait_for("general", 3, WAIT).await;
     bob.wait_for("general", 3, WAIT).await;
 
+    // --- gateway list: every gateway, its clients and the replica it follows
+    let gateway_ids: Vec<String> = cluster.gateways.iter().map(|g| format!("{}@{}", g.region, g.http)).collect();
+    let followed_by_first = wait_for_gateways(&ctl, |rows| {
+        let first = rows.iter().find(|row| row["gateway_id"] == gateway_ids[0].as_str())?;
+        let ids: Vec<&str> = rows.iter().map(|row| row["gateway_id"].as_str().unwrap()).collect();
+        let mut sorted_ids = gateway_ids.iter().map(String::as_str).collect::<Vec<_>>();
+        sorted_ids.sort();
+        let upstream = &first["upstreams"][0];
+        (ids == sorted_ids && first["clients"] == 1 && first["subscriptions"] == 1 && upstream["connected"] == true)
+            .then(|| upstream["node"].as_str().unwrap().to_string())
+    })
+    .await;
+    let table = ctl(&["gateway", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&gateway_ids[0]), "{}", stderr(&table));
+
+    // --- draining the node a gateway follows sends the gateway elsewhere;
+    // its client goes on without a gap
+    let drained = (1..=3).find(|id| followed_by_first.ends_with(&cluster.node(*id).addr)).expect("a node");
+    ok_json(&ctl(&["node", "drain", &drained.to_string(), "--wait", "-o", "json"]));
+    let drained_addr = cluster.node(drained).addr.clone();
+    wait_for_gateways(&ctl, |rows| {
+        let first = rows.iter().find(|row| row["gateway_id"] == gateway_ids[0].as_str())?;
+        let upstream = &first["upstreams"][0];
+        (upstream["connected"] == true && !upstream["node"].as_str().unwrap().ends_with(&drained_addr)).then_some(())
+    })
+    .await;
+    ok_json(&ctl(&["post", "general", "m4 after the drain", "--as", "alice", "-o", "json"]));
+    alice.wait_for("general", 4, WAIT).await;
+    alice.assert_exactly("general", 4);
+    ok_json(&ctl(&["node", "recommission", &drained.to_string(), "-o", "json"]));
+
     // --- a member added can post, read, and finds the space in its list
     let added = ok_json(&ctl(&["space", "members", "add", "general", "carol", "-o", "json"]));
     assert_eq!(added["members"], serde_json::json!(["alice", "bob", "carol"]));
     let posted = ok_json(&ctl(&["post", "general", "hi from carol", "--as", "carol", "-o", "json"]));
-    assert_eq!(posted["seq"], 4);
+    assert_eq!(posted["seq"], 5);
     let listed = ok_json(&ctl(&["space", "list", "--as", "carol", "-o", "json"]));
     assert_eq!(listed[0]["name"], "general", "{listed}");
     // Carol listens on bob's gateway: when she has a message, that gateway
     // has fanned it out.
     let carol = Recorder::start("carol", &["general"], vec![urls[1].clone()]);
-    carol.wait_for("general", 4, WAIT).await;
-    bob.wait_for("general", 4, WAIT).await;
+    carol.wait_for("general", 5, WAIT).await;
+    bob.wait_for("general", 5, WAIT).await;
 
     // --- a member removed: subscription ended, nothing later delivered
     let removed = ok_json(&ctl(&["space", "members", "remove", "general", "bob", "-o", "json"]));
     assert_eq!(removed["members"], serde_json::json!(["alice", "carol"]));
     wait_for_error(&bob, "general", "not_member").await;
     ok_json(&ctl(&["post", "general", "after bob left", "--as", "alice", "-o", "json"]));
-    alice.wait_for("general", 5, WAIT).await;
-    carol.wait_for("general", 5, WAIT).await;
-    assert_eq!(bob.seqs("general"), [1, 2, 3, 4], "bob got nothing posted after his removal");
+    alice.wait_for("general", 6, WAIT).await;
+    carol.wait_for("general", 6, WAIT).await;
+    assert_eq!(bob.seqs("general"), [1, 2, 3, 4, 5], "bob got nothing posted after his removal");
     let refused = ctl(&["post", "general", "still here?", "--as", "bob"]);
     assert_eq!(code(&refused), 4, "a removed member may not post: {}", stderr(&refused));
     assert_eq!(code(&ctl(&["history", "general", "--as", "bob"])), 4);
@@ -105,7 +149,7 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     // --- info shows the placement
     let info = ok_json(&ctl(&["space", "info", "general", "-o", "json"]));
     assert_eq!(info["members"], serde_json::json!(["alice", "carol"]));
-    assert_eq!(info["last_seq"], 5);
+    assert_eq!(info["last_seq"], 6);
     assert_eq!(info["placement"]["cluster_id"], info["cluster_id"]);
     assert!(info["placement"]["version"].as_u64().unwrap() >= 3, "member changes bump the version: {info}");
     assert!(!info["placement"]["reason"].is_null(), "{info}");
@@ -115,9 +159,9 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     let unconfirmed = ctl(&["space", "delete", "general"]);
     assert_eq!(code(&unconfirmed), 2);
     assert!(stderr(&unconfirmed).contains("--yes"));
-    assert_eq!(ok_json(&ctl(&["space", "info", "general", "-o", "json"]))["last_seq"], 5, "still there");
+    assert_eq!(ok_json(&ctl(&["space", "info", "general", "-o", "json"]))["last_seq"], 6, "still there");
     let deleted = ok_json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
-    assert_eq!((deleted["existed"].as_bool(), deleted["last_seq"].as_u64()), (Some(true), Some(5)));
+    assert_eq!((deleted["existed"].as_bool(), deleted["last_seq"].as_u64()), (Some(true), Some(6)));
     wait_for_error(&alice, "general", "deleted").await;
     wait_for_error(&carol, "general", "deleted").await;
     let again = ok_json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
@@ -142,5 +186,5 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     cluster.wait_for_leader(WAIT).await;
     let recreate = ctl(&["space", "create", "general", "--members", "alice"]);
     assert_eq!(code(&recreate), 1, "{}", stderr(&recreate));
-    assert_eq!(alice.seqs("general"), [1, 2, 3, 4, 5]);
+    assert_eq!(alice.seqs("general"), [1, 2, 3, 4, 5, 6]);
 }

@@ -179,6 +179,14 @@ impl Endpoints {
         .await
     }
 
+    pub async fn gateways(&self) -> Result<pb::GatewaysResponse, CtlError> {
+        self.each(|channel| async move {
+            let request = pb::GatewaysRequest { local_only: false };
+            Ok(pb::admin_client::AdminClient::new(channel).gateways(request).await?.into_inner())
+        })
+        .await
+    }
+
     pub async fn list_spaces(&self, user: String) -> Result<pb::ListSpacesResponse, CtlError> {
         let request = pb::ListSpacesRequest { user };
         self.each(|channel| {

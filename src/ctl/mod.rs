@@ -104,6 +104,9 @@ pub enum Command {
     /// Drain every node of a region.
     #[command(subcommand)]
     Region(RegionCommand),
+    /// The gateways that follow the nodes.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Monitoring checks with Nagios exit codes (0 ok, 1 warning, 2
     /// critical, 3 unknown).
     #[command(subcommand)]
@@ -203,6 +206,13 @@ pub enum RegionCommand {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GatewayCommand {
+    /// Per gateway: region, clients connected, subscriptions, the replica(s)
+    /// it follows and their lag, and when it last reported.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -478,6 +488,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 2 => Err(CtlError::Critical(format!("CRITICAL: {}", check.summary))),
                 _ => Err(CtlError::Unreachable(check.summary)),
             };
+        }
+        Command::Gateway(GatewayCommand::List) => {
+            let gateways = endpoints.gateways().await?;
+            out.gateway_list(&gateways.gateways);
         }
         Command::Version => out.version(),
         Command::Completion { shell } => {

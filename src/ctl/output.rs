@@ -355,6 +355,74 @@ impl Output {
         }
     }
 
+    /// One row per gateway.
+    pub fn gateway_list(&self, gateways: &[pb::GatewayInfo]) {
+        let reports = gateways.iter().filter_map(|g| Some((g, g.report.as_ref()?)));
+        match self.format {
+            Format::Json => {
+                let rows: Vec<serde_json::Value> = reports
+                    .map(|(info, r)| {
+                        json!({
+                            "gateway_id": r.gateway_id,
+                            "region": r.region,
+                            "http_addr": r.http_addr,
+                            "grpc_addr": r.grpc_addr,
+                            "version": r.version,
+                            "uptime_ms": r.uptime_ms,
+                            "clients": r.clients,
+                            "feeds": r.feeds,
+                            "subscriptions": r.subscriptions,
+                            "upstreams": r.upstreams.iter().map(|u| json!({
+                                "node": u.node,
+                                "region": u.region,
+                                "connected": u.connected,
+                                "applied_index": u.applied_index,
+                                "lag": u.lag,
+                                "switches": u.switches,
+                                "last_switch_reason": if u.last_switch_reason.is_empty() { serde_json::Value::Null } else { json!(u.last_switch_reason) },
+                            })).collect::<Vec<_>>(),
+                            "reported_to": info.node_id,
+                            "last_report_ms": info.last_report_ms,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            }
+            Format::Table => {
+                let mut builder = Builder::default();
+                builder.push_record([
+                    "GATEWAY",
+                    "REGION",
+                    "CLIENTS",
+                    "SUBSCRIPTIONS",
+                    "SPACES",
+                    "UPSTREAM",
+                    "LAG",
+                    "LAST REPORT",
+                ]);
+                for (info, r) in reports {
+                    let upstream: Vec<String> = r
+                        .upstreams
+                        .iter()
+                        .map(|u| if u.connected { u.node.clone() } else { format!("{} (connecting)", u.node) })
+                        .collect();
+                    let lag: Vec<String> = r.upstreams.iter().map(|u| u.lag.to_string()).collect();
+                    builder.push_record([
+                        r.gateway_id.clone(),
+                        r.region.clone(),
+                        r.clients.to_string(),
+                        r.subscriptions.to_string(),
+                        r.feeds.to_string(),
+                        upstream.join(", "),
+                        lag.join(", "),
+                        last_seen(Some(info.last_report_ms.max(1))),
+                    ]);
+                }
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
     /// One row per node.
     pub fn node_status(&self, nodes: &[pb::NodeSummary]) {
         match self.format {

@@ -136,6 +136,14 @@ impl NodePool {
         })
     }
 
+    /// Entries a replica that has applied `applied` is behind the most any
+    /// replica had applied when last probed, summed over its clusters.
+    pub fn lag_entries(&self, applied: &Applied) -> u64 {
+        let seen = self.applied_seen.lock().expect("applied lock");
+        let Some((_, highest)) = seen.last() else { return 0 };
+        applied.iter().map(|(cluster, index)| highest.get(cluster).map_or(0, |high| high.saturating_sub(*index))).sum()
+    }
+
     /// Probes every node forever: health and applied index.
     pub async fn probe_forever(self, interval: Duration, keep_for: Duration) {
         let mut ticker = tokio::time::interval(interval);

@@ -20,6 +20,7 @@ use crate::gateway::nodes::NodePool;
 use crate::gateway::protocol::CloseReason;
 use crate::gateway::session::Shared;
 use crate::gateway::upstream::{self, SlotStatus, UpstreamStatus};
+use crate::pb;
 
 /// What the transports share: the sessions' context, the connected clients
 /// and the counters the status page shows.
@@ -69,6 +70,36 @@ impl GatewayState {
     fn close_all(&self, reason: CloseReason) {
         for client in self.clients.lock().expect("clients lock").values() {
             client.close(reason.clone());
+        }
+    }
+
+    /// What this gateway reports to the nodes it follows.
+    fn report(&self, http_addr: SocketAddr, grpc_addr: SocketAddr, started: std::time::Instant) -> pb::GatewayReport {
+        let (feeds, subscriptions) = self.shared.fanout.counts();
+        pb::GatewayReport {
+            gateway_id: format!("{}@{http_addr}", self.shared.region),
+            region: self.shared.region.clone(),
+            http_addr: http_addr.to_string(),
+            grpc_addr: grpc_addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: started.elapsed().as_millis() as u64,
+            clients: self.connections.load(Ordering::SeqCst) as u64,
+            feeds: feeds as u64,
+            subscriptions: subscriptions as u64,
+            upstreams: self
+                .upstream
+                .snapshot()
+                .into_iter()
+                .map(|slot| pb::GatewayUpstream {
+                    node: slot.node,
+                    region: slot.region,
+                    connected: slot.connected,
+                    applied_index: slot.applied_index,
+                    lag: slot.lag,
+                    switches: slot.switches,
+                    last_switch_reason: slot.last_switch_reason,
+                })
+                .collect(),
         }
     }
 
@@ -173,6 +204,12 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         .with_context(|| format!("cannot listen on grpc_addr {}", config.grpc_addr))?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let reporting = Arc::downgrade(&state);
+    let started = std::time::Instant::now();
+    state.upstream.set_reporter(Arc::new(move || {
+        let Some(state) = reporting.upgrade() else { return pb::GatewayReport::default() };
+        state.report(http_addr, grpc_addr, started)
+    }));
 
     let mut servers = Vec::new();
     let probe_interval = Duration::from_millis(config.upstream.probe_interval_ms);

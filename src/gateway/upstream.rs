@@ -37,15 +37,32 @@ pub struct SlotStatus {
     /// Replica switches since start, and why the last one happened.
     pub switches: u64,
     pub last_switch_reason: String,
+    /// Entries behind the most any replica had applied (see
+    /// [`NodePool::lag_entries`]).
+    pub lag: u64,
 }
+
+/// Makes the report a gateway sends the node it follows.
+pub type Reporter = Arc<dyn Fn() -> pb::GatewayReport + Send + Sync>;
 
 /// The slots' status, shared with the status page. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct UpstreamStatus {
     slots: Arc<Mutex<HashMap<usize, SlotStatus>>>,
+    reporter: Arc<Mutex<Option<Reporter>>>,
 }
 
 impl UpstreamStatus {
+    /// Sets what every slot reports to its replica at each health check.
+    pub fn set_reporter(&self, reporter: Reporter) {
+        *self.reporter.lock().expect("status lock") = Some(reporter);
+    }
+
+    fn report(&self) -> Option<pb::GatewayReport> {
+        let reporter = self.reporter.lock().expect("status lock").clone();
+        reporter.map(|report| report())
+    }
+
     pub fn snapshot(&self) -> Vec<SlotStatus> {
         let slots = self.slots.lock().expect("status lock");
         let mut all: Vec<SlotStatus> = slots.values().cloned().collect();
@@ -281,6 +298,14 @@ async fn follow_once(
                 }
             }
             _ = checks.tick() => {
+                let lag = pool.lag_entries(&applied_by_cluster);
+                status.update(slot, |one| one.lag = lag);
+                if let Some(report) = status.report() {
+                    let report = pb::FollowRequest { request: Some(pb::follow_request::Request::Report(report)) };
+                    if let Err(reason) = send_request(&requests, report) {
+                        return reason;
+                    }
+                }
                 let silent_for = last_heard.elapsed();
                 if silent_for >= silence_max {
                     return SwitchReason::Silent(silent_for.as_millis() as u64);

@@ -276,6 +276,52 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(self.node_status_now().await))
     }
 
+    async fn gateways(&self, request: Request<pb::GatewaysRequest>) -> Result<Response<pb::GatewaysResponse>, Status> {
+        let node_id = self.config.node_id;
+        let mut all: Vec<pb::GatewayInfo> = self
+            .host
+            .gateways()
+            .into_iter()
+            .map(|(report, ago)| pb::GatewayInfo {
+                report: Some(report),
+                node_id,
+                last_report_ms: ago.as_millis() as u64,
+            })
+            .collect();
+        if !request.into_inner().local_only {
+            let tree = self.host.directory();
+            let nodes = tokio::task::spawn_blocking(move || Directory::nodes(&tree))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let asks = nodes.into_iter().filter(|node| node.id != node_id).map(|node| {
+                let peers = self.host.peers.clone();
+                async move {
+                    let channel = peers.channel(&node.addr).ok()?;
+                    let mut request = Request::new(pb::GatewaysRequest { local_only: true });
+                    request.set_timeout(PEER_STATUS_TIMEOUT);
+                    let mut client = pb::admin_client::AdminClient::new(channel);
+                    let call = client.gateways(request);
+                    let response = tokio::time::timeout(PEER_STATUS_TIMEOUT, call).await.ok()?.ok()?;
+                    Some(response.into_inner().gateways)
+                }
+            });
+            all.extend(futures::future::join_all(asks).await.into_iter().flatten().flatten());
+        }
+        // A gateway that followed several nodes (or switched) reported to
+        // each: keep its latest report.
+        let mut latest: std::collections::BTreeMap<String, pb::GatewayInfo> = std::collections::BTreeMap::new();
+        for info in all {
+            let id = info.report.as_ref().map(|report| report.gateway_id.clone()).unwrap_or_default();
+            match latest.get(&id) {
+                Some(kept) if kept.last_report_ms <= info.last_report_ms => {}
+                _ => {
+                    latest.insert(id, info);
+                }
+            }
+        }
+        Ok(Response::new(pb::GatewaysResponse { gateways: latest.into_values().collect() }))
+    }
+
     async fn directory(
         &self,
         _request: Request<pb::DirectoryRequest>,

@@ -127,6 +127,7 @@ pub async fn serve(
                         relays.unwatch(&unwatch.space);
                         cursors.remove(&unwatch.space);
                     }
+                    Some(pb::follow_request::Request::Report(report)) => context.host.gateway_reported(report),
                     None => {}
                 }
             }
@@ -299,7 +300,7 @@ impl Relays {
                 match &request.request {
                     Some(pb::follow_request::Request::Watch(watch)) => watched.insert(watch.space.clone()),
                     Some(pb::follow_request::Request::Unwatch(unwatch)) => watched.remove(&unwatch.space),
-                    None => false,
+                    Some(pb::follow_request::Request::Report(_)) | None => false,
                 };
                 request
             });

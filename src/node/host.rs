@@ -41,6 +41,8 @@ use crate::storage::{LogEngine, SpaceStateMachine};
 const META_RETRY_PAUSE_MS: u64 = 50;
 /// Bytes of messages per import entry when a space moves.
 const MOVE_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// A gateway that has not reported for this long is forgotten.
+const GATEWAY_FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// A change of a space cluster's members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,8 @@ pub struct Host {
     drained: std::sync::atomic::AtomicBool,
     /// When this node started.
     pub started: std::time::Instant,
+    /// The latest report of each gateway that follows this node, by id.
+    gateways: Mutex<BTreeMap<String, (pb::GatewayReport, std::time::Instant)>>,
 }
 
 impl Host {
@@ -106,7 +110,22 @@ impl Host {
             quiet_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             drained: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
+            gateways: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Keeps a gateway's latest report.
+    pub fn gateway_reported(&self, report: pb::GatewayReport) {
+        let mut gateways = self.gateways.lock().expect("gateways lock");
+        gateways.insert(report.gateway_id.clone(), (report, std::time::Instant::now()));
+    }
+
+    /// The gateways that reported here within [`GATEWAY_FORGET_AFTER`],
+    /// with how long ago.
+    pub fn gateways(&self) -> Vec<(pb::GatewayReport, Duration)> {
+        let mut gateways = self.gateways.lock().expect("gateways lock");
+        gateways.retain(|_, (_, at)| at.elapsed() < GATEWAY_FORGET_AFTER);
+        gateways.values().map(|(report, at)| (report.clone(), at.elapsed())).collect()
     }
 
     /// The root of this node's data directory.
