@@ -67,6 +67,51 @@ async fn spacectl_changes_members_moves_leadership_and_reports_health() {
     assert_eq!(listed[0]["name"], "general");
     assert_eq!(json(&one(&["space", "list", "--as", "nobody", "-o", "json"])), serde_json::json!([]));
 
+    // --- snapshots: save a cluster's state, check the file, refuse bad ones
+    for n in 0..5 {
+        assert!(one(&["post", "general", &format!("m{n}"), "--as", "alice"]).status.success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster-1.snap");
+    let file_arg = file.to_str().unwrap();
+    let saved = json(&one(&["snapshot", "save", "--cluster", "1", file_arg, "-o", "json"]));
+    assert_eq!((saved["cluster_id"].as_u64(), saved["spaces"].as_u64()), (Some(1), Some(1)), "{saved}");
+    assert_eq!(saved["messages"], 5);
+    assert_eq!(saved["voters"], serde_json::json!([1, 2, 3]));
+    assert!(saved["last_log_index"].as_u64().unwrap() >= 6, "the create and five posts: {saved}");
+    assert!(!dir.path().join("cluster-1.snap.part").exists());
+    let status = json(&one(&["snapshot", "status", file_arg, "-o", "json"]));
+    assert_eq!((&status["crc32"], &status["size_bytes"]), (&saved["crc32"], &saved["size_bytes"]));
+    let table = String::from_utf8_lossy(&one(&["snapshot", "status", file_arg]).stdout).to_string();
+    assert!(table.contains("MESSAGES") && table.contains(saved["crc32"].as_str().unwrap()), "{table}");
+    let meta = json(&one(&[
+        "snapshot",
+        "save",
+        "--cluster",
+        "0",
+        dir.path().join("meta.snap").to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    assert!(meta["keys"].as_u64().unwrap() >= 5, "nodes, a cluster, its load, a placement: {meta}");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let corrupt = dir.path().join("corrupt.snap");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let refused = one(&["snapshot", "status", corrupt.to_str().unwrap()]);
+    assert_eq!(code(&refused), 1);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    std::fs::write(&corrupt, &std::fs::read(&file).unwrap()[..middle]).unwrap();
+    assert_eq!(code(&one(&["snapshot", "status", corrupt.to_str().unwrap()])), 1, "a truncated file");
+    assert_eq!(code(&one(&["snapshot", "status", dir.path().join("none").to_str().unwrap()])), 1);
+    let unknown = one(&["snapshot", "save", "--cluster", "99", dir.path().join("x").to_str().unwrap()]);
+    assert_eq!(code(&unknown), 1, "{}", String::from_utf8_lossy(&unknown.stderr));
+
     // --- monitoring checks, with Nagios exit codes
     let ok = one(&["check", "cluster", "--expect-regions", "3"]);
     assert_eq!(code(&ok), 0, "{}", String::from_utf8_lossy(&ok.stdout));

@@ -179,6 +179,15 @@ impl Endpoints {
         .await
     }
 
+    /// Opens the stream of a fresh snapshot file of `cluster`.
+    pub async fn save_snapshot(&self, cluster: u64) -> Result<tonic::Streaming<pb::SnapshotFileChunk>, CtlError> {
+        self.each(|channel| async move {
+            let request = pb::SaveSnapshotRequest { cluster_id: cluster };
+            Ok(pb::admin_client::AdminClient::new(channel).save_snapshot(request).await?.into_inner())
+        })
+        .await
+    }
+
     pub async fn gateways(&self) -> Result<pb::GatewaysResponse, CtlError> {
         self.each(|channel| async move {
             let request = pb::GatewaysRequest { local_only: false };

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod output;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -107,6 +108,9 @@ pub enum Command {
     /// The gateways that follow the nodes.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Save a cluster's state to a file, or inspect such a file.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Monitoring checks with Nagios exit codes (0 ok, 1 warning, 2
     /// critical, 3 unknown).
     #[command(subcommand)]
@@ -206,6 +210,19 @@ pub enum RegionCommand {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Build a fresh snapshot of a cluster (0: the meta cluster) on one of
+    /// its replicas and save it to FILE.
+    Save {
+        #[arg(long)]
+        cluster: u64,
+        file: std::path::PathBuf,
+    },
+    /// Check a snapshot file and show what it holds.
+    Status { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -488,6 +505,14 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 2 => Err(CtlError::Critical(format!("CRITICAL: {}", check.summary))),
                 _ => Err(CtlError::Unreachable(check.summary)),
             };
+        }
+        Command::Snapshot(SnapshotCommand::Save { cluster, file }) => {
+            let (summary, node_id) = snapshot::save(&endpoints, cluster, &file).await?;
+            out.snapshot_saved(&file, &summary, node_id);
+        }
+        Command::Snapshot(SnapshotCommand::Status { file }) => {
+            let summary = snapshot::summarize(&file)?;
+            out.snapshot_status(&file, &summary);
         }
         Command::Gateway(GatewayCommand::List) => {
             let gateways = endpoints.gateways().await?;

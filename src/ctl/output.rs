@@ -355,6 +355,53 @@ impl Output {
         }
     }
 
+    pub fn snapshot_saved(&self, file: &std::path::Path, summary: &super::snapshot::SnapshotSummary, node_id: u64) {
+        match self.format {
+            Format::Json => {
+                let mut value = json!(summary);
+                value["file"] = json!(file.display().to_string());
+                value["node_id"] = json!(node_id);
+                println!("{value}");
+            }
+            Format::Table => {
+                println!(
+                    "saved a snapshot of cluster {} at log index {} (built by node {node_id}) to {}",
+                    summary.cluster_id,
+                    summary.last_log_index,
+                    file.display()
+                );
+                self.snapshot_status(file, summary);
+            }
+        }
+    }
+
+    pub fn snapshot_status(&self, file: &std::path::Path, summary: &super::snapshot::SnapshotSummary) {
+        match self.format {
+            Format::Json => {
+                let mut value = json!(summary);
+                value["file"] = json!(file.display().to_string());
+                println!("{value}");
+            }
+            Format::Table => {
+                let mut builder = Builder::default();
+                builder
+                    .push_record(["CLUSTER", "INDEX", "TERM", "VOTERS", "KEYS", "SPACES", "MESSAGES", "SIZE", "CRC32"]);
+                builder.push_record([
+                    summary.cluster_id.to_string(),
+                    summary.last_log_index.to_string(),
+                    summary.last_log_term.to_string(),
+                    format!("{:?}", summary.voters),
+                    summary.keys.to_string(),
+                    summary.spaces.to_string(),
+                    summary.messages.to_string(),
+                    indicatif::HumanBytes(summary.size_bytes).to_string(),
+                    summary.crc32.clone(),
+                ]);
+                println!("{}", builder.build().with(Style::blank()));
+            }
+        }
+    }
+
     /// One row per gateway.
     pub fn gateway_list(&self, gateways: &[pb::GatewayInfo]) {
         let reports = gateways.iter().filter_map(|g| Some((g, g.report.as_ref()?)));

@@ -23,6 +23,14 @@ const MEMBERS_HOP_METADATA: &str = "spaceraft-members-hop";
 /// How long ClusterStatus waits for each peer.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long SaveSnapshot waits for the snapshot to be built.
+const SNAPSHOT_BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bytes per chunk of a streamed snapshot file.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+type SnapshotStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotFileChunk, Status>> + Send + 'static>>;
+
 pub struct AdminService {
     pub host: Arc<Host>,
     pub config: Arc<NodeConfig>,
@@ -274,6 +282,99 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         Ok(Response::new(self.node_status_now().await))
+    }
+
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let cluster = request.get_ref().cluster_id;
+        let group = match self.host.local_cluster(cluster).await? {
+            Some(group) if group.raft.metrics().borrow_watched().state != ServerState::Shutdown => group,
+            _ => {
+                // Passed on once, to a voter that hosts it.
+                if request.metadata().get(MEMBERS_HOP_METADATA).is_some() {
+                    return Err(Status::unavailable(format!("space cluster {cluster} is not hosted here")));
+                }
+                let voters = self
+                    .host
+                    .cluster_addrs(cluster)
+                    .await
+                    .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
+                let (_, addr) =
+                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
+                let channel = self.host.peers.channel(&addr).map_err(|e| Status::internal(e.to_string()))?;
+                let stream = pb::admin_client::AdminClient::new(channel)
+                    .save_snapshot(with_hop(pb::SaveSnapshotRequest { cluster_id: cluster }, "voter"))
+                    .await?
+                    .into_inner();
+                return Ok(Response::new(Box::pin(stream)));
+            }
+        };
+        // A snapshot covering everything applied when asked.
+        let wanted = group.raft.metrics().borrow_watched().last_applied.map(|id| id.index).unwrap_or(0);
+        group.raft.trigger().snapshot().await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut metrics = group.raft.metrics();
+        let built = tokio::time::timeout(SNAPSHOT_BUILD_TIMEOUT, async {
+            loop {
+                if metrics.borrow_watched().snapshot.is_some_and(|id| id.index >= wanted) {
+                    return Ok(());
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(Status::unavailable("the group stopped while building its snapshot"));
+                }
+            }
+        })
+        .await;
+        match built {
+            Ok(result) => result?,
+            Err(_) => return Err(Status::deadline_exceeded("the snapshot was not built in time")),
+        }
+        let snapshot = group
+            .raft
+            .get_snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::internal("no snapshot after building one"))?;
+        let last_log_index = snapshot.meta.last_log_id.map(|id| id.index).unwrap_or(0);
+        // Opened before anything can replace it: a newer snapshot deletes
+        // the file's name, not the open file.
+        let file = std::fs::File::open(&snapshot.snapshot.path)
+            .map_err(|e| Status::internal(format!("cannot open the snapshot: {e}")))?;
+        let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let node_id = self.config.node_id;
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file;
+            let mut first = true;
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let read = match file.read(&mut data) {
+                    Ok(read) => read,
+                    Err(error) => {
+                        let _ = sender.blocking_send(Err(Status::internal(format!("snapshot read failed: {error}"))));
+                        return;
+                    }
+                };
+                if read == 0 && !first {
+                    return;
+                }
+                data.truncate(read);
+                let chunk = if first {
+                    pb::SnapshotFileChunk { data, total_bytes, last_log_index, node_id }
+                } else {
+                    pb::SnapshotFileChunk { data, ..Default::default() }
+                };
+                first = false;
+                if sender.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
 
     async fn gateways(&self, request: Request<pb::GatewaysRequest>) -> Result<Response<pb::GatewaysResponse>, Status> {
