@@ -142,4 +142,25 @@ async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
         assert!(Instant::now() < deadline, "node {new} has {keys:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The new node took node 3's place in the meta cluster as well: with
+    // node 3 stopped and node 2 down, nodes 1 and 4 still make a majority of
+    // every cluster, the meta cluster included (a new space needs it).
+    let directory = admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner();
+    assert_eq!(directory.meta_voters, vec![1, 2, new], "{directory:?}");
+    assert!(!directory.meta_learners.contains(&3), "{directory:?}");
+    cluster.kill_node(3);
+    cluster.kill_node(2);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut client = cluster.client(1).await;
+        let members = vec!["alice".into()];
+        let request = pb::CreateSpaceRequest { name: "after".into(), members, attrs: Default::default() };
+        match client.create_space(request).await {
+            Ok(_) => break,
+            Err(status) => assert!(Instant::now() < deadline, "the meta cluster has no majority: {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(post(&cluster, 1, "k3").await, 3);
 }

@@ -347,6 +347,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// The meta cluster's id in member commands.
+const META_CLUSTER: u64 = 0;
+
 /// Drains `nodes`; with `wait`, until none of them leads a group.
 async fn drain(endpoints: &Endpoints, out: &Output, nodes: &[u64], wait: bool) -> Result<(), CtlError> {
     for node in nodes {
@@ -475,6 +478,23 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             }
             drain(&endpoints, &out, &[node], true).await?;
             let directory = endpoints.directory().await?;
+            // The meta cluster keeps its number of voters: a meta learner
+            // (a node that joined; this region's first) takes the place.
+            if directory.meta_voters.contains(&node) {
+                let region_of = |id: u64| directory.nodes.iter().find(|n| n.node_id == id).map(|n| n.region.clone());
+                let drained = |id: u64| directory.nodes.iter().any(|n| n.node_id == id && n.drained);
+                let mut candidates: Vec<u64> =
+                    directory.meta_learners.iter().copied().filter(|id| *id != node && !drained(*id)).collect();
+                candidates.sort_by_key(|id| (region_of(*id) != region_of(node), *id));
+                if let Some(replacement) = candidates.first() {
+                    let members = endpoints.change_members(META_CLUSTER, *replacement, "promote", false).await?;
+                    out.members(META_CLUSTER, &members);
+                }
+            }
+            if directory.meta_voters.contains(&node) || directory.meta_learners.contains(&node) {
+                let members = endpoints.change_members(META_CLUSTER, node, "remove", force).await?;
+                out.members(META_CLUSTER, &members);
+            }
             for cluster in directory.clusters.iter().filter(|c| c.voters.contains(&node) || c.learners.contains(&node))
             {
                 let members = endpoints.change_members(cluster.cluster_id, node, "remove", force).await?;

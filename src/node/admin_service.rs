@@ -463,10 +463,19 @@ impl pb::admin_server::Admin for AdminService {
                         moving_to: placement.moving_to.unwrap_or(0),
                     })
                     .collect(),
+                meta_voters: Vec::new(),
+                meta_learners: Vec::new(),
             }
         })
         .await
         .map_err(|e| Status::internal(format!("directory read failed: {e}")))?;
+        let metrics = self.host.meta().raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let response = pb::DirectoryResponse {
+            meta_voters: membership.voter_ids().collect(),
+            meta_learners: membership.learner_ids().collect(),
+            ..response
+        };
         Ok(Response::new(response))
     }
 
@@ -599,9 +608,6 @@ impl pb::admin_server::Admin for AdminService {
             }
         };
         let cluster = request.get_ref().cluster_id;
-        if cluster == crate::placement::directory::META_GROUP_ID {
-            return Err(Status::invalid_argument("the meta cluster's members follow the bootstrap peers"));
-        }
         let route = self.route_to_leader(cluster, &request).await?;
         let message = request.into_inner();
         match route {

@@ -667,9 +667,19 @@ impl Host {
                 .await
                 .map_err(|e| ApiError::Internal(format!("directory read failed: {e}")))?
         };
-        let entry = entry.ok_or_else(|| ApiError::Refused(format!("space cluster {cluster} does not exist")))?;
         let node_entry = node_entry.ok_or_else(|| ApiError::Refused(format!("node {node} is not registered")))?;
-        let (mut voters, mut learners) = (entry.voters.clone(), entry.learners.clone());
+        // The meta cluster's members are its Raft membership (every node
+        // hosts it, and a joined node is its learner); a space cluster's are
+        // in the directory, which records every change.
+        let is_meta = cluster == META_GROUP_ID;
+        let (mut voters, mut learners) = if is_meta {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            (membership.voter_ids().collect::<Vec<_>>(), membership.learner_ids().collect::<Vec<_>>())
+        } else {
+            let entry = entry.ok_or_else(|| ApiError::Refused(format!("space cluster {cluster} does not exist")))?;
+            (entry.voters.clone(), entry.learners.clone())
+        };
         let refused = |error: openraft::errors::RaftError<
             crate::raft::types::TypeConfig,
             ClientWriteError<crate::raft::types::TypeConfig>,
@@ -686,13 +696,17 @@ impl Host {
                         "node {node} is a voter of space cluster {cluster} already"
                     )));
                 }
-                learners.push(node);
-                self.meta_write(MetaCommand::SetMembers {
-                    cluster,
-                    voters: voters.clone(),
-                    learners: learners.clone(),
-                })
-                .await?;
+                if !learners.contains(&node) {
+                    learners.push(node);
+                }
+                if !is_meta {
+                    self.meta_write(MetaCommand::SetMembers {
+                        cluster,
+                        voters: voters.clone(),
+                        learners: learners.clone(),
+                    })
+                    .await?;
+                }
                 let addr = NodeAddr { addr: node_entry.addr, region: node_entry.region };
                 group.raft.add_learner(node, addr, true).await.map_err(refused)?;
             }
@@ -737,9 +751,11 @@ impl Host {
                 }
             }
         }
-        self.meta_write(MetaCommand::SetMembers { cluster, voters: voters.clone(), learners: learners.clone() })
-            .await?;
-        tracing::info!(cluster, node, ?change, ?voters, ?learners, "space cluster members changed");
+        if !is_meta {
+            self.meta_write(MetaCommand::SetMembers { cluster, voters: voters.clone(), learners: learners.clone() })
+                .await?;
+        }
+        tracing::info!(cluster, node, ?change, ?voters, ?learners, "cluster members changed");
         Ok((voters, learners))
     }
 
