@@ -84,6 +84,18 @@ impl Ctl {
             .expect("run spacectl")
     }
 
+    /// Runs a command in table form; returns what it printed.
+    fn table(&self, args: &[&str]) -> String {
+        let output = Command::new(common::spacectl_bin())
+            .env("SPACERAFT_ENDPOINTS", &self.endpoints)
+            .env_remove("SPACERAFT_OUTPUT")
+            .args(args)
+            .output()
+            .expect("run spacectl");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
     /// Runs a command that succeeds and prints one JSON document.
     fn json(&self, args: &[&str]) -> Value {
         let output = self.run(args);
@@ -146,6 +158,26 @@ async fn every_command_keeps_its_json_shape() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_shape!("gateway_list", gateways);
+
+    // --- the same reads as tables: a header, and a row with what JSON said
+    let tables: &[(&[&str], &[&str])] = &[
+        (&["space", "info", "general"], &["name:", "members:", "placement:"]),
+        (&["space", "list"], &["NAME", "CLUSTER", "general"]),
+        (&["history", "general", "--as", "alice"], &["SEQ", "AUTHOR", "hello"]),
+        (&["cluster", "status"], &["NODE", "HEALTH", "GROUPS", "DB SIZE", "healthy"]),
+        (&["cluster", "status", "--replicas"], &["CLUSTER", "ROLE", "LAST SEEN", "leader"]),
+        (&["cluster", "list"], &["VOTERS", "PREFERRED REGION"]),
+        (&["cluster", "info", "1"], &["LAG", "LAST SEEN", "leader *"]),
+        (&["cluster", "health"], &["HEALTHY", "yes"]),
+        (&["gateway", "list"], &["GATEWAY", "UPSTREAM", "us-east@"]),
+        (&["version"], &["spacectl"]),
+    ];
+    for (args, wanted) in tables {
+        let table = ctl.table(args);
+        for text in *wanted {
+            assert!(table.contains(text), "{args:?} lacks {text:?}:\n{table}");
+        }
+    }
 
     // --- members, leadership, draining
     let status = ctl.json(&["cluster", "status", "--replicas"]);
