@@ -63,6 +63,9 @@ pub fn openraft_config(raft: &crate::config::RaftConfig) -> anyhow::Result<openr
     openraft_config.validate().context("raft configuration")
 }
 
+/// How long a stopping node lets requests in flight finish.
+const SERVER_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running node.
 pub struct RunningNode {
     pub host: Arc<Host>,
@@ -73,9 +76,19 @@ pub struct RunningNode {
 
 impl RunningNode {
     /// Stops serving, shuts every group down and flushes the state.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        let served = self.server.await.context("server task")?;
+        // Requests in flight get a moment to finish; open streams (gateways'
+        // follows, peers' append streams) never end by themselves, so what
+        // is left then is closed.
+        let served = match tokio::time::timeout(SERVER_DRAIN_TIMEOUT, &mut self.server).await {
+            Ok(joined) => joined.context("server task")?,
+            Err(_) => {
+                tracing::info!(waited = ?SERVER_DRAIN_TIMEOUT, "closing the connections still open");
+                self.server.abort();
+                Ok(())
+            }
+        };
         for group in self.host.groups.all() {
             let _ = group.raft.shutdown().await;
         }

@@ -195,6 +195,26 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERM, then waits (up to `timeout`) for the node to exit; returns
+    /// whether it exited cleanly in time (it is killed when not).
+    pub async fn stop_node(&mut self, id: u64, timeout: Duration) -> bool {
+        self.signal_node(id, "TERM");
+        let node = &mut self.nodes[id as usize - 1];
+        let mut child = node.process.take().expect("node is running");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for node") {
+                return status.success();
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends a signal (e.g. "STOP", "CONT") to a running node.
     pub fn signal_node(&self, id: u64, signal: &str) {
         let pid = self.node(id).process.as_ref().expect("node is running").id();
