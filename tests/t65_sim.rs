@@ -44,6 +44,21 @@ fn a_seed_replays_exactly() {
     assert!(first.posts_acked > 0 && first.faults.values().sum::<u64>() > 0, "the run did something: {first:?}");
 }
 
+/// Seed 3000003288 crashes a follower whose durable snapshot covers a
+/// term-2 entry while its durable log still ends with the term-1 suffix that
+/// entry replaced. Its restart repairs the log (drops the replaced suffix,
+/// purges up to the snapshot) instead of failing, and nothing is lost.
+#[test]
+fn a_log_left_behind_its_snapshot_by_a_crash_is_repaired_on_restart() {
+    let params = SimParams { transport: Transport::Sequential, ..SimParams::default() };
+    let outcome = run_seed(3000003288, &params);
+    assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
+    assert!(
+        outcome.trace.iter().any(|line| line.contains("log behind its applied state repaired")),
+        "the seed no longer reaches the case; find another with spaceraft sim"
+    );
+}
+
 #[test]
 fn request_reply_replication_keeps_every_invariant() {
     // A fixed range, then a random one; the failure names the seeds.

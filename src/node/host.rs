@@ -166,9 +166,13 @@ impl Host {
             return Ok(group);
         }
         let snapshot_dir = self.data_dir.snapshot_dir(id);
-        let state_machine = SpaceStateMachine::open(self.db.clone(), id, snapshot_dir.clone())
+        let mut state_machine = SpaceStateMachine::open(self.db.clone(), id, snapshot_dir.clone())
             .await
             .with_context(|| format!("cannot open the state machine of group {id}"))?;
+        let mut log = self.engine.group(id);
+        crate::raft::repair_log_behind_state(&mut log, &mut state_machine)
+            .await
+            .with_context(|| format!("cannot check the log of group {id} against its state"))?;
         let reader = state_machine.reader();
         let network = RaftNetwork {
             group_id: id,
@@ -177,7 +181,7 @@ impl Host {
             channels: self.peers.clone(),
         };
         let raft =
-            Raft::new(self.config.node_id, self.raft_config.clone(), network, self.engine.group(id), state_machine)
+            Raft::new(self.config.node_id, self.raft_config.clone(), network, log, state_machine)
                 .await
                 .with_context(|| format!("cannot start raft for group {id}"))?;
         let raft_bounds = &self.config.raft;

@@ -7,3 +7,40 @@ pub mod service;
 pub mod types;
 
 pub use types::{NodeAddr, Raft, TypeConfig};
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+
+/// Repairs, before a group starts, a log that a crash left behind its state
+/// machine: the state machine (or its durable snapshot) has applied an entry
+/// `A`, while the durable log ends with an entry ordered before `A` at an
+/// index at or after `A`'s. That happens when a follower applied entries
+/// that replaced an old leader's suffix and persisted the state (or a
+/// snapshot) before the replacement reached the log's disk. openraft then
+/// refuses the stores ("inverted log order").
+///
+/// The log's entries from `A`'s index on are all of a lower term than `A`
+/// (else the log would end after `A`), so none of them is committed: a
+/// committed entry cannot follow a committed entry of a higher term. They
+/// are dropped and the log is purged up to `A`, as openraft itself does when
+/// the log merely ends before `A`. Returns whether anything was repaired.
+pub async fn repair_log_behind_state<C, LS, SM>(log: &mut LS, machine: &mut SM) -> std::io::Result<bool>
+where
+    C: openraft::RaftTypeConfig,
+    LS: RaftLogStorage<C>,
+    SM: RaftStateMachine<C>,
+{
+    let (Some(applied), _) = machine.applied_state().await? else { return Ok(false) };
+    let last_log_id = log.get_log_state().await?.last_log_id;
+    let inverted = last_log_id.as_ref().is_some_and(|last| *last < applied && last.index() >= applied.index());
+    if !inverted {
+        return Ok(false);
+    }
+    tracing::warn!(
+        last_log_id = %last_log_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        applied = %applied,
+        "the log ends with entries the applied state replaced; dropping them"
+    );
+    log.truncate_after(Some(applied.clone())).await?;
+    log.purge(applied).await?;
+    Ok(true)
+}

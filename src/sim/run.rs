@@ -220,7 +220,10 @@ impl Sim {
     /// Starts a process of `node` on its disk.
     async fn boot(self: &Arc<Sim>, node: u64) {
         let incarnation = self.net.next_incarnation();
-        let (store, machine) = self.disks[&node].open(node, self.ledger.clone());
+        let (mut store, mut machine) = self.disks[&node].open(node, self.ledger.clone());
+        if crate::raft::repair_log_behind_state(&mut store, &mut machine).await.expect("the disk reads") {
+            self.trace.log(format!("node {node}: log behind its applied state repaired"));
+        }
         let network = SimNetwork { net: self.net.clone(), me: super::net::End { node, incarnation } };
         let raft =
             SimRaft::new(node, self.config.clone(), network, store, machine).await.expect("a node starts on its disk");
