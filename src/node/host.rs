@@ -180,10 +180,9 @@ impl Host {
             self_addr: self.config.advertise_addr().to_string(),
             channels: self.peers.clone(),
         };
-        let raft =
-            Raft::new(self.config.node_id, self.raft_config.clone(), network, log, state_machine)
-                .await
-                .with_context(|| format!("cannot start raft for group {id}"))?;
+        let raft = Raft::new(self.config.node_id, self.raft_config.clone(), network, log, state_machine)
+            .await
+            .with_context(|| format!("cannot start raft for group {id}"))?;
         let raft_bounds = &self.config.raft;
         let proposer = Proposer::spawn(
             raft.clone(),
