@@ -56,7 +56,8 @@ impl From<ApplyError> for ApiError {
             ApplyError::Importing { space } => ApiError::Moving { space },
             refused @ (ApplyError::NoMembersLeft { .. }
             | ApplyError::TooManyMembers { .. }
-            | ApplyError::Deleted { .. }) => ApiError::Refused(refused.to_string()),
+            | ApplyError::Deleted { .. }
+            | ApplyError::NotSealed { .. }) => ApiError::Refused(refused.to_string()),
         }
     }
 }

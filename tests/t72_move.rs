@@ -171,6 +171,33 @@ async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate
         recorder.assert_exactly("mover", total);
     }
 
+    // --- the old cluster kept the sealed record only: its messages are gone
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("from.snap");
+    let output = std::process::Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", cluster.endpoints())
+        .args(["snapshot", "save", "--cluster", &from.to_string(), file.to_str().unwrap(), "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let saved: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((saved["spaces"].as_u64(), saved["messages"].as_u64()), (Some(1), Some(0)), "{saved}");
+    // A subscription from seq 1 after the move still gets every message.
+    let mut late = cluster.client(2).await;
+    let mut stream = late
+        .subscribe(pb::SubscribeRequest { space: "mover".into(), user: "alice".into(), from_seq: 1 })
+        .await
+        .expect("subscribe after the move")
+        .into_inner();
+    let mut late_seqs = Vec::new();
+    while late_seqs.len() < total as usize {
+        let event = tokio::time::timeout(WAIT, stream.message()).await.expect("in time").unwrap().unwrap();
+        if let Some(pb::subscribe_event::Event::Message(message)) = event.event {
+            late_seqs.push(message.seq);
+        }
+    }
+    assert_eq!(late_seqs, (1..=total).collect::<Vec<_>>());
+
     // --- moving it again to where it is changes nothing
     let again = admin
         .move_space(pb::MoveSpaceRequest { space: "mover".into(), to_cluster: to })

@@ -652,7 +652,8 @@ impl pb::client_server::Client for ClientService {
             return Err(ApiError::NotMember { space: request.space, user: request.user }.into());
         }
         let from_seq = if request.from_seq == 0 { record.last_seq + 1 } else { request.from_seq };
-        if from_seq < record.first_seq {
+        // (A sealed copy's dropped messages are read where the space went.)
+        if from_seq < record.first_seq && record.moved_to.is_none() {
             return Err(ApiError::Trimmed { space: request.space, from_seq, first_seq: record.first_seq }.into());
         }
         let (sender, receiver) = mpsc::channel(self.config.limits.subscribe_queue_len_max.max(1));
@@ -818,9 +819,11 @@ async fn follow(
             }
             continue;
         };
-        // Every message of the sealed copy is delivered: go on where the
-        // space moved to, from the same cursor.
-        if let (Some(to), true) = (record.moved_to, next_seq > record.last_seq) {
+        // Every message of the sealed copy is delivered, or they were
+        // dropped after the move: go on where the space moved to, from the
+        // same cursor.
+        let sealed_done = next_seq > record.last_seq || next_seq < record.first_seq;
+        if let (Some(to), true) = (record.moved_to, sealed_done) {
             match host.local_cluster(to).await {
                 Ok(Some(group)) => {
                     reader = group.reader.clone();

@@ -230,6 +230,9 @@ async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::Follow
     };
     let (next_seq, resumed) = match watch.next_seq {
         0 => (record.last_seq + 1, true),
+        // A sealed copy whose messages were dropped: the cursor holds, and
+        // the follow moves on to where the space went.
+        wanted if record.moved_to.is_some() => (wanted, true),
         wanted if wanted < record.first_seq => (record.first_seq, false),
         wanted => (wanted, true),
     };
@@ -460,10 +463,16 @@ fn read_step(wanted: Vec<(String, u64, SpaceReader, u64)>) -> Vec<(String, Step)
             steps.push((space, Step::Members(record, digest)));
             continue;
         }
-        if record.last_seq < next_seq {
-            if let Some(to) = record.moved_to {
+        // A sealed copy goes on where the space moved once its messages are
+        // sent, or at once when they were dropped after the move (the new
+        // cluster holds the same seqs).
+        if let Some(to) = record.moved_to {
+            if record.last_seq < next_seq || next_seq < record.first_seq {
                 steps.push((space, Step::Moved(to)));
+                continue;
             }
+        }
+        if record.last_seq < next_seq {
             continue;
         }
         if next_seq < record.first_seq {

@@ -584,6 +584,14 @@ impl Host {
             other => return Err(ApiError::Internal(format!("directory answered {other:?}"))),
         };
         tracing::info!(space, from, to, sealed_seq = sealed.last_seq, messages_copied, "space moved");
+        // The old cluster keeps the sealed record only; readers still there
+        // are sent on. Failing here leaves a copy behind, not a broken move.
+        match self.cluster_write(from, &Command::DropSealed { name: space.to_string() }).await {
+            Ok(CommandResult::SealedDropped(Ok(dropped))) => {
+                tracing::info!(space, from, dropped, "sealed copy dropped")
+            }
+            other => tracing::warn!(space, from, ?other, "the sealed copy was not dropped"),
+        }
         Ok(pb::MoveSpaceResponse {
             from_cluster: from,
             to_cluster: to,

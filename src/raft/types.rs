@@ -36,6 +36,7 @@ impl fmt::Display for Command {
                 write!(f, "update-members {name} (+{} -{})", add.len(), remove.len())
             }
             Command::DeleteSpace { name } => write!(f, "delete-space {name}"),
+            Command::DropSealed { name } => write!(f, "drop-sealed {name}"),
         }
     }
 }

@@ -40,6 +40,11 @@ pub enum Command {
     /// name is not taken again, so no cursor of the old space can be read
     /// against a new one. Deleting a deleted space succeeds again.
     DeleteSpace { name: String },
+    /// Drops the messages and keys of a sealed copy once its move finished:
+    /// the record stays (sealed, retaining nothing), so readers that still
+    /// look here are sent where the space went. Answers how many messages
+    /// were dropped.
+    DropSealed { name: String },
 }
 
 /// One message to append.
@@ -80,6 +85,8 @@ pub enum ApplyError {
     TooManyMembers { space: String, len: u64, max: u64 },
     #[error("space {space:?} was deleted; the names of deleted spaces are not taken again")]
     Deleted { space: String },
+    #[error("space {space:?} is not sealed by a move here")]
+    NotSealed { space: String },
 }
 
 /// What applying one entry answers to its proposer.
@@ -101,4 +108,5 @@ pub enum CommandResult {
     MembersUpdated(Result<(SpaceRecord, u64), ApplyError>),
     /// The deleted space's last seq; None when it was deleted before.
     Deleted(Result<Option<u64>, ApplyError>),
+    SealedDropped(Result<u64, ApplyError>),
 }

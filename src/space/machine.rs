@@ -298,6 +298,7 @@ impl SpaceMachine {
                 CommandResult::MembersUpdated(updated.map(|record| (record, log_index)))
             }
             Command::DeleteSpace { name } => CommandResult::Deleted(Self::delete(overlay, dedup, log_index, name)),
+            Command::DropSealed { name } => CommandResult::SealedDropped(Self::drop_sealed(overlay, dedup, name)),
         }
     }
 
@@ -336,6 +337,24 @@ impl SpaceMachine {
         }
         space.members = members;
         Ok(space.clone())
+    }
+
+    fn drop_sealed<R: KvRead>(
+        overlay: &mut Overlay<'_, R>,
+        dedup: &mut DedupIndex,
+        name: &str,
+    ) -> Result<u64, ApplyError> {
+        let Some(space) = overlay.space(name) else {
+            return Err(ApplyError::UnknownSpace { space: name.to_string() });
+        };
+        if space.moved_to.is_none() {
+            return Err(ApplyError::NotSealed { space: name.to_string() });
+        }
+        let dropped = (space.last_seq + 1).saturating_sub(space.first_seq);
+        space.first_seq = space.last_seq + 1;
+        overlay.remove_all_blocks(name);
+        dedup.forget(name);
+        Ok(dropped)
     }
 
     fn delete<R: KvRead>(
@@ -668,6 +687,31 @@ mod tests {
         // seq 3 entered, so the key of seq 1 left the window: a new commit.
         let again = outcomes(replica.run(4, &Command::Posts(vec![post("general", "alice", "old")])));
         assert_eq!(again[0], Ok(PostOutcome { seq: 4, duplicate: false }));
+    }
+
+    #[test]
+    fn a_sealed_copy_drops_its_messages_and_keeps_its_record() {
+        let mut replica = Replica::default();
+        replica.run(1, &create("s", &["alice"], 10, 0));
+        let posts: Vec<PostCommand> = (0..300).map(|i| post("s", "alice", &format!("k{i}"))).collect();
+        replica.run(2, &Command::Posts(posts));
+        let drop = Command::DropSealed { name: "s".into() };
+        let before = replica.store.clone();
+        assert_eq!(
+            replica.run(3, &drop),
+            CommandResult::SealedDropped(Err(ApplyError::NotSealed { space: "s".into() }))
+        );
+        assert_eq!(replica.store, before, "an open space keeps its messages");
+        replica.run(4, &Command::SealSpace { name: "s".into(), to: 2 });
+        assert_eq!(replica.run(5, &drop), CommandResult::SealedDropped(Ok(300)));
+        let left: Vec<&Vec<u8>> = replica.store.keys().collect();
+        assert_eq!(left, [&record::space_key("s")], "only the sealed record stays");
+        let record: SpaceRecord = record::decode(&replica.store[&record::space_key("s")]).unwrap();
+        assert_eq!((record.moved_to, record.last_seq, record.first_seq), (Some(2), 300, 301));
+        assert_eq!(replica.run(6, &drop), CommandResult::SealedDropped(Ok(0)), "dropping again changes nothing");
+        assert_eq!(replica.rebuilt_index(), replica.dedup);
+        let refused = outcomes(replica.run(7, &Command::Posts(vec![post("s", "alice", "late")])));
+        assert_eq!(refused[0], Err(ApplyError::Moved { space: "s".into(), to: 2 }));
     }
 
     #[test]
