@@ -43,6 +43,8 @@ const META_RETRY_PAUSE_MS: u64 = 50;
 const MOVE_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// A gateway that has not reported for this long is forgotten.
 const GATEWAY_FORGET_AFTER: Duration = Duration::from_secs(600);
+/// Gateways a node keeps reports of.
+const GATEWAYS_MAX: usize = 4096;
 
 /// A change of a space cluster's members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,9 +116,17 @@ impl Host {
         }
     }
 
-    /// Keeps a gateway's latest report.
+    /// Keeps a gateway's latest report (at most [`GATEWAYS_MAX`] gateways:
+    /// past that the stalest is forgotten, so reports under made-up ids
+    /// cannot grow a node's memory without bound).
     pub fn gateway_reported(&self, report: pb::GatewayReport) {
         let mut gateways = self.gateways.lock().expect("gateways lock");
+        if !gateways.contains_key(&report.gateway_id) && gateways.len() >= GATEWAYS_MAX {
+            let stalest = gateways.iter().min_by_key(|(_, (_, at))| *at).map(|(id, _)| id.clone());
+            if let Some(id) = stalest {
+                gateways.remove(&id);
+            }
+        }
         gateways.insert(report.gateway_id.clone(), (report, std::time::Instant::now()));
     }
 
