@@ -358,7 +358,8 @@ pub async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Option<
             };
             let mut admin = crate::pb::admin_client::AdminClient::new(channel);
             if let Ok(Ok(response)) =
-                tokio::time::timeout(Duration::from_secs(1), admin.node_status(crate::pb::NodeStatusRequest {})).await
+                tokio::time::timeout(Duration::from_secs(1), admin.node_status(crate::pb::NodeStatusRequest::default()))
+                    .await
             {
                 let replicas = response.into_inner().replicas;
                 let first_cluster = replicas.iter().filter(|r| r.cluster_id == crate::config::DEFAULT_CLUSTER_ID);

@@ -47,7 +47,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut admin = cluster.admin(leader).await;
-        let status = admin.node_status(pb::NodeStatusRequest {}).await.expect("node status").into_inner();
+        let status = admin.node_status(pb::NodeStatusRequest::default()).await.expect("node status").into_inner();
         if common::space_replica(&status).expect("first space cluster").purged_index >= 100 {
             break;
         }

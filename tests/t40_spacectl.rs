@@ -212,7 +212,7 @@ async fn spacectl_outputs_and_exit_codes() {
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
     // Every node applies the three posts before two of them die.
     let mut admin = cluster.admin(leader).await;
-    let status = admin.node_status(spaceraft::pb::NodeStatusRequest {}).await.unwrap().into_inner();
+    let status = admin.node_status(spaceraft::pb::NodeStatusRequest::default()).await.unwrap().into_inner();
     let applied = common::space_replica(&status).expect("first space cluster").applied_index;
     cluster.wait_applied(applied, Duration::from_secs(20)).await;
     let survivor = (1..=3).find(|id| *id != leader).unwrap();

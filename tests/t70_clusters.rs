@@ -91,7 +91,8 @@ async fn directory(cluster: &TestCluster, node: u64) -> pb::DirectoryResponse {
 
 /// Each space cluster's leader as node `asked` sees it (0: none).
 async fn leaders(cluster: &TestCluster, asked: u64) -> BTreeMap<u64, u64> {
-    let status = cluster.admin(asked).await.node_status(pb::NodeStatusRequest {}).await.expect("status").into_inner();
+    let status =
+        cluster.admin(asked).await.node_status(pb::NodeStatusRequest::default()).await.expect("status").into_inner();
     status.replicas.iter().filter(|r| r.cluster_id != 0).map(|r| (r.cluster_id, r.leader_id)).collect()
 }
 

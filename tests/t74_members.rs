@@ -92,7 +92,7 @@ async fn members_are_removed_added_and_promoted_and_quorum_is_kept() {
     let deadline = Instant::now() + WAIT;
     for node in [1, 3] {
         let mut admin = cluster.admin(node).await;
-        while !admin.node_status(pb::NodeStatusRequest {}).await.unwrap().into_inner().nodes_down.contains(&2) {
+        while !admin.node_status(pb::NodeStatusRequest::default()).await.unwrap().into_inner().nodes_down.contains(&2) {
             assert!(Instant::now() < deadline, "node {node} never took node 2 as down");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -164,7 +164,7 @@ async fn led_clusters(
     let addr = cluster.node(node).advertise_addr().to_string();
     let channel = crate::raft::network::endpoint(&addr, &Default::default())?.connect().await?;
     let mut admin = pb::admin_client::AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let status = admin.node_status(pb::NodeStatusRequest {}).await?.into_inner();
+    let status = admin.node_status(pb::NodeStatusRequest::default()).await?.into_inner();
     let spaces: Vec<&pb::ReplicaStatus> = status.replicas.iter().filter(|r| r.cluster_id != META_GROUP_ID).collect();
     let led = spaces.iter().filter(|r| r.leader_id != 0 && leader_ok(r.leader_id)).count();
     Ok((spaces.len(), led))
@@ -213,7 +213,7 @@ async fn wait_for_preferred_leaders(cluster: &BenchCluster, timeout: Duration) -
         .collect();
     let deadline = Instant::now() + timeout;
     loop {
-        let status = admin.node_status(pb::NodeStatusRequest {}).await?.into_inner();
+        let status = admin.node_status(pb::NodeStatusRequest::default()).await?.into_inner();
         let misplaced = status
             .replicas
             .iter()

@@ -275,7 +275,7 @@ impl ChaosCluster {
         for node in &self.nodes {
             let Some(mut admin) = self.admin(node.id).await else { continue };
             let Ok(Ok(status)) =
-                tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest {})).await
+                tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default())).await
             else {
                 continue;
             };
@@ -303,7 +303,7 @@ impl ChaosCluster {
     /// does not answer).
     pub async fn applied_indexes(&self, id: u64) -> Option<std::collections::BTreeMap<u64, u64>> {
         let mut admin = self.admin(id).await?;
-        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest {}))
+        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()))
             .await
             .ok()?
             .ok()?;

@@ -188,7 +188,7 @@ impl NodePool {
 /// in time and every one of those clusters knows a leader.
 async fn probe(channel: Channel, timeout: Duration) -> Option<Applied> {
     let mut admin = pb::admin_client::AdminClient::new(channel);
-    let mut request = tonic::Request::new(pb::NodeStatusRequest {});
+    let mut request = tonic::Request::new(pb::NodeStatusRequest::default());
     request.set_timeout(timeout);
     let status = tokio::time::timeout(timeout, admin.node_status(request)).await.ok()?.ok()?.into_inner();
     let mut applied = Applied::new();

@@ -73,16 +73,7 @@ impl AdminService {
                 None => return Ok(LeaderRoute::Here(group)),
                 Some((_, addr)) => (addr, "leader"),
             },
-            None => {
-                let voters = self
-                    .host
-                    .cluster_addrs(cluster)
-                    .await
-                    .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
-                let (_, addr) =
-                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
-                (addr, "voter")
-            }
+            None => (self.first_voter(cluster).await?, "voter"),
         };
         if to_leader {
             return Err(Status::unavailable(format!(
@@ -93,9 +84,21 @@ impl AdminService {
         Ok(LeaderRoute::There(pb::admin_client::AdminClient::new(channel), hop))
     }
 
+    /// The address of a voter of `cluster` (this region's first), for a
+    /// request that must run where the cluster is hosted.
+    async fn first_voter(&self, cluster: u64) -> Result<String, Status> {
+        let voters = self
+            .host
+            .cluster_addrs(cluster)
+            .await
+            .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
+        voters.into_iter().next().map(|(_, addr)| addr).ok_or_else(|| Status::unavailable("the cluster has no voter"))
+    }
+
     /// This node's status: its replicas, the members it knows, what its
-    /// failure detector sees, and its summary.
-    async fn node_status_now(&self) -> pb::NodeStatusResponse {
+    /// failure detector sees, and with `summary` its summary and last-seen
+    /// times.
+    async fn node_status_now(&self, summary: bool) -> pb::NodeStatusResponse {
         let mut members = Vec::new();
         let mut roles: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
         let mut errors = Vec::new();
@@ -118,6 +121,10 @@ impl AdminService {
             }
         }
         let nodes_down = self.host.detector.down().borrow().clone();
+        let replicas = self.local_status();
+        if !summary {
+            return pb::NodeStatusResponse { replicas, members, nodes_down, ..Default::default() };
+        }
         errors.extend(nodes_down.iter().map(|node| format!("node {node} does not answer")));
         let root = self.host.data_root();
         let db_size_bytes = tokio::task::spawn_blocking(move || dir_size(&root)).await.unwrap_or(0);
@@ -137,7 +144,7 @@ impl AdminService {
         };
         let last_seen_ms =
             self.host.detector.last_seen().into_iter().map(|(node, ago)| (node, ago.as_millis() as u64)).collect();
-        pb::NodeStatusResponse { replicas: self.local_status(), members, nodes_down, node: Some(node), last_seen_ms }
+        pb::NodeStatusResponse { replicas, members, nodes_down, node: Some(node), last_seen_ms }
     }
 
     fn local_status(&self) -> Vec<pb::ReplicaStatus> {
@@ -218,7 +225,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let here = self.node_status_now().await;
+        let here = self.node_status_now(true).await;
         // Every other node that is a member of a group hosted here.
         // (address, the clusters it is a member of) per other node.
         let mut others: std::collections::BTreeMap<u64, (crate::raft::types::NodeAddr, Vec<u64>)> =
@@ -237,7 +244,7 @@ impl pb::admin_server::Admin for AdminService {
                 let result = async {
                     let channel = peers.channel(&node.addr).map_err(|e| e.to_string())?;
                     let mut client = pb::admin_client::AdminClient::new(channel);
-                    let mut request = Request::new(pb::NodeStatusRequest {});
+                    let mut request = Request::new(pb::NodeStatusRequest { summary: true });
                     request.set_timeout(PEER_STATUS_TIMEOUT);
                     match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.node_status(request)).await {
                         Ok(Ok(response)) => Ok(response.into_inner()),
@@ -279,9 +286,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn node_status(
         &self,
-        _request: Request<pb::NodeStatusRequest>,
+        request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        Ok(Response::new(self.node_status_now().await))
+        Ok(Response::new(self.node_status_now(request.get_ref().summary).await))
     }
 
     type SaveSnapshotStream = SnapshotStream;
@@ -298,13 +305,7 @@ impl pb::admin_server::Admin for AdminService {
                 if request.metadata().get(MEMBERS_HOP_METADATA).is_some() {
                     return Err(Status::unavailable(format!("space cluster {cluster} is not hosted here")));
                 }
-                let voters = self
-                    .host
-                    .cluster_addrs(cluster)
-                    .await
-                    .map_err(|_| Status::not_found(format!("space cluster {cluster} does not exist")))?;
-                let (_, addr) =
-                    voters.first().cloned().ok_or_else(|| Status::unavailable("the cluster has no voter"))?;
+                let addr = self.first_voter(cluster).await?;
                 let channel = self.host.peers.channel(&addr).map_err(|e| Status::internal(e.to_string()))?;
                 let stream = pb::admin_client::AdminClient::new(channel)
                     .save_snapshot(with_hop(pb::SaveSnapshotRequest { cluster_id: cluster }, "voter"))

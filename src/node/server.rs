@@ -221,7 +221,7 @@ async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
         let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network).ok()?;
         let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
         let mut admin = pb::admin_client::AdminClient::new(channel);
-        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest {}))
+        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()))
             .await
             .ok()?
             .ok()?

@@ -241,7 +241,7 @@ impl TestCluster {
             for node in self.nodes.iter().filter(|n| n.process.is_some()) {
                 let Ok(channel) = try_connect(&node.addr).await else { continue };
                 let mut admin = pb::admin_client::AdminClient::new(channel);
-                if let Ok(status) = admin.node_status(pb::NodeStatusRequest {}).await {
+                if let Ok(status) = admin.node_status(pb::NodeStatusRequest::default()).await {
                     let status = status.into_inner();
                     if let Some(replica) = space_replica(&status).filter(|replica| replica.role == "leader") {
                         return replica.node_id;
@@ -259,7 +259,7 @@ impl TestCluster {
         for node in self.nodes.iter().filter(|n| n.process.is_some()) {
             loop {
                 let mut admin = pb::admin_client::AdminClient::new(connect(&node.addr).await);
-                if let Ok(status) = admin.node_status(pb::NodeStatusRequest {}).await {
+                if let Ok(status) = admin.node_status(pb::NodeStatusRequest::default()).await {
                     if space_replica(&status.into_inner()).is_some_and(|replica| replica.applied_index >= index) {
                         break;
                     }
