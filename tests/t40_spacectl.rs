@@ -7,25 +7,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ctl::{spacectl, stderr};
 use common::TestCluster;
 use serde_json::Value;
 
-fn spacectl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(common::spacectl_bin())
-        .env("SPACERAFT_ENDPOINTS", endpoints)
-        .env_remove("SPACERAFT_USER")
-        .env_remove("SPACERAFT_OUTPUT")
-        .args(args)
-        .output()
-        .expect("run spacectl")
-}
-
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).to_string()
 }
 
 fn ok(output: Output) -> String {

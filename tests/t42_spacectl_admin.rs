@@ -4,35 +4,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::ctl::{code, json, json_any, spacectl};
 use common::TestCluster;
 use serde_json::Value;
-
-fn spacectl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(common::spacectl_bin())
-        .env("SPACERAFT_ENDPOINTS", endpoints)
-        .env_remove("SPACERAFT_OUTPUT")
-        .env_remove("SPACERAFT_YES")
-        .args(args)
-        .output()
-        .expect("run spacectl")
-}
-
-fn json(output: &Output) -> Value {
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-/// JSON on stdout whatever the exit code.
-fn json_any(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().expect("exit code")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spacectl_changes_members_moves_leadership_and_reports_health() {

@@ -5,37 +5,15 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::ctl::{code, json, spacectl, stderr};
 use common::gateway::{Recorder, TEST_UPSTREAM};
 use common::TestCluster;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn spacectl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(common::spacectl_bin())
-        .env("SPACERAFT_ENDPOINTS", endpoints)
-        .env_remove("SPACERAFT_OUTPUT")
-        .env_remove("SPACERAFT_YES")
-        .args(args)
-        .output()
-        .expect("run spacectl")
-}
-
-fn ok_json(output: &Output) -> Value {
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().expect("exit code")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).to_string()
-}
 
 /// Waits until `recorder` got an error frame with `code` for `space`.
 async fn wait_for_error(recorder: &Recorder, space: &str, code: &str) {
@@ -54,7 +32,7 @@ async fn wait_for_error(recorder: &Recorder, space: &str, code: &str) {
 async fn wait_for_gateways<T>(ctl: impl Fn(&[&str]) -> Output, check: impl Fn(&[Value]) -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
-        let rows = ok_json(&ctl(&["gateway", "list", "-o", "json"]));
+        let rows = json(&ctl(&["gateway", "list", "-o", "json"]));
         if let Some(found) = check(rows.as_array().unwrap()) {
             return found;
         }
@@ -71,11 +49,11 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     let ctl = |args: &[&str]| spacectl(&endpoints, args);
     let urls: Vec<String> = cluster.gateways.iter().map(|g| g.ws_url()).collect();
 
-    ok_json(&ctl(&["space", "create", "general", "--members", "alice,bob", "-o", "json"]));
+    json(&ctl(&["space", "create", "general", "--members", "alice,bob", "-o", "json"]));
     let alice = Recorder::start("alice", &["general"], vec![urls[0].clone()]);
     let bob = Recorder::start("bob", &["general"], vec![urls[1].clone()]);
     for n in 1..=3 {
-        let posted = ok_json(&ctl(&["post", "general", &format!("m{n}"), "--as", "alice", "-o", "json"]));
+        let posted = json(&ctl(&["post", "general", &format!("m{n}"), "--as", "alice", "-o", "json"]));
         assert_eq!(posted["seq"], n);
     }
     alice.wait_for("general", 3, WAIT).await;
@@ -99,7 +77,7 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     // --- draining the node a gateway follows sends the gateway elsewhere;
     // its client goes on without a gap
     let drained = (1..=3).find(|id| followed_by_first.ends_with(&cluster.node(*id).addr)).expect("a node");
-    ok_json(&ctl(&["node", "drain", &drained.to_string(), "--wait", "-o", "json"]));
+    json(&ctl(&["node", "drain", &drained.to_string(), "--wait", "-o", "json"]));
     let drained_addr = cluster.node(drained).addr.clone();
     wait_for_gateways(&ctl, |rows| {
         let first = rows.iter().find(|row| row["gateway_id"] == gateway_ids[0].as_str())?;
@@ -107,17 +85,17 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
         (upstream["connected"] == true && !upstream["node"].as_str().unwrap().ends_with(&drained_addr)).then_some(())
     })
     .await;
-    ok_json(&ctl(&["post", "general", "m4 after the drain", "--as", "alice", "-o", "json"]));
+    json(&ctl(&["post", "general", "m4 after the drain", "--as", "alice", "-o", "json"]));
     alice.wait_for("general", 4, WAIT).await;
     alice.assert_exactly("general", 4);
-    ok_json(&ctl(&["node", "recommission", &drained.to_string(), "-o", "json"]));
+    json(&ctl(&["node", "recommission", &drained.to_string(), "-o", "json"]));
 
     // --- a member added can post, read, and finds the space in its list
-    let added = ok_json(&ctl(&["space", "members", "add", "general", "carol", "-o", "json"]));
+    let added = json(&ctl(&["space", "members", "add", "general", "carol", "-o", "json"]));
     assert_eq!(added["members"], serde_json::json!(["alice", "bob", "carol"]));
-    let posted = ok_json(&ctl(&["post", "general", "hi from carol", "--as", "carol", "-o", "json"]));
+    let posted = json(&ctl(&["post", "general", "hi from carol", "--as", "carol", "-o", "json"]));
     assert_eq!(posted["seq"], 5);
-    let listed = ok_json(&ctl(&["space", "list", "--as", "carol", "-o", "json"]));
+    let listed = json(&ctl(&["space", "list", "--as", "carol", "-o", "json"]));
     assert_eq!(listed[0]["name"], "general", "{listed}");
     // Carol listens on bob's gateway: when she has a message, that gateway
     // has fanned it out.
@@ -126,17 +104,17 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     bob.wait_for("general", 5, WAIT).await;
 
     // --- a member removed: subscription ended, nothing later delivered
-    let removed = ok_json(&ctl(&["space", "members", "remove", "general", "bob", "-o", "json"]));
+    let removed = json(&ctl(&["space", "members", "remove", "general", "bob", "-o", "json"]));
     assert_eq!(removed["members"], serde_json::json!(["alice", "carol"]));
     wait_for_error(&bob, "general", "not_member").await;
-    ok_json(&ctl(&["post", "general", "after bob left", "--as", "alice", "-o", "json"]));
+    json(&ctl(&["post", "general", "after bob left", "--as", "alice", "-o", "json"]));
     alice.wait_for("general", 6, WAIT).await;
     carol.wait_for("general", 6, WAIT).await;
     assert_eq!(bob.seqs("general"), [1, 2, 3, 4, 5], "bob got nothing posted after his removal");
     let refused = ctl(&["post", "general", "still here?", "--as", "bob"]);
     assert_eq!(code(&refused), 4, "a removed member may not post: {}", stderr(&refused));
     assert_eq!(code(&ctl(&["history", "general", "--as", "bob"])), 4);
-    assert_eq!(ok_json(&ctl(&["space", "list", "--as", "bob", "-o", "json"])), serde_json::json!([]));
+    assert_eq!(json(&ctl(&["space", "list", "--as", "bob", "-o", "json"])), serde_json::json!([]));
 
     // --- refused member changes change nothing
     let empty = ctl(&["space", "members", "remove", "general", "alice", "carol"]);
@@ -147,7 +125,7 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     assert_eq!(code(&ctl(&["space", "members", "add", "general"])), 2, "no user given is a usage error");
 
     // --- info shows the placement
-    let info = ok_json(&ctl(&["space", "info", "general", "-o", "json"]));
+    let info = json(&ctl(&["space", "info", "general", "-o", "json"]));
     assert_eq!(info["members"], serde_json::json!(["alice", "carol"]));
     assert_eq!(info["last_seq"], 6);
     assert_eq!(info["placement"]["cluster_id"], info["cluster_id"]);
@@ -159,12 +137,12 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     let unconfirmed = ctl(&["space", "delete", "general"]);
     assert_eq!(code(&unconfirmed), 2);
     assert!(stderr(&unconfirmed).contains("--yes"));
-    assert_eq!(ok_json(&ctl(&["space", "info", "general", "-o", "json"]))["last_seq"], 6, "still there");
-    let deleted = ok_json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
+    assert_eq!(json(&ctl(&["space", "info", "general", "-o", "json"]))["last_seq"], 6, "still there");
+    let deleted = json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
     assert_eq!((deleted["existed"].as_bool(), deleted["last_seq"].as_u64()), (Some(true), Some(6)));
     wait_for_error(&alice, "general", "deleted").await;
     wait_for_error(&carol, "general", "deleted").await;
-    let again = ok_json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
+    let again = json(&ctl(&["space", "delete", "general", "--yes", "-o", "json"]));
     assert_eq!(again["existed"], false, "deleting again succeeds");
     for node in [1, 2, 3] {
         let one = spacectl(&cluster.node(node).addr, &["space", "info", "general"]);
@@ -175,7 +153,7 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     let recreate = ctl(&["space", "create", "general", "--members", "alice"]);
     assert_eq!(code(&recreate), 1);
     assert!(stderr(&recreate).contains("deleted"), "{}", stderr(&recreate));
-    assert_eq!(ok_json(&ctl(&["space", "list", "-o", "json"])), serde_json::json!([]));
+    assert_eq!(json(&ctl(&["space", "list", "-o", "json"])), serde_json::json!([]));
     assert_eq!(code(&ctl(&["space", "delete", "nowhere", "--yes"])), 1);
 
     // The tombstone survives a restart of every node. Each stops cleanly on

@@ -6,9 +6,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::ctl::spacectl;
 use common::gateway::{Recorder, TEST_UPSTREAM};
 use common::TestCluster;
 use serde_json::{json, Value};
@@ -74,24 +75,13 @@ struct Ctl {
 
 impl Ctl {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(common::spacectl_bin())
-            .env("SPACERAFT_ENDPOINTS", &self.endpoints)
-            .env_remove("SPACERAFT_OUTPUT")
-            .env_remove("SPACERAFT_YES")
-            .args(args)
-            .args(["-o", "json"])
-            .output()
-            .expect("run spacectl")
+        let args: Vec<&str> = args.iter().copied().chain(["-o", "json"]).collect();
+        spacectl(&self.endpoints, &args)
     }
 
     /// Runs a command in table form; returns what it printed.
     fn table(&self, args: &[&str]) -> String {
-        let output = Command::new(common::spacectl_bin())
-            .env("SPACERAFT_ENDPOINTS", &self.endpoints)
-            .env_remove("SPACERAFT_OUTPUT")
-            .args(args)
-            .output()
-            .expect("run spacectl");
+        let output = spacectl(&self.endpoints, args);
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).to_string()
     }

@@ -174,13 +174,8 @@ async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate
     // --- the old cluster kept the sealed record only: its messages are gone
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("from.snap");
-    let output = std::process::Command::new(common::spacectl_bin())
-        .env("SPACERAFT_ENDPOINTS", cluster.endpoints())
-        .args(["snapshot", "save", "--cluster", &from.to_string(), file.to_str().unwrap(), "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let saved: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let args = ["snapshot", "save", "--cluster", &from.to_string(), file.to_str().unwrap(), "-o", "json"];
+    let saved = common::ctl::json(&common::ctl::spacectl(&cluster.endpoints(), &args));
     assert_eq!((saved["spaces"].as_u64(), saved["messages"].as_u64()), (Some(1), Some(0)), "{saved}");
     // A subscription from seq 1 after the move still gets every message.
     let mut late = cluster.client(2).await;

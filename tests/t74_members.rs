@@ -125,12 +125,8 @@ async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
     let promoted = admin.change_members(change(new, "promote", false)).await.expect("promote").into_inner();
     assert_eq!(promoted.voters, vec![1, 2, 3, new]);
 
-    let output = std::process::Command::new(common::spacectl_bin())
-        .env("SPACERAFT_ENDPOINTS", cluster.endpoints())
-        .args(["node", "decommission", "3", "--yes", "-o", "json"])
-        .output()
-        .expect("run spacectl");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = common::ctl::spacectl(&cluster.endpoints(), &["node", "decommission", "3", "--yes", "-o", "json"]);
+    assert!(output.status.success(), "{}", common::ctl::stderr(&output));
     assert_eq!(members(&cluster).await.0, vec![1, 2, new]);
     assert_eq!(post(&cluster, new, "k2").await, 2);
     let deadline = Instant::now() + WAIT;

@@ -3,6 +3,7 @@
 //! restarted on the same directory.
 #![allow(dead_code)]
 
+pub mod ctl;
 pub mod gateway;
 
 use std::path::{Path, PathBuf};
