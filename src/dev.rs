@@ -16,7 +16,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeConfig, PeerConfig};
+use crate::error::{ApiError, ErrorKind};
 use crate::gateway::config::GatewayConfig;
+use crate::wire::{stamped, ClusterId};
 
 /// Region names for `--regions N`, in order.
 pub const REGION_NAMES: &[&str] =
@@ -42,6 +44,9 @@ pub struct DevArgs {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointsFile {
+    /// The id of the cluster (`--cluster-id` / `SPACERAFT_CLUSTER_ID` for spacectl).
+    #[serde(default)]
+    pub cluster_id: String,
     pub nodes: Vec<NodeEndpoint>,
     #[serde(default)]
     pub gateways: Vec<GatewayEndpoint>,
@@ -132,6 +137,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, NodeConfig)>> {
 pub fn prepare_gateways(
     args: &DevArgs,
     nodes: &[(PathBuf, NodeConfig)],
+    cluster_id: &str,
 ) -> anyhow::Result<Vec<(PathBuf, GatewayConfig)>> {
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let endpoints: Vec<crate::gateway::config::NodeEndpoint> = nodes
@@ -146,7 +152,12 @@ pub fn prepare_gateways(
     for (index, (_, node)) in nodes.iter().enumerate() {
         let path = data_dir.join(format!("gateway-{}.toml", node.region));
         if path.exists() {
-            gateways.push((path.clone(), GatewayConfig::load(Some(&path), &Default::default())?));
+            let mut config = GatewayConfig::load(Some(&path), &Default::default())?;
+            if config.cluster_id.as_deref() != Some(cluster_id) {
+                config.cluster_id = Some(cluster_id.to_string());
+                std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+            }
+            gateways.push((path.clone(), config));
             continue;
         }
         let port = |offset: usize| -> anyhow::Result<std::net::SocketAddr> {
@@ -159,6 +170,7 @@ pub fn prepare_gateways(
             nodes: endpoints.clone(),
             regions_by_distance: Vec::new(),
             peer_gateways: (1..nodes.len()).map(|step| ws_url((index + step) % nodes.len())).collect(),
+            cluster_id: Some(cluster_id.to_string()),
             upstream: crate::gateway::config::UpstreamConfig {
                 redundant: args.redundant_upstream,
                 ..Default::default()
@@ -188,14 +200,20 @@ pub fn spawn_process(exe: &Path, role: &str, config: &Path, log_path: &Path) -> 
 /// Runs the cluster until Ctrl-C, then stops every process.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let nodes = prepare(&args)?;
-    let gateways = prepare_gateways(&args, &nodes)?;
     let exe = std::env::current_exe().context("finding the spaceraft executable")?;
     let mut children = Vec::new();
     for (path, config) in &nodes {
         let child = spawn_process(&exe, "node", path, &config.data_dir.with_extension("log"))?;
         children.push((format!("node {}", config.node_id), child));
     }
+    // The bootstrap node keeps the cluster's id in its data directory; every
+    // request this command makes names it, so nodes of another cluster that
+    // answer these ports are refused, never used.
+    let (first_node, first_child) = (&nodes[0].1, &mut children[0].1);
+    let cluster_id = wait_for_cluster_id(first_node, first_child, Duration::from_secs(30)).await?;
+    let gateways = prepare_gateways(&args, &nodes, &cluster_id)?;
     let endpoints = EndpointsFile {
+        cluster_id: cluster_id.clone(),
         nodes: nodes
             .iter()
             .map(|(_, c)| NodeEndpoint {
@@ -223,12 +241,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::write(&endpoints_path, serde_json::to_vec_pretty(&endpoints)?)?;
 
     let all: Vec<String> = endpoints.nodes.iter().map(|n| n.grpc.clone()).collect();
-    let leader = wait_for_leader(&all, Duration::from_secs(30)).await;
+    let cluster = ClusterId::known(&cluster_id);
+    let leader = wait_for_leader(&all, &cluster, Duration::from_secs(30)).await?;
     let demo = match leader {
-        Some(_) => create_demo_space(&all).await,
+        Some(_) => create_demo_space(&all, &cluster).await,
         None => None,
     };
-    println!("spaceraft dev: {} regions, data in {}", nodes.len(), data_dir.display());
+    println!("spaceraft dev: {} regions, cluster {cluster_id}, data in {}", nodes.len(), data_dir.display());
     for node in &endpoints.nodes {
         println!(
             "  node {} {:<10} grpc {}   log {}",
@@ -260,7 +279,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let (Some(first), Some(second)) = (endpoints.gateways.first(), endpoints.gateways.get(1)) {
         println!("  open {}/?user=alice and {}/?user=bob in two browser windows", first.http, second.http);
     }
-    println!("  export SPACERAFT_ENDPOINTS={}", all.join(","));
+    println!("  export SPACERAFT_ENDPOINTS={} SPACERAFT_CLUSTER_ID={cluster_id}", all.join(","));
     println!("  spacectl space create random --members alice,bob");
     println!("  spacectl post general 'hello' --as alice");
     println!("  spacectl tail general --from 1");
@@ -310,12 +329,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// Creates the demo space `general` unless it exists; says what happened.
-async fn create_demo_space(endpoints: &[String]) -> Option<String> {
+async fn create_demo_space(endpoints: &[String], cluster: &ClusterId) -> Option<String> {
     let members: Vec<String> = ["alice", "bob", "carol"].iter().map(|m| m.to_string()).collect();
     for addr in endpoints {
         let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
         let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await else { continue };
-        let mut client = crate::pb::client_client::ClientClient::new(channel);
+        let mut client = crate::pb::client_client::ClientClient::new(stamped(channel, cluster));
         let request = crate::pb::CreateSpaceRequest {
             name: "general".into(),
             members: members.clone(),
@@ -323,7 +342,7 @@ async fn create_demo_space(endpoints: &[String]) -> Option<String> {
         };
         match tokio::time::timeout(Duration::from_secs(10), client.create_space(request)).await {
             Ok(Ok(_)) => return Some("demo space: general (members alice, bob, carol)".into()),
-            Ok(Err(status)) if status.code() == tonic::Code::AlreadyExists => {
+            Ok(Err(status)) if ApiError::from_status(&status).kind == ErrorKind::Exists => {
                 return Some("space general exists with other members; no demo space created".into())
             }
             _ => continue,
@@ -348,7 +367,13 @@ pub async fn shutdown_signal() {
 }
 
 /// Polls the nodes until one reports a leader of the first space cluster.
-pub async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Option<u64> {
+/// A node that answers for another cluster (`wrong_cluster`) ends the wait
+/// with an error: something else listens where this cluster's nodes should.
+pub async fn wait_for_leader(
+    endpoints: &[String],
+    cluster: &ClusterId,
+    timeout: Duration,
+) -> anyhow::Result<Option<u64>> {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         for addr in endpoints {
@@ -356,19 +381,53 @@ pub async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Option<
             let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_millis(500), endpoint.connect()).await else {
                 continue;
             };
-            let mut admin = crate::pb::admin_client::AdminClient::new(channel);
-            if let Ok(Ok(response)) =
-                tokio::time::timeout(Duration::from_secs(1), admin.node_status(crate::pb::NodeStatusRequest::default()))
-                    .await
-            {
-                let replicas = response.into_inner().replicas;
-                let first_cluster = replicas.iter().filter(|r| r.cluster_id == crate::config::DEFAULT_CLUSTER_ID);
-                if let Some(leader) = first_cluster.map(|r| r.leader_id).find(|id| *id != 0) {
-                    return Some(leader);
+            let mut admin = crate::pb::admin_client::AdminClient::new(stamped(channel, cluster));
+            let status = admin.node_status(crate::pb::NodeStatusRequest::default());
+            match tokio::time::timeout(Duration::from_secs(1), status).await {
+                Ok(Ok(response)) => {
+                    let replicas = response.into_inner().replicas;
+                    let first_cluster = replicas.iter().filter(|r| r.cluster_id == crate::config::DEFAULT_CLUSTER_ID);
+                    if let Some(leader) = first_cluster.map(|r| r.leader_id).find(|id| *id != 0) {
+                        return Ok(Some(leader));
+                    }
                 }
+                Ok(Err(status)) if ApiError::from_status(&status).kind == ErrorKind::WrongCluster => {
+                    anyhow::bail!(
+                        "the node answering {addr} belongs to another cluster, not to cluster {} started here: \
+                         is another Spaceraft cluster using these ports? (stop it, or pick others with --base-port)",
+                        cluster.get().unwrap_or("?")
+                    );
+                }
+                _ => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    None
+    Ok(None)
+}
+
+/// Waits until the bootstrap node `node` has kept the cluster's id in its
+/// data directory; fails when its process exits first.
+async fn wait_for_cluster_id(
+    node: &NodeConfig,
+    child: &mut tokio::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(id) = crate::wire::read_cluster_id(&node.data_dir)? {
+            return Ok(id);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "node {} exited ({status}) before it started: see {}",
+                node.node_id,
+                node.data_dir.with_extension("log").display()
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("node {} did not start within {timeout:?}: see its log", node.node_id);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

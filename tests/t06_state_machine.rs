@@ -53,7 +53,12 @@ async fn apply(machine: &mut SpaceStateMachine, entries: Vec<(u64, Command)>) {
 fn keys_of(machine: &SpaceStateMachine) -> Vec<String> {
     let reader = machine.reader();
     let space = reader.space("general").unwrap().unwrap();
-    reader.messages("general", 1, space.last_seq, 10_000).unwrap().into_iter().map(|m| m.idempotency_key).collect()
+    reader
+        .messages("general", 1, space.last_seq, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.record.idempotency_key)
+        .collect()
 }
 
 fn open_db(path: &std::path::Path) -> sled::Db {

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::TestCluster;
+use spaceraft::error::{ApiError, ErrorKind};
 use spaceraft::pb;
+use spaceraft::wire::{stamped, ClusterId};
 use tonic::Code;
 
 fn post(space: &str, author: &str, body: &str, key: &str) -> pb::PostRequest {
@@ -116,8 +118,28 @@ async fn bad_requests_are_refused_and_change_nothing() {
         let _ = socket.read_to_end(&mut answer);
     }
 
+    // --- phase: raft requests of no cluster or another cluster
+    let mut unstamped = pb::raft_client::RaftClient::new(common::connect(&addr).await);
+    let vote = pb::RaftRequest {
+        group_id: 1,
+        from_node: 2,
+        from_addr: cluster.node(2).addr.clone(),
+        to_node: 1,
+        payload: vec![1, 2, 3],
+    };
+    let refused = unstamped.vote(vote.clone()).await.expect_err("a raft request naming no cluster");
+    assert_eq!(ApiError::from_status(&refused).kind, ErrorKind::WrongCluster, "{refused:?}");
+    let other = ClusterId::known("0123456789abcdef");
+    let mut foreign = pb::raft_client::RaftClient::new(stamped(common::connect(&addr).await, &other));
+    let refused = foreign.vote(vote).await.expect_err("a raft request of another cluster");
+    assert_eq!(ApiError::from_status(&refused).kind, ErrorKind::WrongCluster, "{refused:?}");
+    let mut foreign_client = pb::client_client::ClientClient::new(stamped(common::connect(&addr).await, &other));
+    let refused = foreign_client.post(post("general", "alice", "elsewhere", "k9")).await.expect_err("another cluster");
+    assert_eq!(ApiError::from_status(&refused).kind, ErrorKind::WrongCluster, "{refused:?}");
+
     // --- phase: raft requests that are not for this node, or undecodable
-    let mut raft = pb::raft_client::RaftClient::new(common::connect(&addr).await);
+    let ours = ClusterId::known(&common::cluster_id(&cluster));
+    let mut raft = pb::raft_client::RaftClient::new(stamped(common::connect(&addr).await, &ours));
     let wrong_target = pb::RaftRequest {
         group_id: 1,
         from_node: 2,

@@ -44,7 +44,9 @@ impl BenchCluster {
         }
         let nodes: Vec<NodeConfig> = prepared.into_iter().map(|(_, config)| config).collect();
         let addrs: Vec<String> = nodes.iter().map(|c| c.advertise_addr().to_string()).collect();
-        let leader = dev::wait_for_leader(&addrs, Duration::from_secs(30)).await.context("no leader")?;
+        let leader = dev::wait_for_leader(&addrs, &crate::wire::ClusterId::unknown(), Duration::from_secs(30))
+            .await?
+            .context("no leader")?;
         let leader_addr = nodes.iter().find(|c| c.node_id == leader).context("leader address")?.advertise_addr();
         let channel = crate::raft::network::endpoint(&leader_addr.to_string(), &Default::default())?.connect().await?;
         let client = pb::client_client::ClientClient::new(channel);
@@ -119,6 +121,7 @@ impl BenchCluster {
                 .collect(),
             regions_by_distance: Vec::new(),
             peer_gateways: Vec::new(),
+            cluster_id: None,
             upstream,
             clients: Default::default(),
         }

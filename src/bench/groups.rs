@@ -23,8 +23,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::cluster::BenchCluster;
+use crate::meta::directory::META_GROUP_ID;
 use crate::pb;
-use crate::placement::directory::META_GROUP_ID;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GroupsBenchArgs {

@@ -157,6 +157,7 @@ impl ChaosCluster {
                     .filter(|other| *other != region)
                     .map(|other| format!("ws://{}/v1/ws", http_of(other)))
                     .collect(),
+                cluster_id: None,
                 upstream: UpstreamConfig { source_ip: Some(ip(region, 2)), ..Default::default() },
                 clients: Default::default(),
             };
@@ -312,7 +313,7 @@ impl ChaosCluster {
             status
                 .replicas
                 .iter()
-                .filter(|replica| replica.cluster_id != crate::placement::directory::META_GROUP_ID)
+                .filter(|replica| replica.cluster_id != crate::meta::directory::META_GROUP_ID)
                 .map(|replica| (replica.cluster_id, replica.applied_index))
                 .collect(),
         )

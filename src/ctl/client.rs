@@ -40,27 +40,58 @@ impl CtlError {
         }
     }
 
+    /// The exit an error's kind calls for: refused requests fail (1),
+    /// missing rights are denied (4), no leader or no quorum is 5, and what
+    /// another try may fix (unreachable, an unknown outcome, a move in
+    /// progress) is unreachable (3).
     fn from_status(endpoint: &str, status: &tonic::Status) -> CtlError {
-        let message = format!("{}: {}", endpoint, status.message());
-        match status.code() {
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CtlError::Denied(message),
-            tonic::Code::Unavailable if status.message().contains("leader") => CtlError::NoLeader(message),
-            tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::Unknown => CtlError::Unreachable(message),
-            _ => CtlError::Failed(message),
+        use crate::error::ErrorKind;
+        let error = crate::error::ApiError::from_status(status);
+        let message = format!("{endpoint}: {error}");
+        match error.kind {
+            ErrorKind::PermissionDenied | ErrorKind::Unauthenticated | ErrorKind::NotMember => {
+                CtlError::Denied(message)
+            }
+            ErrorKind::NoQuorum | ErrorKind::NotLeader { .. } => CtlError::NoLeader(message),
+            ErrorKind::NotProposed
+            | ErrorKind::OutcomeUnknown
+            | ErrorKind::Unreachable
+            | ErrorKind::Moved { .. }
+            | ErrorKind::Moving
+            | ErrorKind::ResourceExhausted => CtlError::Unreachable(message),
+            ErrorKind::NotFound
+            | ErrorKind::Deleted
+            | ErrorKind::Exists
+            | ErrorKind::Trimmed
+            | ErrorKind::Invalid { .. }
+            | ErrorKind::TooLarge { .. }
+            | ErrorKind::Refused
+            | ErrorKind::WrongCluster
+            | ErrorKind::Internal => CtlError::Failed(message),
         }
     }
 
-    /// Worth trying another endpoint.
+    /// Worth trying another endpoint (every request spacectl sends is safe
+    /// to send again: posts carry an idempotency key).
     fn is_retryable(&self) -> bool {
         matches!(self, CtlError::Unreachable(_) | CtlError::NoLeader(_))
+    }
+
+    /// How much an error says about the cluster: a live node's "no leader"
+    /// explains a failure better than a node that did not answer.
+    fn weight(&self) -> u8 {
+        match self {
+            CtlError::NoLeader(_) => 2,
+            CtlError::Unreachable(_) => 1,
+            _ => 3,
+        }
     }
 }
 
 pub struct Endpoints {
     addrs: Vec<String>,
+    /// Stamped on every request when given: a node of another cluster refuses it.
+    cluster: crate::wire::ClusterId,
     dial_timeout: Duration,
     command_timeout: Duration,
 }
@@ -72,7 +103,14 @@ impl Endpoints {
         if addrs.is_empty() {
             return Err(CtlError::Usage("no endpoints given (--endpoints or SPACERAFT_ENDPOINTS)".into()));
         }
-        Ok(Endpoints { addrs, dial_timeout: global.dial_timeout, command_timeout: global.command_timeout })
+        let cluster = match global.cluster_id.as_deref().map(str::trim).filter(|id| !id.is_empty()) {
+            Some(id) if crate::wire::is_cluster_id(id) => crate::wire::ClusterId::known(id),
+            Some(id) => {
+                return Err(CtlError::Usage(format!("--cluster-id {id:?} is not a cluster id (16 hex digits)")))
+            }
+            None => crate::wire::ClusterId::unknown(),
+        };
+        Ok(Endpoints { addrs, cluster, dial_timeout: global.dial_timeout, command_timeout: global.command_timeout })
     }
 
     async fn connect(&self, addr: &str) -> Result<Channel, CtlError> {
@@ -91,7 +129,7 @@ impl Endpoints {
     /// timeout) while the failure is one another endpoint may not have.
     async fn each<T, F, Fut>(&self, mut call: F) -> Result<T, CtlError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(crate::wire::Stamped) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.command_timeout;
@@ -102,18 +140,22 @@ impl Endpoints {
                 let channel = match self.connect(addr).await {
                     Ok(channel) => channel,
                     Err(error) => {
-                        last_error = error;
+                        if error.weight() >= last_error.weight() {
+                            last_error = error;
+                        }
                         continue;
                     }
                 };
-                match tokio::time::timeout_at(deadline, call(channel)).await {
+                match tokio::time::timeout_at(deadline, call(crate::wire::stamped(channel, &self.cluster))).await {
                     Ok(Ok(value)) => return Ok(value),
                     Ok(Err(status)) => {
                         let error = CtlError::from_status(addr, &status);
                         if !error.is_retryable() {
                             return Err(error);
                         }
-                        last_error = error;
+                        if error.weight() >= last_error.weight() {
+                            last_error = error;
+                        }
                     }
                     Err(_) => {
                         // Out of time: a known "no leader" explains it best.

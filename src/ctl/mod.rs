@@ -38,6 +38,10 @@ pub struct GlobalArgs {
     /// Give up connecting to an endpoint after this long.
     #[arg(long, global = true, env = "SPACERAFT_DIAL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub dial_timeout: Duration,
+    /// Refuse nodes of any other cluster than this one (its id: `spacectl
+    /// cluster status`, or the `cluster-id` file of a node's data directory).
+    #[arg(long, global = true, env = "SPACERAFT_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
     /// Give up on a command after this long.
     #[arg(long, global = true, env = "SPACERAFT_COMMAND_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub command_timeout: Duration,

@@ -80,8 +80,9 @@ pub async fn save(endpoints: &Endpoints, cluster: u64, path: &Path) -> Result<(S
     let mut node_id = 0;
     let received = async {
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|status| CtlError::Unreachable(format!("snapshot stream: {}", status.message())))?;
+            let chunk = chunk.map_err(|status| {
+                CtlError::Unreachable(format!("snapshot stream: {}", crate::error::ApiError::from_status(&status)))
+            })?;
             if chunk.total_bytes > 0 {
                 progress.set_length(chunk.total_bytes);
                 node_id = chunk.node_id;

@@ -34,6 +34,11 @@ pub struct GatewayConfig {
     /// one is gone.
     #[serde(default)]
     pub peer_gateways: Vec<String>,
+    /// The id of the cluster the nodes belong to (`spacectl cluster
+    /// status`, or a node's data directory); learned from the first node
+    /// that answers when not set. A node of another cluster is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     #[serde(default)]
     pub upstream: UpstreamConfig,
     #[serde(default)]

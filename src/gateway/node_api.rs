@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use tonic::{Code, Status};
+use tonic::Status;
+
+use crate::error::ApiError;
 
 use crate::gateway::nodes::NodePool;
 use crate::pb;
@@ -20,7 +22,7 @@ pub struct NodeApi {
 }
 
 impl NodeApi {
-    fn client(&self, index: usize) -> pb::client_client::ClientClient<tonic::transport::Channel> {
+    fn client(&self, index: usize) -> pb::client_client::ClientClient<crate::wire::Stamped> {
         pb::client_client::ClientClient::new(self.pool.nodes[index].channel.clone())
             .max_decoding_message_size(512 * 1024 * 1024)
     }
@@ -73,9 +75,6 @@ impl NodeApi {
 /// Whether a failed call may be sent to another node: always for calls
 /// that are safe to repeat, else only when the node was never reached.
 fn may_try_elsewhere(status: &Status, repeatable: bool) -> bool {
-    let unreachable = matches!(status.code(), Code::Unavailable | Code::Unknown)
-        && ["tcp connect error", "connection refused", "error trying to connect", "transport error"]
-            .iter()
-            .any(|sign| status.message().contains(sign));
-    unreachable || (repeatable && matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled))
+    let kind = ApiError::from_status(status).kind;
+    kind.surely_not_applied() || (repeatable && kind.is_transient())
 }

@@ -8,11 +8,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::gateway::config::{GatewayConfig, NodeEndpoint};
+use crate::meta::directory::META_GROUP_ID;
 use crate::pb;
-use crate::placement::directory::META_GROUP_ID;
+use crate::wire::{stamped, ClusterId, Stamped};
 
 /// Applied index by space cluster.
 pub type Applied = std::collections::HashMap<u64, u64>;
@@ -32,7 +33,8 @@ pub struct NodeHealth {
 
 pub struct NodeInfo {
     pub endpoint: NodeEndpoint,
-    pub channel: Channel,
+    /// Its requests carry the cluster id once known.
+    pub channel: Stamped,
     /// 0 for this gateway's region, then by `regions_by_distance`.
     pub distance: usize,
 }
@@ -46,6 +48,9 @@ pub struct NodePool {
     /// newest last.
     applied_seen: Arc<Mutex<Vec<(Instant, Applied)>>>,
     failed_cooldown: Duration,
+    /// The cluster the nodes belong to: configured, or learned from the
+    /// first probe answered; a node of another cluster fails its probes.
+    pub cluster: ClusterId,
 }
 
 impl NodePool {
@@ -56,6 +61,11 @@ impl NodePool {
                 order.push(region.clone());
             }
         }
+        let cluster = match &config.cluster_id {
+            Some(id) if crate::wire::is_cluster_id(id) => ClusterId::known(id),
+            Some(id) => return Err(format!("cluster_id {id:?} is not a cluster id (16 hex digits)")),
+            None => ClusterId::unknown(),
+        };
         let mut nodes = Vec::new();
         for endpoint in &config.nodes {
             let channel = Endpoint::from_shared(format!("http://{}", endpoint.addr))
@@ -68,6 +78,7 @@ impl NodePool {
                 .initial_connection_window_size(Some(32 * 1024 * 1024))
                 .local_address(config.upstream.source_ip)
                 .connect_lazy();
+            let channel = stamped(channel, &cluster);
             let distance = order.iter().position(|region| *region == endpoint.region).unwrap_or(order.len());
             nodes.push(NodeInfo { endpoint: endpoint.clone(), channel, distance });
         }
@@ -77,6 +88,7 @@ impl NodePool {
             health: Arc::new(Mutex::new(health)),
             applied_seen: Arc::new(Mutex::new(Vec::new())),
             failed_cooldown: Duration::from_millis(config.upstream.failed_cooldown_ms),
+            cluster,
         })
     }
 
@@ -150,7 +162,7 @@ impl NodePool {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let probes = self.nodes.iter().map(|node| probe(node.channel.clone(), interval));
+            let probes = self.nodes.iter().map(|node| probe(node.channel.clone(), &self.cluster, interval));
             let results = futures::future::join_all(probes).await;
             let now = Instant::now();
             let mut highest = Applied::new();
@@ -186,11 +198,15 @@ impl NodePool {
 
 /// A node's applied index of each space cluster it hosts, when it answers
 /// in time and every one of those clusters knows a leader.
-async fn probe(channel: Channel, timeout: Duration) -> Option<Applied> {
+async fn probe(channel: Stamped, cluster: &ClusterId, timeout: Duration) -> Option<Applied> {
     let mut admin = pb::admin_client::AdminClient::new(channel);
     let mut request = tonic::Request::new(pb::NodeStatusRequest::default());
     request.set_timeout(timeout);
     let status = tokio::time::timeout(timeout, admin.node_status(request)).await.ok()?.ok()?.into_inner();
+    if !status.cluster_id.is_empty() && cluster.learn(&status.cluster_id) != status.cluster_id {
+        tracing::warn!(node_cluster = %status.cluster_id, cluster = ?cluster.get(), "a configured node belongs to another cluster");
+        return None;
+    }
     let mut applied = Applied::new();
     for replica in status.replicas.iter().filter(|replica| replica.cluster_id != META_GROUP_ID) {
         if replica.leader_id == 0 {
@@ -216,6 +232,7 @@ pub fn test_pool() -> NodePool {
             .collect(),
         regions_by_distance: vec!["eu-west".into(), "ap-south".into()],
         peer_gateways: Vec::new(),
+        cluster_id: None,
         upstream: Default::default(),
         clients: Default::default(),
     };

@@ -143,21 +143,27 @@ impl ErrorCode {
         }
     }
 
-    /// The code a node's gRPC status maps to.
+    /// The code a node's gRPC status maps to, by its error kind.
     pub fn from_status(status: &tonic::Status) -> ErrorCode {
-        match status.code() {
-            tonic::Code::InvalidArgument if status.message().contains("more than the limit") => ErrorCode::TooLarge,
-            tonic::Code::InvalidArgument => ErrorCode::BadRequest,
-            tonic::Code::NotFound => ErrorCode::UnknownSpace,
-            tonic::Code::PermissionDenied => ErrorCode::NotMember,
-            tonic::Code::OutOfRange => ErrorCode::Trimmed,
-            tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::Unknown
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::Aborted => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
+        use crate::error::ErrorKind;
+        match crate::error::ApiError::from_status(status).kind {
+            ErrorKind::TooLarge { .. } => ErrorCode::TooLarge,
+            ErrorKind::Invalid { .. } => ErrorCode::BadRequest,
+            ErrorKind::NotFound => ErrorCode::UnknownSpace,
+            ErrorKind::Deleted => ErrorCode::Deleted,
+            ErrorKind::NotMember | ErrorKind::PermissionDenied | ErrorKind::Unauthenticated => ErrorCode::NotMember,
+            ErrorKind::Trimmed => ErrorCode::Trimmed,
+            ErrorKind::NotLeader { .. }
+            | ErrorKind::NoQuorum
+            | ErrorKind::NotProposed
+            | ErrorKind::OutcomeUnknown
+            | ErrorKind::Unreachable
+            | ErrorKind::Moved { .. }
+            | ErrorKind::Moving
+            | ErrorKind::ResourceExhausted => ErrorCode::Unavailable,
+            ErrorKind::Exists | ErrorKind::Refused | ErrorKind::WrongCluster | ErrorKind::Internal => {
+                ErrorCode::Internal
+            }
         }
     }
 }

@@ -53,7 +53,7 @@ pub struct Session {
 type Failure = (ErrorCode, String);
 
 fn failure(status: &tonic::Status) -> Failure {
-    (ErrorCode::from_status(status), status.message().to_string())
+    (ErrorCode::from_status(status), crate::error::ApiError::from_status(status).to_string())
 }
 
 impl Session {

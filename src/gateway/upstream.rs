@@ -210,7 +210,9 @@ async fn follow_once(
             .await
         {
             Ok(Ok(response)) => response,
-            Ok(Err(status)) => return SwitchReason::ConnectFailed(status.message().to_string()),
+            Ok(Err(status)) => {
+                return SwitchReason::ConnectFailed(crate::error::ApiError::from_status(&status).to_string())
+            }
             Err(_) => return SwitchReason::ConnectFailed("timed out".into()),
         };
     let mut events = response.into_inner();
@@ -234,7 +236,7 @@ async fn follow_once(
             event = events.next() => {
                 let event = match event {
                     None => return SwitchReason::StreamEnded,
-                    Some(Err(status)) => return SwitchReason::StreamError(status.message().to_string()),
+                    Some(Err(status)) => return SwitchReason::StreamError(crate::error::ApiError::from_status(&status).to_string()),
                     Some(Ok(event)) => event,
                 };
                 last_heard = Instant::now();

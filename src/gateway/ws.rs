@@ -128,7 +128,7 @@ async fn serve_socket(state: Arc<GatewayState>, mut socket: WebSocket) {
                 Some(Ok(Message::Close(_))) | None => break true,
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
-                    if error.to_string().contains("too long") || error.to_string().contains("Space limit") {
+                    if is_over_capacity(error) {
                         client.close(CloseReason::TooBig);
                         break false;
                     }
@@ -194,4 +194,14 @@ fn frame(item: Outbound) -> Message {
         Outbound::Deliver(delivery) => Message::Text(delivery.json.clone()),
         Outbound::Event(event) => Message::Text(Utf8Bytes::from(event.to_json())),
     }
+}
+
+/// Whether a WebSocket read failed because a frame or message was over
+/// the configured size (tungstenite's capacity error).
+fn is_over_capacity(error: axum::Error) -> bool {
+    let inner = error.into_inner();
+    matches!(
+        inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+    )
 }

@@ -20,13 +20,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc;
-use tonic::Status;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
+use crate::meta::directory::META_GROUP_ID;
 use crate::node::host::Host;
+use crate::node::read::{off_runtime, wire_message};
 use crate::pb;
 use crate::pb::follow_event::Event;
-use crate::placement::directory::META_GROUP_ID;
 use crate::storage::state_machine::SpaceReader;
 
 /// Requests queued into one relay stream.
@@ -34,7 +34,7 @@ const RELAY_REQUESTS_LEN_MAX: usize = 4096;
 /// Messages read per space per step, and per batch event at most.
 const FOLLOW_READ_LEN: usize = 512;
 
-type EventSender = mpsc::Sender<Result<pb::FollowEvent, Status>>;
+type EventSender = mpsc::Sender<Result<pb::FollowEvent, ApiError>>;
 
 /// What one follow session needs to know about where it runs.
 pub struct FollowContext {
@@ -78,7 +78,7 @@ fn watching(record: crate::space::SpaceRecord, cluster: u64, next_seq: u64, resu
 /// Serves one follow stream until the gateway hangs up.
 pub async fn serve(
     context: FollowContext,
-    mut requests: impl futures::Stream<Item = Result<pb::FollowRequest, Status>> + Unpin + Send,
+    mut requests: impl futures::Stream<Item = Result<pb::FollowRequest, ApiError>> + Unpin + Send,
     sender: EventSender,
 ) {
     let mut applied = context.host.applied_any();
@@ -198,10 +198,10 @@ enum Start {
 async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::FollowEvent> {
     let cluster = match host.placement_fresh(&watch.space).await {
         Ok(placement) => placement.cluster,
-        Err(ApiError::UnknownSpace { .. }) if host.is_deleted(&watch.space).await.unwrap_or(false) => {
+        Err(error) if error.kind == ErrorKind::NotFound && host.is_deleted(&watch.space).await.unwrap_or(false) => {
             return Err(ended(&watch.space, "deleted", "the space was deleted", 0))
         }
-        Err(ApiError::UnknownSpace { .. }) => {
+        Err(error) if error.kind == ErrorKind::NotFound => {
             return Err(ended(&watch.space, "unknown_space", "space does not exist", 0))
         }
         Err(error) => return Err(ended(&watch.space, "unavailable", &error.to_string(), 0)),
@@ -210,7 +210,7 @@ async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::Follow
         Ok(Some(group)) => {
             // Waits for a space created a moment ago to reach this replica.
             if let Err(error) = host.space_record(&group, &watch.space).await {
-                let code = if matches!(error, ApiError::UnknownSpace { .. }) { "unknown_space" } else { "unavailable" };
+                let code = if error.kind == ErrorKind::NotFound { "unknown_space" } else { "unavailable" };
                 return Err(ended(&watch.space, code, &error.to_string(), 0));
             }
             group.reader.clone()
@@ -220,7 +220,7 @@ async fn start_watch(host: &Host, watch: &pb::Watch) -> Result<Start, pb::Follow
     };
     let record = {
         let (reader, space) = (reader.clone(), watch.space.clone());
-        off_runtime(move || reader.space(&space)).await
+        off_runtime(move || Ok(reader.space(&space)?)).await
     };
     let record = match record {
         Ok(Some(record)) => record,
@@ -261,8 +261,10 @@ impl Relays {
             .cluster_addrs(cluster)
             .await
             .map_err(|error| ended(&space, "unavailable", &error.to_string(), 0))?;
-        let (_, addr) =
-            voters.first().cloned().ok_or_else(|| ended(&space, "unavailable", "the cluster has no voter", 0))?;
+        let addr = voters
+            .first()
+            .map(|voter| voter.addr.clone())
+            .ok_or_else(|| ended(&space, "unavailable", "the cluster has no voter", 0))?;
         let stream = match self.streams.get(&addr) {
             Some(stream) if !stream.is_closed() => stream.clone(),
             _ => {
@@ -476,7 +478,7 @@ fn read_step(wanted: Vec<(String, u64, SpaceReader, u64)>) -> Vec<(String, Step)
             continue;
         }
         if next_seq < record.first_seq {
-            let message = ApiError::Trimmed { space: space.clone(), from_seq: next_seq, first_seq: record.first_seq };
+            let message = ApiError::trimmed(&space, next_seq, record.first_seq);
             let event = ended(&space, "trimmed", &message.to_string(), record.first_seq);
             steps.push((space, Step::Ended(event)));
             continue;
@@ -486,6 +488,7 @@ fn read_step(wanted: Vec<(String, u64, SpaceReader, u64)>) -> Vec<(String, Step)
                 // A full read may have left more behind: read again now. A
                 // short read before last_seq is a gap: wait for the next apply.
                 let full = messages.len() == FOLLOW_READ_LEN;
+                let messages = messages.into_iter().map(|message| wire_message(&space, message)).collect();
                 steps.push((space, Step::Messages(messages, full)));
             }
             Err(error) => {
@@ -495,10 +498,4 @@ fn read_step(wanted: Vec<(String, u64, SpaceReader, u64)>) -> Vec<(String, Step)
         }
     }
     steps
-}
-
-async fn off_runtime<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(read).await.map_err(|e| ApiError::Internal(format!("read task failed: {e}")))?
 }

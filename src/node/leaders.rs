@@ -20,9 +20,9 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use crate::config::NodeId;
-use crate::node::group::since_start_ms;
+use crate::meta::directory::{Directory, META_GROUP_ID};
 use crate::node::host::Host;
-use crate::placement::directory::{Directory, META_GROUP_ID};
+use crate::raft::group::since_start_ms;
 
 /// How soon a drained node tries again to hand over a leadership.
 const DRAINED_RETRY_MS: u64 = 1_000;

@@ -1,15 +1,34 @@
 //! A node: one `spaceraft node` process in one region. It hosts replicas of
-//! space clusters ([`group`]), serves the client, admin and Raft gRPC
-//! services, and batches posts into Raft entries when it leads
-//! ([`proposer`]). [`server`] wires it all together and runs it.
+//! space clusters and serves the requests the front door ([`crate::api`])
+//! hands it. Organised by operation:
+//! - [`host`]: what a node's groups share, and [`life`] of the groups;
+//! - [`router`] (pure) and [`runner`]: where every request goes next;
+//! - [`write`], [`read`], [`commands`], [`lookup`]: the message path and the
+//!   directory reads and writes under it;
+//! - [`spaces`], [`moves`], [`members`], [`operate`], [`snapshot`],
+//!   [`status`], [`gateways`]: administration and what operators read;
+//! - [`follow`]: gateways' follow streams; [`leaders`], [`quiesce`],
+//!   [`detector`]: leader placement, idle groups, the failure detector;
+//! - [`identity`]: which cluster the node belongs to; [`server`]: wiring.
 
-pub mod admin_service;
-pub mod client_service;
+pub mod commands;
 pub mod detector;
 pub mod follow;
-pub mod group;
+pub mod gateways;
 pub mod host;
+pub mod identity;
 pub mod leaders;
-pub mod proposer;
+pub mod life;
+pub mod lookup;
+pub mod members;
+pub mod moves;
+pub mod operate;
 pub mod quiesce;
+pub mod read;
+pub mod router;
+pub mod runner;
 pub mod server;
+pub mod snapshot;
+pub mod spaces;
+pub mod status;
+pub mod write;

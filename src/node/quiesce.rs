@@ -7,7 +7,7 @@
 //! - a **leader** keeps ticking (heartbeats carry the commit index to
 //!   followers) until its log has not grown for `groups.quiesce_after_ms`
 //!   and every voter on a live node has matched its last entry; a write wakes
-//!   it at once ([`crate::node::group::Group::wake`]);
+//!   it at once ([`crate::raft::group::Group::wake`]);
 //! - a **follower** needs no timer while its leader's node is up: the
 //!   failure detector ([`crate::node::detector`], one ping per node pair)
 //!   stands in for all the groups' election timers. When the detector takes
@@ -30,10 +30,10 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use crate::config::NodeId;
-use crate::node::group::{since_start_ms, Group};
+use crate::meta::directory::Directory;
 use crate::node::host::Host;
 use crate::pb;
-use crate::placement::directory::Directory;
+use crate::raft::group::{since_start_ms, Group};
 
 /// What the quiescer remembers of a group between looks.
 struct Seen {

@@ -12,16 +12,14 @@ use openraft::SnapshotPolicy;
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use crate::node::admin_service::AdminService;
-use crate::node::client_service::ClientService;
+use crate::meta::directory::{Directory, MetaCommand, NodeEntry, META_GROUP_ID};
 use crate::node::host::Host;
 use crate::node::{leaders, quiesce};
 use crate::pb;
-use crate::placement::directory::{Directory, MetaCommand, NodeEntry, META_GROUP_ID};
-use crate::raft::service::RaftService;
 use crate::raft::types::{NodeAddr, Raft};
 use crate::storage::data_dir::DataDir;
 use crate::storage::{flusher, LogEngine};
+use crate::wire::ClusterId;
 
 /// Bound on one Raft message (an AppendEntries batch, a snapshot chunk):
 /// `raft.append_entries_len_max` entries of at most
@@ -127,8 +125,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
 
+    let cluster = cluster_identity(&data_dir.root, config.bootstrap).await?;
     let raft_config = Arc::new(openraft_config(&config.raft)?);
-    let host = Arc::new(Host::new(config.clone(), db.clone(), engine, data_dir, raft_config));
+    let host = Arc::new(Host::new(config.clone(), db.clone(), engine, data_dir, raft_config, cluster));
     let meta = host.start_group(META_GROUP_ID).await?;
     if config.bootstrap {
         bootstrap(&meta.raft, &config).await?;
@@ -165,11 +164,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::client_server::ClientServer<ClientService>>().await;
-    let client_service = ClientService { host: host.clone(), config: config.clone() };
-    let admin_service = AdminService { host: host.clone(), config: config.clone() };
-    let raft_service = RaftService { node_id: config.node_id, groups: host.groups.clone() };
+    health_reporter.set_serving::<pb::client_server::ClientServer<crate::api::client::ClientApi>>().await;
     let message_bytes_max = config.limits.body_bytes_max * 4 + 64 * 1024;
+    let services = crate::api::services(&host, message_bytes_max, RAFT_MESSAGE_BYTES_MAX);
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(config.network.http2_stream_window_bytes)
@@ -177,13 +174,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
-        .add_service(pb::client_server::ClientServer::new(client_service).max_decoding_message_size(message_bytes_max))
-        .add_service(pb::admin_server::AdminServer::new(admin_service))
-        .add_service(
-            pb::raft_server::RaftServer::new(raft_service)
-                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
-        );
+        .add_service(services.client)
+        .add_service(services.admin)
+        .add_service(services.raft);
     // Our own listener (bound early, so a busy port fails start), with
     // Nagle off: a Raft reply delayed 40 ms by Nagle and delayed ACKs would
     // stall every commit.
@@ -268,38 +261,35 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
 }
 
 /// A node started after bootstrap, not among the bootstrap peers: asks the
-/// peers (the meta leader, found through them) to register it and make it a
-/// learner of the meta cluster, retrying until one does.
+/// peers to register it and make it a learner of the meta cluster (a peer
+/// passes the request on to the meta leader), retrying until one does; it
+/// keeps the id of the cluster it joined.
 async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     let config = host.config.clone();
     let me = config.advertise_addr().to_string();
-    let mut targets: Vec<String> =
-        config.peers.iter().map(|peer| peer.addr.clone()).filter(|addr| *addr != me).collect();
+    let targets: Vec<String> = config.peers.iter().map(|peer| peer.addr.clone()).filter(|addr| *addr != me).collect();
     let mut pause = Duration::from_millis(200);
     loop {
-        let mut hinted = Vec::new();
         for addr in &targets {
-            let Ok(channel) = host.peers.channel(addr) else { continue };
+            let Ok(mut client) = host.admin_stub(addr) else { continue };
             let request =
                 pb::JoinRequest { node_id: config.node_id, region: config.region.clone(), grpc_addr: me.clone() };
-            match pb::admin_client::AdminClient::new(channel).join(request).await {
-                Ok(_) => {
-                    tracing::info!(through = %addr, "joined the cluster: registered, following the directory");
+            match client.join(request).await {
+                Ok(reply) => {
+                    let cluster_id = reply.into_inner().cluster_id;
+                    if crate::wire::is_cluster_id(&cluster_id) {
+                        if let Err(error) = host.learn_cluster_id(&cluster_id).await {
+                            tracing::warn!(%error, "cannot keep the id of the cluster joined");
+                            continue;
+                        }
+                    }
+                    tracing::info!(through = %addr, cluster_id, "joined the cluster: registered, following the directory");
                     return;
                 }
                 Err(status) => {
-                    if let Some(leader) = status.metadata().get(crate::error::LEADER_HINT_METADATA) {
-                        if let Ok(leader) = leader.to_str() {
-                            hinted.push(leader.to_string());
-                        }
-                    }
-                    tracing::debug!(%status, peer = %addr, "join not taken yet");
+                    let error = crate::error::ApiError::from_status(&status);
+                    tracing::debug!(%error, kind = %error.kind, peer = %addr, "join not taken yet");
                 }
-            }
-        }
-        for leader in hinted {
-            if !targets.contains(&leader) {
-                targets.insert(0, leader);
             }
         }
         tokio::select! {
@@ -308,6 +298,27 @@ async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The cluster this node belongs to: kept in its data directory; made now
+/// by a bootstrap node that has none; unknown (learned from its peers) for
+/// any other node started without one.
+async fn cluster_identity(root: &std::path::Path, bootstrap: bool) -> anyhow::Result<ClusterId> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<ClusterId> {
+        if let Some(id) = crate::wire::read_cluster_id(&root)? {
+            return Ok(ClusterId::known(&id));
+        }
+        if !bootstrap {
+            return Ok(ClusterId::unknown());
+        }
+        let id = crate::wire::new_cluster_id();
+        crate::wire::write_cluster_id(&root, &id)
+            .with_context(|| format!("cannot keep the cluster id in {}", root.display()))?;
+        tracing::info!(cluster_id = %id, "made a new cluster id");
+        Ok(ClusterId::known(&id))
+    })
+    .await?
 }
 
 /// Registers the configured peers in the directory and makes the first

@@ -2,11 +2,9 @@
 //! attribute data rather than a hash of its name (see the design's
 //! "Placement" section).
 //!
-//! - [`policy`]: the decision itself, pure and deterministic.
-//! - [`directory`]: the meta cluster's record of nodes, space clusters and
-//!   placements, and its apply logic.
+//! - [`policy`]: the decision itself, pure and deterministic, over what the
+//!   meta cluster's directory records ([`crate::meta`]).
 
-pub mod directory;
 pub mod policy;
 
 pub use policy::{place, ClusterLoad, OverlapThreshold, Placement, PlacementConfig, Reason, SpaceProfile};

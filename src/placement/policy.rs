@@ -25,77 +25,13 @@
 //! is created. Without that headroom, early clusters fill with a mix of every
 //! org and placement is no better than a hash.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::{Deserialize, Serialize};
 
-/// What placement knows of a space.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpaceProfile {
-    pub name: String,
-    pub org: Option<String>,
-    pub members: BTreeSet<String>,
-    /// Posts and reactions a minute (expected, or measured).
-    pub activity_per_min: f64,
-}
+pub use crate::meta::load::{ClusterLoad, Reason, SpaceProfile};
 
-/// What placement knows of a space cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterLoad {
-    pub id: u64,
-    pub spaces: u64,
-    pub activity_per_min: f64,
-    /// Spaces per org.
-    pub orgs: BTreeMap<String, u64>,
-    /// Spaces per member.
-    pub members: BTreeMap<String, u64>,
-}
-
-impl ClusterLoad {
-    pub fn new(id: u64) -> ClusterLoad {
-        ClusterLoad { id, ..ClusterLoad::default() }
-    }
-
-    /// Counts `space` as placed here.
-    pub fn add(&mut self, space: &SpaceProfile) {
-        self.spaces += 1;
-        self.activity_per_min += space.activity_per_min;
-        if let Some(org) = &space.org {
-            *self.orgs.entry(org.clone()).or_default() += 1;
-        }
-        for member in &space.members {
-            *self.members.entry(member.clone()).or_default() += 1;
-        }
-    }
-
-    /// Stops counting `space` here (it moved away).
-    pub fn remove(&mut self, space: &SpaceProfile) {
-        self.spaces = self.spaces.saturating_sub(1);
-        self.activity_per_min = (self.activity_per_min - space.activity_per_min).max(0.0);
-        let drop_count = |map: &mut BTreeMap<String, u64>, key: &String| {
-            if let Some(count) = map.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    map.remove(key);
-                }
-            }
-        };
-        if let Some(org) = &space.org {
-            drop_count(&mut self.orgs, org);
-        }
-        for member in &space.members {
-            drop_count(&mut self.members, member);
-        }
-    }
-
-    /// Members of `space` that already have a space here.
-    pub fn shared_members(&self, space: &SpaceProfile) -> usize {
-        space.members.iter().filter(|member| self.members.contains_key(*member)).count()
-    }
-
-    fn has_room_for(&self, space: &SpaceProfile, config: &PlacementConfig) -> bool {
-        self.spaces < config.spaces_max && self.activity_per_min + space.activity_per_min <= config.activity_max_per_min
-    }
+/// Whether `load` can take `space` within the configured bounds.
+fn has_room_for(load: &ClusterLoad, space: &SpaceProfile, config: &PlacementConfig) -> bool {
+    load.spaces < config.spaces_max && load.activity_per_min + space.activity_per_min <= config.activity_max_per_min
 }
 
 /// When two member sets overlap enough to be placed together.
@@ -142,26 +78,6 @@ impl Default for PlacementConfig {
     }
 }
 
-/// Why a cluster was chosen; shown to operators and stored in the
-/// directory (externally tagged: the directory's binary encoding cannot
-/// read internally tagged enums).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// The cluster holds other spaces of the org.
-    SameOrg { org: String, shared_members: usize },
-    /// The cluster's members cover the space's above the threshold.
-    MemberOverlap { shared_members: usize },
-    /// A hot space, sent to the least active cluster with affinity.
-    HotSpread { shared_members: usize },
-    /// No affinity anywhere: the least loaded cluster with headroom.
-    LeastLoaded,
-    /// Every cluster is full.
-    NoCapacity,
-    /// No affinity anywhere, and every cluster is past `new_affinity_fill`.
-    NoHeadroom,
-}
-
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,7 +88,8 @@ pub enum Placement {
 
 /// Chooses the cluster for `space` among `clusters`.
 pub fn place(space: &SpaceProfile, clusters: &[ClusterLoad], config: &PlacementConfig) -> Placement {
-    let candidates: Vec<&ClusterLoad> = clusters.iter().filter(|cluster| cluster.has_room_for(space, config)).collect();
+    let candidates: Vec<&ClusterLoad> =
+        clusters.iter().filter(|cluster| has_room_for(cluster, space, config)).collect();
     if candidates.is_empty() {
         return Placement::NewCluster { reason: Reason::NoCapacity };
     }
@@ -361,11 +278,11 @@ mod tests {
                     prop_assert!(cluster.activity_per_min + space.activity_per_min <= config.activity_max_per_min);
                 }
                 Placement::NewCluster { reason: Reason::NoCapacity } => {
-                    prop_assert!(clusters.iter().all(|c| !c.has_room_for(&space, &config)));
+                    prop_assert!(clusters.iter().all(|c| !has_room_for(c, &space, &config)));
                 }
                 Placement::NewCluster { reason } => {
                     prop_assert_eq!(reason, Reason::NoHeadroom);
-                    for c in clusters.iter().filter(|c| c.has_room_for(&space, &config)) {
+                    for c in clusters.iter().filter(|c| has_room_for(c, &space, &config)) {
                         prop_assert!(c.spaces * 100 >= config.new_affinity_fill as u64 * config.spaces_max);
                         prop_assert!(!space.org.as_ref().is_some_and(|org| c.orgs.contains_key(org)));
                         prop_assert!(!config.overlap.met(c.shared_members(&space), space.members.len()));
@@ -382,7 +299,7 @@ mod tests {
             if let Placement::Existing { cluster, reason } = &placement {
                 let chosen = clusters.iter().find(|c| c.id == *cluster).expect("an existing cluster");
                 if let Some(org) = &space.org {
-                    let org_has_room = clusters.iter().any(|c| c.orgs.contains_key(org) && c.has_room_for(&space, &config));
+                    let org_has_room = clusters.iter().any(|c| c.orgs.contains_key(org) && has_room_for(c, &space, &config));
                     if org_has_room {
                         prop_assert!(chosen.orgs.contains_key(org), "{placement:?}");
                     }

@@ -1,11 +1,18 @@
-//! Raft: the openraft type configuration and the gRPC transport between
-//! nodes. One connection per peer node carries every group's traffic; every
-//! request names its group.
+//! Raft: the groups a node hosts ([`group`]: the registry, each group's
+//! openraft instance and state reader), the proposer that batches posts into
+//! entries ([`proposer`]), and the sending side of the transport between
+//! nodes ([`network`]): one connection per peer node carries every group's
+//! traffic; every request names its group and its cluster. The openraft
+//! type configuration is the storage layer's ([`types`]), since the log and
+//! the state machine store its entries; the receiving side of the transport
+//! is a service of the front door ([`crate::api`]).
 
+pub mod group;
 pub mod network;
-pub mod service;
-pub mod types;
+pub mod proposer;
 
+pub use crate::storage::types;
+pub use group::{Group, Groups};
 pub use types::{NodeAddr, Raft, TypeConfig};
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};

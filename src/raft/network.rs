@@ -17,13 +17,14 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::config::{NetworkConfig, NodeId};
 use crate::pb;
 use crate::pb::raft_client::RaftClient;
 use crate::raft::types::{NodeAddr, Snapshot, TypeConfig, Vote};
 use crate::storage::SnapshotFile;
+use crate::wire::{stamped, ClusterId, Stamped};
 
 /// Snapshot bytes per gRPC message.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -32,12 +33,14 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// by request forwarding.
 #[derive(Clone)]
 pub struct PeerChannels {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
     /// Per address: consecutive failed replication calls, and when the last
     /// one failed. Shared by every group, so a dead node is retried a few
     /// times a second in all, not by each of thousands of groups at once.
     failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
     config: NetworkConfig,
+    /// Stamped on every request sent: peers refuse another cluster's.
+    cluster: ClusterId,
 }
 
 /// The first and the longest pause before a replication call to a peer
@@ -46,8 +49,8 @@ const PEER_RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
 const PEER_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl PeerChannels {
-    pub fn new(config: NetworkConfig) -> PeerChannels {
-        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), failures: Arc::default(), config }
+    pub fn new(config: NetworkConfig, cluster: ClusterId) -> PeerChannels {
+        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), failures: Arc::default(), config, cluster }
     }
 
     /// Waits before calling a peer whose last calls failed: the pause doubles
@@ -75,14 +78,18 @@ impl PeerChannels {
         }
     }
 
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// The shared channel to `addr`, its requests stamped with the cluster id.
+    pub fn channel(&self, addr: &str) -> Result<Stamped, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channel map lock");
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let channel = endpoint(addr, &self.config)?.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = endpoint(addr, &self.config)?.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(stamped(channel, &self.cluster))
     }
 }
 
@@ -142,7 +149,7 @@ pub struct PeerClient {
     self_addr: String,
     target: NodeId,
     /// Err holds why the peer's address is unusable.
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<Stamped>, String>,
     pipeline_len_max: usize,
     channels: PeerChannels,
     target_addr: String,
@@ -177,7 +184,7 @@ impl PeerClient {
         request(self.group_id, self.self_id, &self.self_addr, self.target, payload)
     }
 
-    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<RaftClient<Stamped>, RPCError<TypeConfig>> {
         self.client.clone().map_err(unreachable)
     }
 }

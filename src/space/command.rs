@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::record::{MessageBlock, SpaceRecord};
-use crate::placement::directory::{MetaCommand, MetaError, MetaOutcome};
+use crate::meta::directory::{MetaCommand, MetaError, MetaOutcome};
 
 /// One Raft entry's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,20 +17,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use super::command::{ApplyError, Command, CommandResult, PostCommand, PostOutcome};
 use super::record::{self, MessageBlock, MessageRecord, SpaceRecord, BLOCK_BYTES_MAX, BLOCK_MESSAGES_MAX};
 
-/// Read access to the committed state the overlay sits on.
-pub trait KvRead {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
-    /// The keys in `start..=end`, in order.
-    fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>>;
-}
+pub use crate::kv::KvRead;
 
-impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
+impl<R: KvRead> crate::kv::Staging for Overlay<'_, R> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        BTreeMap::get(self, key).cloned()
+        Overlay::get(self, key)
     }
 
-    fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
-        self.range(start.to_vec()..=end.to_vec()).map(|(key, _)| key.clone()).collect()
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        Overlay::insert(self, key, value)
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        Overlay::remove(self, key)
     }
 }
 
@@ -288,7 +287,7 @@ impl SpaceMachine {
                 let results = posts.iter().map(|post| Self::post(overlay, dedup, log_index, post)).collect();
                 CommandResult::Posts(results)
             }
-            Command::Meta(meta) => CommandResult::Meta(crate::placement::directory::apply(overlay, meta)),
+            Command::Meta(meta) => CommandResult::Meta(crate::meta::directory::apply(overlay, meta)),
             Command::SealSpace { name, to } => CommandResult::Sealed(Self::seal(overlay, name, *to)),
             Command::ImportSpace { record, blocks, first, last } => {
                 CommandResult::Imported(Self::import(overlay, dedup, record, blocks, *first, *last))

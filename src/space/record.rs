@@ -51,6 +51,13 @@ pub struct MessageRecord {
     pub log_index: u64,
 }
 
+/// A stored message with its seq, as readers get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqMessage {
+    pub seq: u64,
+    pub record: MessageRecord,
+}
+
 /// A block of consecutive messages of one space, stored under the key of its
 /// first seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,13 +123,7 @@ pub fn seq_of_message_key(space: &str, key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(seq_bytes))
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("records serialize into memory")
-}
-
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
-    postcard::from_bytes(bytes)
-}
+pub use crate::kv::{decode, encode};
 
 #[cfg(test)]
 mod tests {

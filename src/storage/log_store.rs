@@ -22,7 +22,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::RaftLogReader;
 
-use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
+use crate::storage::types::{Entry, LogId, TypeConfig, Vote};
 
 const TAG_VOTE: u8 = b'v';
 const TAG_COMMITTED: u8 = b'c';

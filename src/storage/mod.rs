@@ -7,6 +7,7 @@
 //! - [`snapshot_file`]: the checksummed snapshot file format.
 //! - [`flusher`]: the one task that writes sled out, off the async runtime.
 //! - [`data_dir`]: the layout and identity of a node's data directory.
+//! - [`types`]: the openraft type configuration: what the log stores.
 //!
 //! Durability: a post is acknowledged only after its entry is fsynced in the
 //! logs of a quorum. sled is written out by the flusher; if its last pages
@@ -18,7 +19,8 @@ pub mod flusher;
 pub mod log_store;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod types;
 
 pub use log_store::{LogEngine, LogStore};
 pub use snapshot_file::SnapshotFile;
-pub use state_machine::{SpaceReader, SpaceStateMachine};
+pub use state_machine::{SpaceReader, SpaceStateMachine, StorageError};

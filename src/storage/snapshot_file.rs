@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::types::SnapshotMeta;
+use crate::storage::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"SPRSNAP1";
 /// Bound on one frame, so a corrupt length cannot make a reader allocate

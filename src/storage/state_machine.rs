@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::snapshot_file::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
-use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::space::record::SeqMessage;
 use crate::space::{record, CommandResult, DedupIndex, KvRead, Overlay, SpaceMachine};
+use crate::storage::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Keys outside the space data (see [`crate::space::record`]) start with `_`.
 const APPLIED_KEY: &[u8] = b"_applied";
@@ -155,16 +156,6 @@ impl SpaceStateMachine {
         Ok(None)
     }
 
-    fn remove_snapshots_except(&self, keep: &Path) {
-        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path != keep && path.extension().is_some_and(|ext| ext == "bin" || ext == "tmp") {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-
     /// Replaces the tree's content with the snapshot's, off the runtime.
     async fn restore_from(&mut self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
         let tree = self.tree.clone();
@@ -172,7 +163,7 @@ impl SpaceStateMachine {
         let path = path.to_path_buf();
         let state = AppliedState { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         let state_bytes = postcard::to_stdvec(&state).map_err(io::Error::other)?;
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let dedup = tokio::task::spawn_blocking(move || -> io::Result<DedupIndex> {
             // Check the whole file before touching the tree.
             snapshot_file::verify(&path)?;
             tree.insert(RESTORING_KEY, b"1".as_slice()).map_err(sled_error)?;
@@ -198,27 +189,13 @@ impl SpaceStateMachine {
             batch.remove(RESTORING_KEY);
             tree.apply_batch(batch).map_err(sled_error)?;
             db.flush().map_err(sled_error)?;
-            Ok(())
+            rebuild_dedup_index(&tree)
         })
         .await
         .map_err(io::Error::other)??;
         self.state = state;
-        self.dedup = rebuild_dedup_index(&self.tree)?;
+        self.dedup = dedup;
         self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
-        Ok(())
-    }
-
-    fn record_pre_images(&self, writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> io::Result<()> {
-        let mut guard = self.pre_images.lock().expect("pre-image lock");
-        let Some(pre_images) = guard.as_mut() else {
-            return Ok(());
-        };
-        for key in writes.keys() {
-            if !pre_images.contains_key(key) {
-                let before = self.tree.get(key).map_err(sled_error)?.map(|v| v.to_vec());
-                pre_images.insert(key.clone(), before);
-            }
-        }
         Ok(())
     }
 }
@@ -235,43 +212,32 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let mut answers = Vec::new();
-        let mut next_state = self.state.clone();
-        let writes = {
-            let mut overlay = Overlay::new(&self.tree);
-            while let Some((entry, responder)) = entries.try_next().await? {
-                let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult::None,
-                    EntryPayload::Normal(command) => {
-                        SpaceMachine::apply(&mut overlay, &mut self.dedup, entry.log_id.index, command)
-                    }
-                    EntryPayload::Membership(membership) => {
-                        next_state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-                        CommandResult::None
-                    }
-                };
-                debug_assert!(next_state.last_applied.is_none_or(|last| last.index < entry.log_id.index));
-                next_state.last_applied = Some(entry.log_id);
-                answers.push((responder, result));
-            }
-            overlay.into_writes()
-        };
-        if answers.is_empty() {
+        let mut batch_entries = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch_entries.push(entry);
+            responders.push(responder);
+        }
+        if batch_entries.is_empty() {
             return Ok(());
         }
-        self.record_pre_images(&writes)?;
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch.insert(APPLIED_KEY, postcard::to_stdvec(&next_state).map_err(io::Error::other)?);
-        self.tree.apply_batch(batch).map_err(sled_error)?;
+        // Apply reads and writes sled, which may wait on the disk: the whole
+        // batch runs on a blocking thread, never on the async runtime.
+        let tree = self.tree.clone();
+        let pre_images = self.pre_images.clone();
+        let mut dedup = std::mem::take(&mut self.dedup);
+        let state = self.state.clone();
+        let (dedup, next_state, results) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let (next_state, results) = apply_batch(&tree, &pre_images, &mut dedup, state, &batch_entries)?;
+            Ok((dedup, next_state, results))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.dedup = dedup;
         self.state = next_state;
         self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
-        for (responder, result) in answers {
+        debug_assert_eq!(results.len(), responders.len());
+        for (responder, result) in responders.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -314,11 +280,17 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         let _guard = self.snapshot_lock.clone().lock_owned().await;
         let final_path = self.snapshot_path(meta);
         if snapshot.path != final_path {
-            std::fs::rename(&snapshot.path, &final_path)?;
-            snapshot_file::sync_dir(&self.snapshot_dir)?;
+            let (from, to, dir) = (snapshot.path.clone(), final_path.clone(), self.snapshot_dir.clone());
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                std::fs::rename(&from, &to)?;
+                snapshot_file::sync_dir(&dir)
+            })
+            .await
+            .map_err(io::Error::other)??;
         }
         self.restore_from(&final_path, meta).await?;
-        self.remove_snapshots_except(&final_path);
+        let (dir, keep) = (self.snapshot_dir.clone(), final_path.clone());
+        let _ = tokio::task::spawn_blocking(move || remove_snapshots_except(&dir, &keep)).await;
         tracing::info!(group_id = self.group_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
     }
@@ -487,27 +459,25 @@ impl KvRead for sled::Tree {
 }
 
 impl SpaceReader {
-    pub fn space(&self, name: &str) -> Result<Option<crate::space::SpaceRecord>, crate::error::ApiError> {
+    pub fn space(&self, name: &str) -> Result<Option<crate::space::SpaceRecord>, StorageError> {
         let Some(bytes) = self.tree.get(record::space_key(name)).map_err(read_error)? else {
             return Ok(None);
         };
-        record::decode(&bytes)
-            .map(Some)
-            .map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))
+        record::decode(&bytes).map(Some).map_err(|e| StorageError::Corrupt { what: "space record", why: e.to_string() })
     }
 
     /// Whether a space of this name was deleted in this cluster.
-    pub fn is_deleted(&self, name: &str) -> Result<bool, crate::error::ApiError> {
+    pub fn is_deleted(&self, name: &str) -> Result<bool, StorageError> {
         Ok(self.tree.get(record::deleted_key(name)).map_err(read_error)?.is_some())
     }
 
     /// Every space record, in name order.
-    pub fn spaces(&self) -> Result<Vec<crate::space::SpaceRecord>, crate::error::ApiError> {
+    pub fn spaces(&self) -> Result<Vec<crate::space::SpaceRecord>, StorageError> {
         let mut spaces = Vec::new();
         for item in self.tree.scan_prefix([record::SPACE_PREFIX]) {
             let (_, value) = item.map_err(read_error)?;
             let space = record::decode(&value)
-                .map_err(|e| crate::error::ApiError::Internal(format!("corrupt space record: {e}")))?;
+                .map_err(|e| StorageError::Corrupt { what: "space record", why: e.to_string() })?;
             spaces.push(space);
         }
         Ok(spaces)
@@ -522,14 +492,14 @@ impl SpaceReader {
         from_seq: u64,
         last_seq: u64,
         limit: usize,
-    ) -> Result<Vec<crate::pb::Message>, crate::error::ApiError> {
+    ) -> Result<Vec<SeqMessage>, StorageError> {
         let mut messages = Vec::new();
         if from_seq > last_seq || limit == 0 {
             return Ok(messages);
         }
         let mut expected = from_seq;
         'blocks: for block in blocks_from(&self.tree, space, from_seq, last_seq) {
-            let block = block.map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
+            let block = block.map_err(|e| StorageError::Corrupt { what: "message block", why: e.to_string() })?;
             if block.first_seq > expected || block.end_seq() <= expected {
                 // A gap (trimmed, or a restore in progress): stop before it.
                 break;
@@ -537,14 +507,7 @@ impl SpaceReader {
             let block_from = expected;
             for seq in block_from..block.end_seq().min(last_seq + 1) {
                 let message = block.get(seq).expect("seq within block");
-                messages.push(crate::pb::Message {
-                    space: space.to_string(),
-                    seq,
-                    author: message.author.clone(),
-                    body: message.body.clone(),
-                    idempotency_key: message.idempotency_key.clone(),
-                    log_index: message.log_index,
-                });
+                messages.push(SeqMessage { seq, record: message.clone() });
                 expected = seq + 1;
                 if messages.len() >= limit {
                     break 'blocks;
@@ -556,10 +519,10 @@ impl SpaceReader {
 
     /// Every stored message block of `space` holding seqs up to `last_seq`,
     /// in order.
-    pub fn blocks(&self, space: &str, last_seq: u64) -> Result<Vec<record::MessageBlock>, crate::error::ApiError> {
+    pub fn blocks(&self, space: &str, last_seq: u64) -> Result<Vec<record::MessageBlock>, StorageError> {
         blocks_from(&self.tree, space, 0, last_seq)
             .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))
+            .map_err(|e| StorageError::Corrupt { what: "message block", why: e.to_string() })
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -567,6 +530,87 @@ impl SpaceReader {
     }
 }
 
-fn read_error(error: sled::Error) -> crate::error::ApiError {
-    crate::error::ApiError::Internal(format!("state machine read failed: {error}"))
+/// Applies `entries` onto `tree` in one sled batch, with the applied state:
+/// a replica's state is always the result of applying a prefix of the log.
+/// Answers the new applied state and each entry's result. Blocking.
+fn apply_batch(
+    tree: &sled::Tree,
+    pre_images: &PreImages,
+    dedup: &mut DedupIndex,
+    mut next_state: AppliedState,
+    entries: &[Entry],
+) -> io::Result<(AppliedState, Vec<CommandResult>)> {
+    let mut results = Vec::with_capacity(entries.len());
+    let writes = {
+        let mut overlay = Overlay::new(tree);
+        for entry in entries {
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(command) => SpaceMachine::apply(&mut overlay, dedup, entry.log_id.index, command),
+                EntryPayload::Membership(membership) => {
+                    next_state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    CommandResult::None
+                }
+            };
+            debug_assert!(next_state.last_applied.is_none_or(|last| last.index < entry.log_id.index));
+            next_state.last_applied = Some(entry.log_id);
+            results.push(result);
+        }
+        overlay.into_writes()
+    };
+    record_pre_images(tree, pre_images, &writes)?;
+    let mut batch = sled::Batch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    batch.insert(APPLIED_KEY, postcard::to_stdvec(&next_state).map_err(io::Error::other)?);
+    tree.apply_batch(batch).map_err(sled_error)?;
+    Ok((next_state, results))
+}
+
+/// Removes every snapshot file of `snapshot_dir` but `keep`. Blocking.
+fn remove_snapshots_except(snapshot_dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(snapshot_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != keep && path.extension().is_some_and(|ext| ext == "bin" || ext == "tmp") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// While a snapshot is being built, keeps the value each written key had
+/// before the build began, so the builder sees the tree as of its start.
+fn record_pre_images(
+    tree: &sled::Tree,
+    pre_images: &PreImages,
+    writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> io::Result<()> {
+    let mut guard = pre_images.lock().expect("pre-image lock");
+    let Some(pre_images) = guard.as_mut() else {
+        return Ok(());
+    };
+    for key in writes.keys() {
+        if !pre_images.contains_key(key) {
+            let before = tree.get(key).map_err(sled_error)?.map(|v| v.to_vec());
+            pre_images.insert(key.clone(), before);
+        }
+    }
+    Ok(())
+}
+
+fn read_error(error: sled::Error) -> StorageError {
+    StorageError::Read(error)
+}
+
+/// Why a read of a replica's applied state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("state machine read failed: {0}")]
+    Read(sled::Error),
+    #[error("corrupt {what} in the state machine: {why}")]
+    Corrupt { what: &'static str, why: String },
 }

@@ -362,3 +362,10 @@ pub async fn create_space(cluster: &TestCluster, node: u64, name: &str, members:
 pub fn space_replica(status: &pb::NodeStatusResponse) -> Option<&pb::ReplicaStatus> {
     status.replicas.iter().find(|replica| replica.cluster_id == spaceraft::config::DEFAULT_CLUSTER_ID)
 }
+
+/// The cluster's id, as the bootstrap node keeps it in its data directory.
+pub fn cluster_id(cluster: &TestCluster) -> String {
+    spaceraft::wire::read_cluster_id(&cluster.node(1).data_dir)
+        .expect("readable cluster id")
+        .expect("the bootstrap node keeps the cluster id")
+}

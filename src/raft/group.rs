@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use crate::node::proposer::Proposer;
+use crate::raft::proposer::Proposer;
 use crate::raft::types::Raft;
 use crate::storage::SpaceReader;
 

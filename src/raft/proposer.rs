@@ -20,10 +20,13 @@ pub enum ProposeError {
     Refused(ApplyError),
     /// This replica does not lead; the leader's id and address if known.
     NotLeader(Option<(u64, String)>),
-    /// Leadership changed after the entry was appended: it may or may not
-    /// commit. A retry with the same idempotency key is safe.
+    /// The post never reached the proposer (it is stopping): nothing was
+    /// proposed.
+    NotQueued(String),
+    /// Leadership changed after the entry was appended, or the proposer
+    /// stopped with the post in flight: it may or may not commit. A retry
+    /// with the same idempotency key is safe.
     Unknown(String),
-    Stopped(String),
 }
 
 struct Pending {
@@ -45,8 +48,11 @@ impl Proposer {
 
     pub async fn propose(&self, post: PostCommand) -> Result<PostOutcome, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { post, reply }).await.map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;
-        answer.await.map_err(|_| ProposeError::Stopped("proposer stopped".into()))?
+        self.queue
+            .send(Pending { post, reply })
+            .await
+            .map_err(|_| ProposeError::NotQueued("proposer stopped".into()))?;
+        answer.await.map_err(|_| ProposeError::Unknown("proposer stopped with the post in flight".into()))?
     }
 }
 
@@ -125,7 +131,7 @@ fn dispatch(raft: Raft, batch: Vec<Pending>, done: mpsc::UnboundedSender<()>) {
                     results.into_iter().map(|result| result.map_err(ProposeError::Refused)).collect()
                 }
                 other => {
-                    let error = ProposeError::Stopped(format!("unexpected apply result {other:?}"));
+                    let error = ProposeError::Unknown(format!("unexpected apply result {other:?}"));
                     vec![Err(error); replies.len()]
                 }
             },
@@ -135,7 +141,7 @@ fn dispatch(raft: Raft, batch: Vec<Pending>, done: mpsc::UnboundedSender<()>) {
                         forward.leader_id.zip(forward.leader_node.as_ref().map(|node| node.addr.clone())),
                     ),
                     Some(ClientWriteError::LogEntryDiscarded(_)) => ProposeError::Unknown(error.to_string()),
-                    _ => ProposeError::Stopped(error.to_string()),
+                    _ => ProposeError::Unknown(error.to_string()),
                 };
                 vec![Err(failure); replies.len()]
             }

@@ -1,7 +1,9 @@
 //! The receiving side of the Raft transport: the `spaceraft.v1.Raft` gRPC
 //! service. It routes each request to its group's Raft, and refuses requests
-//! meant for another node id or sent by a node that claims an id registered
-//! at another address (two processes configured with one id).
+//! of another cluster (`wrong_cluster`: every Raft message names its
+//! cluster; a node that does not know its cluster yet learns it from the
+//! first one), meant for another node id, or sent by a node that claims an
+//! id registered at another address (two processes configured with one id).
 
 use std::pin::Pin;
 
@@ -10,15 +12,18 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::NodeId;
-use crate::node::group::{Group, Groups};
+use std::sync::Arc;
+
+use tonic::metadata::MetadataMap;
+
+use crate::node::host::Host;
 use crate::pb;
+use crate::raft::group::Group;
 use crate::raft::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::storage::SnapshotFile;
 
-pub struct RaftService {
-    pub node_id: NodeId,
-    pub groups: Groups,
+pub struct RaftApi {
+    pub host: Arc<Host>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
@@ -35,16 +40,18 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb:
     }
 }
 
-impl RaftService {
-    fn route(&self, request: &pb::RaftRequest) -> Result<std::sync::Arc<Group>, Status> {
-        if request.to_node != self.node_id {
+impl RaftApi {
+    async fn route(&self, metadata: &MetadataMap, request: &pb::RaftRequest) -> Result<Arc<Group>, Status> {
+        self.host.admit_peer(metadata).await.map_err(|error| error.to_status())?;
+        let node_id = self.host.config.node_id;
+        if request.to_node != node_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {}: check the peer addresses",
-                self.node_id, request.to_node
+                node_id, request.to_node
             )));
         }
-        let group = self.groups.get(request.group_id).ok_or_else(|| {
-            Status::not_found(format!("space cluster {} is not hosted on node {}", request.group_id, self.node_id))
+        let group = self.host.groups.get(request.group_id).ok_or_else(|| {
+            Status::not_found(format!("space cluster {} is not hosted on node {node_id}", request.group_id))
         })?;
         let metrics = group.raft.metrics().borrow_watched().clone();
         if let Some(known) = metrics.membership_config.membership().get_node(&request.from_node) {
@@ -64,24 +71,27 @@ impl RaftService {
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
-impl pb::raft_server::Raft for RaftService {
+impl pb::raft_server::Raft for RaftApi {
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
-        let group = self.route(&request)?;
+        let group = self.route(&metadata, &request).await?;
         let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.vote(vote).await)))
     }
 
     async fn pre_vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
-        let group = self.route(&request)?;
+        let group = self.route(&metadata, &request).await?;
         let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.pre_vote(vote).await)))
     }
 
     async fn append(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
-        let group = self.route(&request)?;
+        let group = self.route(&metadata, &request).await?;
         let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.append_entries(append).await)))
     }
@@ -92,11 +102,12 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::RaftRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let metadata = request.metadata().clone();
         let mut incoming = request.into_inner();
         let Some(first) = incoming.message().await? else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
-        let group = self.route(&first)?;
+        let group = self.route(&metadata, &first).await?;
         let first_append: AppendEntriesRequest<TypeConfig> = decode(&first.payload)?;
         let (group_id, from_node) = (first.group_id, first.from_node);
         // Later messages must stay on the same group and sender; anything
@@ -124,17 +135,18 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        let metadata = request.metadata().clone();
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header =
             first.header.clone().ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
-        let group = self.route(&header)?;
+        let group = self.route(&metadata, &header).await?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header.payload)?;
-        std::fs::create_dir_all(&group.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;
+        tokio::fs::create_dir_all(&group.snapshot_dir).await.map_err(|e| Status::internal(e.to_string()))?;
         let path = group.snapshot_dir.join(format!("incoming-{}.recv", rand::random::<u64>()));
         let result = receive_file(&path, first.data, &mut chunks).await;
         if let Err(status) = result {
-            let _ = std::fs::remove_file(&path);
+            let _ = tokio::fs::remove_file(&path).await;
             return Err(status);
         }
         let verify_path = path.clone();
@@ -144,11 +156,11 @@ impl pb::raft_server::Raft for RaftService {
         match verified {
             Ok((snapshot_group, snapshot_meta)) if snapshot_group == header.group_id && snapshot_meta == meta => {}
             Ok(_) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = tokio::fs::remove_file(&path).await;
                 return Err(Status::invalid_argument("snapshot file does not match its header"));
             }
             Err(error) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = tokio::fs::remove_file(&path).await;
                 return Err(Status::invalid_argument(error.to_string()));
             }
         }
@@ -157,8 +169,9 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn transfer_leader(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
-        let group = self.route(&request)?;
+        let group = self.route(&metadata, &request).await?;
         let transfer: TransferLeaderRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.handle_transfer_leader(transfer).await)))
     }

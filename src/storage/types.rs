@@ -1,4 +1,7 @@
-//! The openraft type configuration shared by every space cluster.
+//! The openraft type configuration shared by every space cluster: the
+//! entries the log stores ([`crate::space::Command`]), the node address
+//! kept in membership, and the snapshot file. It lives with storage, which
+//! persists all of these; [`crate::raft`] re-exports it.
 
 use std::fmt;
 

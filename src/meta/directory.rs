@@ -21,9 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::{ClusterLoad, Reason, SpaceProfile};
-use crate::space::record::{decode, encode};
-use crate::space::{KvRead, Overlay};
+use super::load::{ClusterLoad, Reason, SpaceProfile};
+use crate::kv::{decode, encode, KvRead, Staging};
 
 /// The Raft group id of the meta cluster; space clusters count from 1.
 pub const META_GROUP_ID: u64 = 0;
@@ -189,7 +188,7 @@ fn read<R: KvRead, T: for<'a> Deserialize<'a>>(store: &R, key: &[u8]) -> Option<
     Some(decode(&bytes).expect("directory records are written by this module"))
 }
 
-fn read_overlay<R: KvRead, T: for<'a> Deserialize<'a>>(overlay: &Overlay<'_, R>, key: &[u8]) -> Option<T> {
+fn read_overlay<S: Staging, T: for<'a> Deserialize<'a>>(overlay: &S, key: &[u8]) -> Option<T> {
     let bytes = overlay.get(key)?;
     Some(decode(&bytes).expect("directory records are written by this module"))
 }
@@ -204,12 +203,12 @@ fn scan<R: KvRead, T: for<'a> Deserialize<'a>>(store: &R, prefix: u8) -> Vec<T> 
 }
 
 /// Applies one meta command.
-pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> Result<MetaOutcome, MetaError> {
+pub fn apply<S: Staging>(overlay: &mut S, command: &MetaCommand) -> Result<MetaOutcome, MetaError> {
     match command {
         MetaCommand::RegisterNode(node) => {
             // A registration again (every bootstrap start) keeps the drain.
             let drained =
-                read_overlay::<R, NodeEntry>(overlay, &id_key(NODE_PREFIX, node.id)).is_some_and(|n| n.drained);
+                read_overlay::<S, NodeEntry>(overlay, &id_key(NODE_PREFIX, node.id)).is_some_and(|n| n.drained);
             overlay.insert(id_key(NODE_PREFIX, node.id), encode(&NodeEntry { drained, ..node.clone() }));
             Ok(MetaOutcome::NodeRegistered)
         }
@@ -235,13 +234,13 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::ClusterCreated { id, created: true })
         }
         MetaCommand::PlaceSpace { space, attrs, cluster, reason } => {
-            if let Some(placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(&space.name)) {
+            if let Some(placement) = read_overlay::<S, SpacePlacement>(overlay, &placement_key(&space.name)) {
                 return Ok(MetaOutcome::SpacePlaced { placement, existed: true });
             }
             if overlay.get(&name_key(DELETED_PREFIX, &space.name)).is_some() {
                 return Err(MetaError::Deleted(space.name.clone()));
             }
-            let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *cluster)) else {
+            let Some(mut load) = read_overlay::<S, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *cluster)) else {
                 return Err(MetaError::UnknownCluster(*cluster));
             };
             load.add(space);
@@ -258,7 +257,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::SpacePlaced { placement, existed: false })
         }
         MetaCommand::SetPreferredRegion { cluster, region } => {
-            let Some(mut entry) = read_overlay::<R, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
+            let Some(mut entry) = read_overlay::<S, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
                 return Err(MetaError::UnknownCluster(*cluster));
             };
             entry.preferred_region = region.clone();
@@ -266,7 +265,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::PreferenceSet)
         }
         MetaCommand::SetDrained { node, drained } => {
-            let Some(mut entry) = read_overlay::<R, NodeEntry>(overlay, &id_key(NODE_PREFIX, *node)) else {
+            let Some(mut entry) = read_overlay::<S, NodeEntry>(overlay, &id_key(NODE_PREFIX, *node)) else {
                 return Err(MetaError::UnknownNode(*node));
             };
             entry.drained = *drained;
@@ -274,7 +273,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::NodeRegistered)
         }
         MetaCommand::SetMembers { cluster, voters, learners } => {
-            let Some(mut entry) = read_overlay::<R, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
+            let Some(mut entry) = read_overlay::<S, ClusterEntry>(overlay, &id_key(CLUSTER_PREFIX, *cluster)) else {
                 return Err(MetaError::UnknownCluster(*cluster));
             };
             if voters.is_empty() {
@@ -297,7 +296,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::MembersSet)
         }
         MetaCommand::BeginMove { space, to } => {
-            let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+            let Some(mut placement) = read_overlay::<S, SpacePlacement>(overlay, &placement_key(space)) else {
                 return Err(MetaError::UnknownSpace(space.clone()));
             };
             if overlay.get(&id_key(CLUSTER_PREFIX, *to)).is_none() {
@@ -315,15 +314,15 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::Moving { placement })
         }
         MetaCommand::FinishMove { space, to } => {
-            let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+            let Some(mut placement) = read_overlay::<S, SpacePlacement>(overlay, &placement_key(space)) else {
                 return Err(MetaError::UnknownSpace(space.clone()));
             };
             if placement.cluster == *to && placement.moving_to.is_none() {
                 return Ok(MetaOutcome::Moved { placement });
             }
             let (Some(mut from_load), Some(mut to_load)) = (
-                read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster)),
-                read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *to)),
+                read_overlay::<S, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster)),
+                read_overlay::<S, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, *to)),
             ) else {
                 return Err(MetaError::UnknownCluster(*to));
             };
@@ -338,7 +337,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::Moved { placement })
         }
         MetaCommand::SetSpaceMembers { space, members, cluster, as_of } => {
-            let Some(mut placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+            let Some(mut placement) = read_overlay::<S, SpacePlacement>(overlay, &placement_key(space)) else {
                 return Err(MetaError::UnknownSpace(space.clone()));
             };
             let as_of_key = name_key(MEMBERS_AS_OF_PREFIX, space);
@@ -347,7 +346,7 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
                 return Ok(MetaOutcome::SpaceMembersSet { placement });
             }
             overlay.insert(as_of_key, encode(&(*cluster, *as_of)));
-            let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster))
+            let Some(mut load) = read_overlay::<S, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster))
             else {
                 return Err(MetaError::UnknownCluster(placement.cluster));
             };
@@ -360,14 +359,14 @@ pub fn apply<R: KvRead>(overlay: &mut Overlay<'_, R>, command: &MetaCommand) -> 
             Ok(MetaOutcome::SpaceMembersSet { placement })
         }
         MetaCommand::DeleteSpace { space } => {
-            let Some(placement) = read_overlay::<R, SpacePlacement>(overlay, &placement_key(space)) else {
+            let Some(placement) = read_overlay::<S, SpacePlacement>(overlay, &placement_key(space)) else {
                 let existed = overlay.get(&name_key(DELETED_PREFIX, space)).is_some();
                 if !existed {
                     return Err(MetaError::UnknownSpace(space.clone()));
                 }
                 return Ok(MetaOutcome::SpaceDeleted { existed: false });
             };
-            if let Some(mut load) = read_overlay::<R, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster)) {
+            if let Some(mut load) = read_overlay::<S, ClusterLoad>(overlay, &id_key(LOAD_PREFIX, placement.cluster)) {
                 load.remove(&placement.space);
                 overlay.insert(id_key(LOAD_PREFIX, placement.cluster), encode(&load));
             }
@@ -477,17 +476,28 @@ mod tests {
 
     type Store = BTreeMap<Vec<u8>, Vec<u8>>;
 
+    /// Writes straight into the map: a failed command stages nothing.
+    struct Direct<'a>(&'a mut Store);
+
+    impl Staging for Direct<'_> {
+        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+            self.0.get(key).cloned()
+        }
+
+        fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+            self.0.insert(key, value);
+        }
+
+        fn remove(&mut self, key: Vec<u8>) {
+            self.0.remove(&key);
+        }
+    }
+
     fn run(store: &mut Store, command: MetaCommand) -> Result<MetaOutcome, MetaError> {
-        let (result, writes) = {
-            let mut overlay = Overlay::new(&*store);
-            let result = apply(&mut overlay, &command);
-            (result, overlay.into_writes())
-        };
-        for (key, value) in writes {
-            match value {
-                Some(value) => store.insert(key, value),
-                None => store.remove(&key),
-            };
+        let mut staged = store.clone();
+        let result = apply(&mut Direct(&mut staged), &command);
+        if result.is_ok() {
+            *store = staged;
         }
         result
     }

@@ -1,0 +1,329 @@
+//! What operators read of a node and of the cluster: node and cluster
+//! status, the gateways that follow the nodes, the directory.
+
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+
+use crate::error::ApiError;
+use crate::meta::directory::Directory;
+use crate::node::host::Host;
+use crate::pb;
+
+/// How long ClusterStatus and Gateways wait for each peer.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Host {
+    /// This node's cluster id, empty until it knows it.
+    pub fn cluster_id(&self) -> String {
+        self.cluster.get().unwrap_or_default().to_string()
+    }
+
+    /// This node's status: its replicas, the members it knows, what its
+    /// failure detector sees, and with `summary` its summary and last-seen
+    /// times.
+    pub async fn node_status(&self, summary: bool) -> pb::NodeStatusResponse {
+        let mut members = Vec::new();
+        let mut roles: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        let mut errors = Vec::new();
+        let groups = self.groups.all();
+        for group in &groups {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            for (id, node) in metrics.membership_config.membership().nodes() {
+                members.push(pb::Member {
+                    cluster_id: group.id,
+                    node_id: *id,
+                    region: node.region.clone(),
+                    grpc_addr: node.addr.clone(),
+                });
+            }
+            *roles.entry(role(metrics.state).to_string()).or_default() += 1;
+            if metrics.state == ServerState::Shutdown {
+                errors.push(format!("group {}: raft core stopped", group.id));
+            } else if metrics.current_leader.is_none() {
+                errors.push(format!("group {} has no leader", group.id));
+            }
+        }
+        let nodes_down = self.detector.down().borrow().clone();
+        let replicas = self.local_status();
+        if !summary {
+            return pb::NodeStatusResponse {
+                replicas,
+                members,
+                nodes_down,
+                cluster_id: self.cluster_id(),
+                ..Default::default()
+            };
+        }
+        errors.extend(nodes_down.iter().map(|node| format!("node {node} does not answer")));
+        let root = self.data_root();
+        let db_size_bytes = tokio::task::spawn_blocking(move || dir_size(&root)).await.unwrap_or(0);
+        let node = pb::NodeSummary {
+            node_id: self.config.node_id,
+            region: self.config.region.clone(),
+            grpc_addr: self.config.advertise_addr().to_string(),
+            health: if errors.is_empty() { "healthy" } else { "degraded" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            groups: groups.len() as u32,
+            groups_led: roles.get("leader").copied().unwrap_or(0),
+            roles,
+            db_size_bytes,
+            drained: self.is_drained(),
+            errors,
+        };
+        let last_seen_ms =
+            self.detector.last_seen().into_iter().map(|(node, ago)| (node, ago.as_millis() as u64)).collect();
+        pb::NodeStatusResponse {
+            replicas,
+            members,
+            nodes_down,
+            node: Some(node),
+            last_seen_ms,
+            cluster_id: self.cluster_id(),
+        }
+    }
+
+    fn local_status(&self) -> Vec<pb::ReplicaStatus> {
+        self.groups
+            .all()
+            .iter()
+            .map(|group| {
+                let metrics = group.raft.metrics().borrow_watched().clone();
+                pb::ReplicaStatus {
+                    node_id: self.config.node_id,
+                    region: self.config.region.clone(),
+                    grpc_addr: self.config.advertise_addr().to_string(),
+                    cluster_id: group.id,
+                    role: role(metrics.state).to_string(),
+                    term: metrics.current_term,
+                    last_log_index: metrics.last_log_index.unwrap_or(0),
+                    commit_index: metrics.local_committed.map(|id| id.index).unwrap_or(0),
+                    applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+                    leader_id: metrics.current_leader.unwrap_or(0),
+                    error: String::new(),
+                    snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
+                    purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
+                    last_seen_ms: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Every node's status, merged: one row per replica and per node.
+    pub async fn cluster_status(&self) -> pb::ClusterStatusResponse {
+        let here = self.node_status(true).await;
+        // Every other node that is a member of a group hosted here.
+        // (address, the clusters it is a member of) per other node.
+        let mut others: std::collections::BTreeMap<u64, (crate::raft::types::NodeAddr, Vec<u64>)> =
+            std::collections::BTreeMap::new();
+        for group in self.groups.all() {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            for (id, node) in metrics.membership_config.membership().nodes() {
+                if *id != self.config.node_id {
+                    others.entry(*id).or_insert_with(|| (node.clone(), Vec::new())).1.push(group.id);
+                }
+            }
+        }
+        let asks = others.into_iter().map(|(id, (node, clusters))| {
+            let peers = self.peers.clone();
+            async move {
+                let result = async {
+                    let channel = peers.channel(&node.addr).map_err(|e| e.to_string())?;
+                    let mut client = pb::admin_client::AdminClient::new(channel);
+                    let mut request = tonic::Request::new(pb::NodeStatusRequest { summary: true });
+                    request.set_timeout(PEER_STATUS_TIMEOUT);
+                    match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.node_status(request)).await {
+                        Ok(Ok(response)) => Ok(response.into_inner()),
+                        Ok(Err(status)) => Err(ApiError::from_status(&status).to_string()),
+                        Err(_) => Err(format!("no answer within {PEER_STATUS_TIMEOUT:?}")),
+                    }
+                }
+                .await;
+                // An unreachable node: a row for each cluster it is in.
+                result.unwrap_or_else(|error| pb::NodeStatusResponse {
+                    replicas: clusters
+                        .iter()
+                        .map(|cluster_id| pb::ReplicaStatus {
+                            node_id: id,
+                            region: node.region.clone(),
+                            grpc_addr: node.addr.clone(),
+                            cluster_id: *cluster_id,
+                            role: "unreachable".into(),
+                            error: error.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    node: Some(pb::NodeSummary {
+                        node_id: id,
+                        region: node.region.clone(),
+                        grpc_addr: node.addr.clone(),
+                        health: "unreachable".into(),
+                        errors: vec![error.clone()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+        });
+        let mut statuses = vec![here];
+        statuses.extend(futures::future::join_all(asks).await);
+        merge_statuses(statuses)
+    }
+
+    /// The gateways that report to this node, and with `local_only` false
+    /// to every node, each with its latest report.
+    pub async fn gateway_list(&self, local_only: bool) -> Result<pb::GatewaysResponse, ApiError> {
+        let node_id = self.config.node_id;
+        let mut all: Vec<pb::GatewayInfo> = self
+            .gateways()
+            .into_iter()
+            .map(|(report, ago)| pb::GatewayInfo {
+                report: Some(report),
+                node_id,
+                last_report_ms: ago.as_millis() as u64,
+            })
+            .collect();
+        if !local_only {
+            let tree = self.directory();
+            let nodes = tokio::task::spawn_blocking(move || Directory::nodes(&tree))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let asks = nodes.into_iter().filter(|node| node.id != node_id).map(|node| {
+                let peers = self.peers.clone();
+                async move {
+                    let channel = peers.channel(&node.addr).ok()?;
+                    let mut request = tonic::Request::new(pb::GatewaysRequest { local_only: true });
+                    request.set_timeout(PEER_STATUS_TIMEOUT);
+                    let mut client = pb::admin_client::AdminClient::new(channel);
+                    let call = client.gateways(request);
+                    let response = tokio::time::timeout(PEER_STATUS_TIMEOUT, call).await.ok()?.ok()?;
+                    Some(response.into_inner().gateways)
+                }
+            });
+            all.extend(futures::future::join_all(asks).await.into_iter().flatten().flatten());
+        }
+        // A gateway that followed several nodes (or switched) reported to
+        // each: keep its latest report.
+        let mut latest: std::collections::BTreeMap<String, pb::GatewayInfo> = std::collections::BTreeMap::new();
+        for info in all {
+            let id = info.report.as_ref().map(|report| report.gateway_id.clone()).unwrap_or_default();
+            match latest.get(&id) {
+                Some(kept) if kept.last_report_ms <= info.last_report_ms => {}
+                _ => {
+                    latest.insert(id, info);
+                }
+            }
+        }
+        Ok(pb::GatewaysResponse { gateways: latest.into_values().collect() })
+    }
+
+    /// The directory, as of the meta leader's commit.
+    pub async fn directory_dump(&self) -> Result<pb::DirectoryResponse, ApiError> {
+        self.sync_group(&self.meta()).await?;
+        let tree = self.directory();
+        let response = tokio::task::spawn_blocking(move || {
+            let loads: std::collections::BTreeMap<u64, u64> =
+                Directory::loads(&tree).into_iter().map(|load| (load.id, load.spaces)).collect();
+            pb::DirectoryResponse {
+                nodes: Directory::nodes(&tree)
+                    .into_iter()
+                    .map(|node| pb::DirectoryNode {
+                        node_id: node.id,
+                        region: node.region,
+                        grpc_addr: node.addr,
+                        drained: node.drained,
+                    })
+                    .collect(),
+                clusters: Directory::clusters(&tree)
+                    .into_iter()
+                    .map(|cluster| pb::DirectoryCluster {
+                        cluster_id: cluster.id,
+                        spaces: loads.get(&cluster.id).copied().unwrap_or(0),
+                        voters: cluster.voters,
+                        learners: cluster.learners,
+                        preferred_region: cluster.preferred_region,
+                    })
+                    .collect(),
+                placements: Directory::placements(&tree)
+                    .into_iter()
+                    .map(|placement| pb::DirectoryPlacement {
+                        space: placement.space.name,
+                        cluster_id: placement.cluster,
+                        version: placement.version,
+                        org: placement.space.org.unwrap_or_default(),
+                        reason: serde_json::to_string(&placement.reason).unwrap_or_default(),
+                        moving_to: placement.moving_to.unwrap_or(0),
+                    })
+                    .collect(),
+                meta_voters: Vec::new(),
+                meta_learners: Vec::new(),
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))?;
+        let metrics = self.meta().raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let response = pb::DirectoryResponse {
+            meta_voters: membership.voter_ids().collect(),
+            meta_learners: membership.learner_ids().collect(),
+            ..response
+        };
+        Ok(response)
+    }
+}
+
+/// Bytes on disk under `dir` (0 for what cannot be read).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// One cluster-wide status out of every node's: the replicas, sorted, each
+/// with how long ago its cluster's leader (else the answering node) last
+/// heard from its node, and one summary per node.
+fn merge_statuses(statuses: Vec<pb::NodeStatusResponse>) -> pb::ClusterStatusResponse {
+    use std::collections::{BTreeMap, HashMap};
+    let heard: BTreeMap<u64, HashMap<u64, u64>> = statuses
+        .iter()
+        .filter_map(|status| Some((status.node.as_ref()?.node_id, status.last_seen_ms.clone())))
+        .collect();
+    let answering = statuses.first().and_then(|status| status.node.as_ref()).map(|node| node.node_id).unwrap_or(0);
+    let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+    for replica in statuses.iter().flat_map(|status| &status.replicas) {
+        if replica.role == "leader" {
+            leaders.insert(replica.cluster_id, replica.node_id);
+        }
+    }
+    let mut replicas: Vec<pb::ReplicaStatus> = statuses.iter().flat_map(|status| status.replicas.clone()).collect();
+    for replica in &mut replicas {
+        let observer = leaders.get(&replica.cluster_id).copied().unwrap_or(answering);
+        replica.last_seen_ms = if observer == replica.node_id && replica.role != "unreachable" {
+            Some(0)
+        } else {
+            heard.get(&observer).and_then(|seen| seen.get(&replica.node_id)).copied()
+        };
+    }
+    replicas.sort_by_key(|replica| (replica.cluster_id, replica.node_id));
+    let mut nodes: Vec<pb::NodeSummary> = statuses.into_iter().filter_map(|status| status.node).collect();
+    nodes.sort_by_key(|node| node.node_id);
+    pb::ClusterStatusResponse { replicas, nodes }
+}
