@@ -388,9 +388,11 @@ impl From<crate::storage::StorageError> for ApiError {
 impl From<MetaError> for ApiError {
     fn from(error: MetaError) -> Self {
         let kind = match &error {
-            MetaError::UnknownCluster(_) | MetaError::UnknownNode(_) | MetaError::UnknownSpace(_) => {
-                ErrorKind::NotFound
-            }
+            // A cluster or node named as the target of a change: the change
+            // is refused (the request's object missing is `not_found`,
+            // checked where it is named).
+            MetaError::UnknownCluster(_) | MetaError::UnknownNode(_) => ErrorKind::Refused,
+            MetaError::UnknownSpace(_) => ErrorKind::NotFound,
             MetaError::Deleted(_) => ErrorKind::Deleted,
             MetaError::NoVoters | MetaError::AlreadyMoving { .. } => ErrorKind::Refused,
         };

@@ -50,15 +50,20 @@ async fn apply(machine: &mut SpaceStateMachine, entries: Vec<(u64, Command)>) {
     machine.apply(stream::iter(items)).await.expect("apply");
 }
 
-fn keys_of(machine: &SpaceStateMachine) -> Vec<String> {
+/// The keys of `general`'s messages, read as a node reads: off the runtime.
+async fn keys_of(machine: &SpaceStateMachine) -> Vec<String> {
     let reader = machine.reader();
-    let space = reader.space("general").unwrap().unwrap();
-    reader
-        .messages("general", 1, space.last_seq, 10_000)
-        .unwrap()
-        .into_iter()
-        .map(|m| m.record.idempotency_key)
-        .collect()
+    spaceraft::storage::blocking::run(move || {
+        let space = reader.space("general").unwrap().unwrap();
+        reader
+            .messages("general", 1, space.last_seq, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.record.idempotency_key)
+            .collect()
+    })
+    .await
+    .unwrap()
 }
 
 fn open_db(path: &std::path::Path) -> sled::Db {
@@ -77,7 +82,7 @@ async fn a_reopened_machine_still_dedupes_keys_committed_before() {
     let db = open_db(&dir.path().join("state"));
     let mut machine = SpaceStateMachine::open(db, 1, dir.path().join("snapshots")).await.unwrap();
     apply(&mut machine, vec![(3, posts(&["k1", "k3", "k2"]))]).await;
-    assert_eq!(keys_of(&machine), ["k1", "k2", "k3"], "retried keys must not commit again after a reopen");
+    assert_eq!(keys_of(&machine).await, ["k1", "k2", "k3"], "retried keys must not commit again after a reopen");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,11 +106,13 @@ async fn a_snapshot_built_during_apply_restores_its_applied_state() {
     let copy = other_dir.path().join("incoming.recv");
     std::fs::copy(&snapshot.snapshot.path, &copy).unwrap();
     restored.install_snapshot(&snapshot.meta, spaceraft::storage::SnapshotFile { path: copy }).await.unwrap();
-    assert_eq!(keys_of(&restored), ["a", "b", "c"]);
-    assert!(restored.reader().space("later").unwrap().is_none(), "a space created after the snapshot point leaked in");
+    assert_eq!(keys_of(&restored).await, ["a", "b", "c"]);
+    let reader = restored.reader();
+    let later = spaceraft::storage::blocking::run(move || reader.space("later").unwrap()).await.unwrap();
+    assert!(later.is_none(), "a space created after the snapshot point leaked in");
     let (applied, _) = restored.applied_state().await.unwrap();
     assert_eq!(applied.map(|id| id.index), Some(2));
     // The restored replica goes on from the snapshot exactly like the original.
     apply(&mut restored, vec![(3, posts(&["d", "e", "a"])), (4, create("later"))]).await;
-    assert_eq!(keys_of(&restored), keys_of(&machine));
+    assert_eq!(keys_of(&restored).await, keys_of(&machine).await);
 }

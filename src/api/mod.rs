@@ -4,13 +4,15 @@
 //! cluster it is meant for), call the node ([`crate::node`]), and answer,
 //! mapping every error onto the wire in one way ([`crate::error::ApiError::to_status`]).
 //!
-//! [`serve`] builds the node's gRPC server: these services behind one
-//! interceptor that refuses requests meant for another cluster
-//! (`wrong_cluster`), and `grpc.health.v1`.
+//! [`services`] builds them behind one interceptor that refuses requests
+//! meant for another cluster (`wrong_cluster`); [`server`] starts a node
+//! process: its stores, its groups, and these services with
+//! `grpc.health.v1`.
 
 pub mod admin;
 pub mod client;
 pub mod raft;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -150,7 +150,7 @@ impl pb::raft_server::Raft for RaftApi {
             return Err(status);
         }
         let verify_path = path.clone();
-        let verified = tokio::task::spawn_blocking(move || crate::storage::snapshot_file::verify(&verify_path))
+        let verified = crate::storage::blocking::run(move || crate::storage::snapshot_file::verify(&verify_path))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         match verified {

@@ -222,7 +222,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         peers: (!args.peers.is_empty()).then_some(args.peers),
     };
     let config = NodeConfig::load(args.config.as_deref(), &flags)?;
-    let node = spaceraft::node::server::start(config).await?;
+    let node = spaceraft::api::server::start(config).await?;
     spaceraft::dev::shutdown_signal().await;
     tracing::info!("shutting down");
     node.stop().await

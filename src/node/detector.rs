@@ -99,10 +99,11 @@ impl Detector {
     pub async fn run(
         self,
         peers: PeerChannels,
-        nodes: impl Fn() -> Vec<(NodeId, String)> + Send + 'static,
+        nodes: impl Fn() -> Vec<(NodeId, String)> + Send + Sync + 'static,
         interval: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let nodes = std::sync::Arc::new(nodes);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -110,7 +111,14 @@ impl Detector {
                 _ = ticks.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            let others: Vec<(NodeId, String)> = nodes().into_iter().filter(|(id, _)| *id != self.inner.me).collect();
+            // (The list comes from the directory: a store read, off the runtime.)
+            let listed = crate::storage::blocking::run({
+                let nodes = nodes.clone();
+                move || nodes()
+            })
+            .await
+            .unwrap_or_default();
+            let others: Vec<(NodeId, String)> = listed.into_iter().filter(|(id, _)| *id != self.inner.me).collect();
             let pings = others.iter().map(|(id, addr)| {
                 let (peers, detector, id, addr) = (peers.clone(), self.clone(), *id, addr.clone());
                 async move {

@@ -27,7 +27,7 @@ impl Host {
             return Ok(());
         }
         let (root, kept) = (self.data_dir.root.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || write_cluster_id(&root, &kept))
+        crate::storage::blocking::run(move || write_cluster_id(&root, &kept))
             .await
             .map_err(|e| ApiError::internal(format!("cluster id write failed: {e}")))?
             .map_err(|e| ApiError::internal(format!("cannot keep the cluster id: {e}")))?;

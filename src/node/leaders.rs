@@ -43,7 +43,7 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let tree = host.directory();
-        let Ok((preferred, drained)) = tokio::task::spawn_blocking(move || {
+        let Ok((preferred, drained)) = crate::storage::blocking::run(move || {
             let preferred =
                 Directory::clusters(&tree).into_iter().map(|c| (c.id, c.preferred_region)).collect::<HashMap<_, _>>();
             let drained: Vec<NodeId> =

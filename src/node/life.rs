@@ -79,7 +79,7 @@ impl Host {
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let tree = self.directory();
         let me = self.config.node_id;
-        let (clusters, drained) = tokio::task::spawn_blocking(move || {
+        let (clusters, drained) = crate::storage::blocking::run(move || {
             (Directory::clusters(&tree), Directory::node(&tree, me).is_some_and(|node| node.drained))
         })
         .await?;
@@ -103,11 +103,10 @@ impl Host {
         if raft.is_initialized().await? {
             return Ok(());
         }
-        let tree = self.directory();
-        let members: BTreeMap<u64, NodeAddr> = Directory::voters(&tree, cluster)
-            .into_iter()
-            .map(|(id, node)| (id, NodeAddr { addr: node.addr, region: node.region }))
-            .collect();
+        let (tree, entry) = (self.directory(), cluster.clone());
+        let voters = crate::storage::blocking::run(move || Directory::voters(&tree, &entry)).await?;
+        let members: BTreeMap<u64, NodeAddr> =
+            voters.into_iter().map(|(id, node)| (id, NodeAddr { addr: node.addr, region: node.region })).collect();
         match raft.initialize(members).await {
             Ok(()) => {
                 tracing::info!(cluster = cluster.id, voters = ?cluster.voters, "space cluster initialized");
@@ -142,7 +141,7 @@ impl Host {
             return Ok(Some(group));
         }
         let tree = self.directory();
-        let entry = tokio::task::spawn_blocking(move || Directory::cluster(&tree, cluster))
+        let entry = crate::storage::blocking::run(move || Directory::cluster(&tree, cluster))
             .await
             .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))?;
         match entry {

@@ -17,7 +17,7 @@ impl Host {
     /// The placement of `space` in the local directory.
     pub async fn placement(&self, space: &str) -> Result<Option<SpacePlacement>, ApiError> {
         let (tree, space) = (self.directory(), space.to_string());
-        tokio::task::spawn_blocking(move || Directory::placement(&tree, &space))
+        crate::storage::blocking::run(move || Directory::placement(&tree, &space))
             .await
             .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))
     }
@@ -36,7 +36,7 @@ impl Host {
     /// Whether the local directory has `space` as deleted.
     pub async fn is_deleted(&self, space: &str) -> Result<bool, ApiError> {
         let (tree, space) = (self.directory(), space.to_string());
-        tokio::task::spawn_blocking(move || Directory::is_deleted(&tree, &space))
+        crate::storage::blocking::run(move || Directory::is_deleted(&tree, &space))
             .await
             .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))
     }
@@ -45,7 +45,7 @@ impl Host {
     pub async fn cluster_addrs(&self, cluster: u64) -> Result<Vec<Peer>, ApiError> {
         let tree = self.directory();
         let region = self.config.region.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::storage::blocking::run(move || {
             let entry = Directory::cluster(&tree, cluster)
                 .ok_or_else(|| ApiError::not_found(format!("space cluster {cluster} does not exist")))?;
             let mut voters: Vec<(bool, u64, String)> = Directory::voters(&tree, &entry)
@@ -66,7 +66,7 @@ impl Host {
         let read = || {
             let (reader, space) = (group.reader.clone(), space.to_string());
             async move {
-                tokio::task::spawn_blocking(move || Ok::<_, ApiError>(reader.space(&space)?))
+                crate::storage::blocking::run(move || Ok::<_, ApiError>(reader.space(&space)?))
                     .await
                     .map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
             }
@@ -86,7 +86,7 @@ impl Host {
         loop {
             applied.borrow_and_update();
             let tree = self.directory();
-            let any = tokio::task::spawn_blocking(move || Directory::loads(&tree).into_iter().next().is_some())
+            let any = crate::storage::blocking::run(move || Directory::loads(&tree).into_iter().next().is_some())
                 .await
                 .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))?;
             if any {

@@ -35,7 +35,7 @@ impl Host {
         let tree = self.directory();
         let (entry, node_entry) = {
             let tree = tree.clone();
-            tokio::task::spawn_blocking(move || (Directory::cluster(&tree, cluster), Directory::node(&tree, node)))
+            crate::storage::blocking::run(move || (Directory::cluster(&tree, cluster), Directory::node(&tree, node)))
                 .await
                 .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))?
         };

@@ -9,7 +9,9 @@
 //!   [`status`], [`gateways`]: administration and what operators read;
 //! - [`follow`]: gateways' follow streams; [`leaders`], [`quiesce`],
 //!   [`detector`]: leader placement, idle groups, the failure detector;
-//! - [`identity`]: which cluster the node belongs to; [`server`]: wiring.
+//! - [`identity`]: which cluster the node belongs to. The process itself
+//!   (stores opened, groups started, gRPC served) is wired in
+//!   [`crate::api::server`].
 
 pub mod commands;
 pub mod detector;
@@ -27,7 +29,7 @@ pub mod quiesce;
 pub mod read;
 pub mod router;
 pub mod runner;
-pub mod server;
+
 pub mod snapshot;
 pub mod spaces;
 pub mod status;

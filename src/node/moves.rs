@@ -41,7 +41,7 @@ impl Host {
         self.sync_group(&group).await?;
         let blocks = {
             let (reader, name, last_seq) = (group.reader.clone(), space.to_string(), sealed.last_seq);
-            tokio::task::spawn_blocking(move || reader.blocks(&name, last_seq))
+            crate::storage::blocking::run(move || reader.blocks(&name, last_seq))
                 .await
                 .map_err(|e| ApiError::internal(format!("read task failed: {e}")))??
         };

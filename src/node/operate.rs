@@ -105,9 +105,17 @@ impl Host {
     }
 
     pub async fn set_preferred_region(&self, request: pb::SetPreferredRegionRequest) -> Result<(), ApiError> {
-        let tree = self.directory();
-        let region = request.region.clone();
-        let known = off_runtime(move || Ok(Directory::nodes(&tree).iter().any(|node| node.region == region))).await?;
+        let (tree, region, cluster) = (self.directory(), request.region.clone(), request.cluster_id);
+        let (known, exists) = off_runtime(move || {
+            Ok((
+                Directory::nodes(&tree).iter().any(|node| node.region == region),
+                Directory::cluster(&tree, cluster).is_some(),
+            ))
+        })
+        .await?;
+        if !exists {
+            return Err(ApiError::not_found(format!("space cluster {cluster} does not exist")));
+        }
         if !request.region.is_empty() && !known {
             return Err(ApiError::new(
                 ErrorKind::Invalid { field: "region".into() },

@@ -142,11 +142,10 @@ async fn restart(host: &Host, id: u64) {
 /// election timeout.
 pub async fn settle(host: Arc<Host>) {
     let me = host.node_id();
-    let peers: Vec<(NodeId, String)> = Directory::nodes(&host.directory())
-        .into_iter()
-        .filter(|node| node.id != me)
-        .map(|node| (node.id, node.addr))
-        .collect();
+    let tree = host.directory();
+    let nodes = crate::storage::blocking::run(move || Directory::nodes(&tree)).await.unwrap_or_default();
+    let peers: Vec<(NodeId, String)> =
+        nodes.into_iter().filter(|node| node.id != me).map(|node| (node.id, node.addr)).collect();
     let asks = peers.into_iter().map(|(id, addr)| {
         let host = host.clone();
         async move {

@@ -300,7 +300,7 @@ pub fn record_info(record: SpaceRecord, cluster_id: u64) -> pb::SpaceInfo {
 pub async fn off_runtime<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(read).await.map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
+    crate::storage::blocking::run(read).await.map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
 }
 
 /// An empty reader is an operator read. Until authentication lands a user

@@ -73,12 +73,18 @@ async fn snapshot_here(host: &Host, group: Arc<Group>) -> Result<SnapshotStream,
     let last_log_index = snapshot.meta.last_log_id.map(|id| id.index).unwrap_or(0);
     // Opened before anything can replace it: a newer snapshot deletes
     // the file's name, not the open file.
-    let file = std::fs::File::open(&snapshot.snapshot.path)
-        .map_err(|e| ApiError::internal(format!("cannot open the snapshot: {e}")))?;
-    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let path = snapshot.snapshot.path.clone();
+    let (file, total_bytes) = crate::storage::blocking::run(move || {
+        let file = std::fs::File::open(&path)?;
+        let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok::<_, std::io::Error>((file, total_bytes))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("cannot open the snapshot: {e}")))?
+    .map_err(|e| ApiError::internal(format!("cannot open the snapshot: {e}")))?;
     let node_id = host.config.node_id;
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+    crate::storage::blocking::spawn(move || {
         use std::io::Read;
         let mut file = file;
         let mut first = true;

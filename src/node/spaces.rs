@@ -31,7 +31,7 @@ impl Host {
         let tree = self.directory();
         let (loads, nodes, clusters) = {
             let tree = tree.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::storage::blocking::run(move || {
                 (Directory::loads(&tree), Directory::nodes(&tree), Directory::clusters(&tree))
             })
             .await

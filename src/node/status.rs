@@ -68,7 +68,7 @@ impl Host {
         }
         errors.extend(nodes_down.iter().map(|node| format!("node {node} does not answer")));
         let root = self.data_root();
-        let db_size_bytes = tokio::task::spawn_blocking(move || dir_size(&root)).await.unwrap_or(0);
+        let db_size_bytes = crate::storage::blocking::run(move || dir_size(&root)).await.unwrap_or(0);
         let node = pb::NodeSummary {
             node_id: self.config.node_id,
             region: self.config.region.clone(),
@@ -197,7 +197,7 @@ impl Host {
             .collect();
         if !local_only {
             let tree = self.directory();
-            let nodes = tokio::task::spawn_blocking(move || Directory::nodes(&tree))
+            let nodes = crate::storage::blocking::run(move || Directory::nodes(&tree))
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             let asks = nodes.into_iter().filter(|node| node.id != node_id).map(|node| {
@@ -233,7 +233,7 @@ impl Host {
     pub async fn directory_dump(&self) -> Result<pb::DirectoryResponse, ApiError> {
         self.sync_group(&self.meta()).await?;
         let tree = self.directory();
-        let response = tokio::task::spawn_blocking(move || {
+        let response = crate::storage::blocking::run(move || {
             let loads: std::collections::BTreeMap<u64, u64> =
                 Directory::loads(&tree).into_iter().map(|load| (load.id, load.spaces)).collect();
             pb::DirectoryResponse {

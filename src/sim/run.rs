@@ -160,7 +160,7 @@ fn node_addr(node: u64) -> NodeAddr {
 
 impl Sim {
     async fn start(seed: u64, params: SimParams) -> Arc<Sim> {
-        let mut config = crate::node::server::openraft_config(&crate::config::RaftConfig::default())
+        let mut config = crate::api::server::openraft_config(&crate::config::RaftConfig::default())
             .expect("the default raft configuration is valid");
         // Snapshots and purges often, so installs and restarts from a
         // snapshot happen in every run.

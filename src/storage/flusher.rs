@@ -27,7 +27,7 @@ pub async fn run(db: sled::Db, interval_ms: u64, mut shutdown: watch::Receiver<b
 
 pub async fn flush(db: &sled::Db) {
     let db = db.clone();
-    match tokio::task::spawn_blocking(move || db.flush()).await {
+    match crate::storage::blocking::run(move || db.flush()).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::error!(%error, "state machine flush failed"),
         Err(error) => tracing::error!(%error, "state machine flush task failed"),

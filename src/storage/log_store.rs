@@ -102,7 +102,7 @@ impl LogEngine {
         match writer.try_send(op) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(op)) => {
-                tokio::task::spawn_blocking(move || writer.send(op))
+                crate::storage::blocking::run(move || writer.send(op))
                     .await
                     .map_err(io::Error::other)?
                     .map_err(|_| io::Error::other("raft log writer stopped"))?;

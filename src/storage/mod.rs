@@ -7,6 +7,7 @@
 //! - [`snapshot_file`]: the checksummed snapshot file format.
 //! - [`flusher`]: the one task that writes sled out, off the async runtime.
 //! - [`data_dir`]: the layout and identity of a node's data directory.
+//! - [`blocking`]: disk work off the async runtime, checked in debug builds.
 //! - [`types`]: the openraft type configuration: what the log stores.
 //!
 //! Durability: a post is acknowledged only after its entry is fsynced in the
@@ -14,6 +15,7 @@
 //! are lost, the state is rebuilt from the latest durable snapshot plus the
 //! log, which is purged only behind a durable snapshot.
 
+pub mod blocking;
 pub mod data_dir;
 pub mod flusher;
 pub mod log_store;

@@ -23,6 +23,7 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::blocking;
 use super::snapshot_file::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::space::record::SeqMessage;
 use crate::space::{record, CommandResult, DedupIndex, KvRead, Overlay, SpaceMachine};
@@ -76,21 +77,10 @@ impl SpaceStateMachine {
     /// Opens group `group_id`'s tree in `db`; restores from the latest
     /// snapshot when the tree is behind it (lost pages) or was mid-restore.
     pub async fn open(db: sled::Db, group_id: u64, snapshot_dir: PathBuf) -> io::Result<SpaceStateMachine> {
-        std::fs::create_dir_all(&snapshot_dir)?;
-        // Leftovers of a build or a transfer cut short by a crash.
-        for entry in std::fs::read_dir(&snapshot_dir)?.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|ext| ext == "tmp" || ext == "recv") {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        let tree = db.open_tree(format!("sm.{group_id}")).map_err(sled_error)?;
-        let state = match tree.get(APPLIED_KEY).map_err(sled_error)? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
-            })?,
-            None => AppliedState::default(),
-        };
+        let (opened_db, dir) = (db.clone(), snapshot_dir.clone());
+        let (tree, state, restoring) = crate::storage::blocking::run(move || open_tree(&opened_db, group_id, &dir))
+            .await
+            .map_err(io::Error::other)??;
         let (applied_tx, _) = watch::channel(state.last_applied.map(|id| id.index).unwrap_or(0));
         let mut machine = SpaceStateMachine {
             group_id,
@@ -103,8 +93,7 @@ impl SpaceStateMachine {
             snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
             dedup: DedupIndex::default(),
         };
-        let restoring = machine.tree.contains_key(RESTORING_KEY).map_err(sled_error)?;
-        if let Some(latest) = machine.latest_snapshot()? {
+        if let Some(latest) = machine.latest_snapshot().await? {
             let behind = latest.1.last_log_id > machine.state.last_applied;
             if restoring || behind {
                 tracing::warn!(group_id, restoring, snapshot = ?latest.1.last_log_id, applied = ?machine.state.last_applied,
@@ -117,7 +106,9 @@ impl SpaceStateMachine {
                 "state machine was interrupted while restoring a snapshot, and the snapshot file is gone",
             ));
         }
-        machine.dedup = rebuild_dedup_index(&machine.tree)?;
+        let tree = machine.tree.clone();
+        machine.dedup =
+            crate::storage::blocking::run(move || rebuild_dedup_index(&tree)).await.map_err(io::Error::other)??;
         tracing::info!(
             group_id,
             applied = ?machine.state.last_applied.map(|id| id.index),
@@ -140,20 +131,9 @@ impl SpaceStateMachine {
     }
 
     /// The newest valid snapshot file and its metadata.
-    fn latest_snapshot(&self) -> io::Result<Option<(PathBuf, SnapshotMeta)>> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.snapshot_dir)?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "bin"))
-            .collect();
-        names.sort();
-        for path in names.into_iter().rev() {
-            match SnapshotReader::open(&path) {
-                Ok(reader) if reader.group_id == self.group_id => return Ok(Some((path, reader.meta))),
-                Ok(_) => continue,
-                Err(error) => tracing::warn!(path = %path.display(), %error, "skipping unreadable snapshot file"),
-            }
-        }
-        Ok(None)
+    async fn latest_snapshot(&self) -> io::Result<Option<(PathBuf, SnapshotMeta)>> {
+        let (dir, group_id) = (self.snapshot_dir.clone(), self.group_id);
+        crate::storage::blocking::run(move || latest_snapshot_in(&dir, group_id)).await.map_err(io::Error::other)?
     }
 
     /// Replaces the tree's content with the snapshot's, off the runtime.
@@ -163,7 +143,7 @@ impl SpaceStateMachine {
         let path = path.to_path_buf();
         let state = AppliedState { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         let state_bytes = postcard::to_stdvec(&state).map_err(io::Error::other)?;
-        let dedup = tokio::task::spawn_blocking(move || -> io::Result<DedupIndex> {
+        let dedup = crate::storage::blocking::run(move || -> io::Result<DedupIndex> {
             // Check the whole file before touching the tree.
             snapshot_file::verify(&path)?;
             tree.insert(RESTORING_KEY, b"1".as_slice()).map_err(sled_error)?;
@@ -227,7 +207,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         let pre_images = self.pre_images.clone();
         let mut dedup = std::mem::take(&mut self.dedup);
         let state = self.state.clone();
-        let (dedup, next_state, results) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        let (dedup, next_state, results) = crate::storage::blocking::run(move || -> io::Result<_> {
             let (next_state, results) = apply_batch(&tree, &pre_images, &mut dedup, state, &batch_entries)?;
             Ok((dedup, next_state, results))
         })
@@ -281,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         let final_path = self.snapshot_path(meta);
         if snapshot.path != final_path {
             let (from, to, dir) = (snapshot.path.clone(), final_path.clone(), self.snapshot_dir.clone());
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
+            crate::storage::blocking::run(move || -> io::Result<()> {
                 std::fs::rename(&from, &to)?;
                 snapshot_file::sync_dir(&dir)
             })
@@ -290,13 +270,13 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         }
         self.restore_from(&final_path, meta).await?;
         let (dir, keep) = (self.snapshot_dir.clone(), final_path.clone());
-        let _ = tokio::task::spawn_blocking(move || remove_snapshots_except(&dir, &keep)).await;
+        let _ = crate::storage::blocking::run(move || remove_snapshots_except(&dir, &keep)).await;
         tracing::info!(group_id = self.group_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.latest_snapshot()?.map(|(path, meta)| Snapshot { meta, snapshot: SnapshotFile { path } }))
+        Ok(self.latest_snapshot().await?.map(|(path, meta)| Snapshot { meta, snapshot: SnapshotFile { path } }))
     }
 }
 
@@ -380,7 +360,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
             pre_images: self.pre_images.clone(),
             guard: None,
         };
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::storage::blocking::run(move || {
             let result = this.write_file();
             // Stop recording pre-images whatever happened.
             this.pre_images.lock().expect("pre-image lock").take();
@@ -400,16 +380,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
         let (file, this) = built;
         // Older snapshots are no longer needed once this one is durable; a
         // newer one (installed from the leader meanwhile) stays.
-        let own_index = snapshot_index_of(&file.path);
-        if let Ok(entries) = std::fs::read_dir(&this.snapshot_dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let older = snapshot_index_of(&path).zip(own_index).is_some_and(|(index, own)| index < own);
-                if path != file.path && path.extension().is_some_and(|ext| ext == "bin") && older {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
+        let (dir, own_path) = (this.snapshot_dir.clone(), file.path.clone());
+        let _ = crate::storage::blocking::run(move || remove_snapshots_older_than(&dir, &own_path)).await;
         self.guard.take();
         Ok(Snapshot { meta: this.meta.clone(), snapshot: file })
     }
@@ -447,10 +419,12 @@ pub(crate) fn blocks_from<'a>(
 
 impl KvRead for sled::Tree {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        blocking::assert_off_runtime("a sled read");
         sled::Tree::get(self, key).expect("sled read failed: the state machine cannot go on").map(|v| v.to_vec())
     }
 
     fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
+        blocking::assert_off_runtime("a sled scan");
         self.range(start..=end)
             .keys()
             .map(|key| key.expect("sled read failed: the state machine cannot go on").to_vec())
@@ -460,6 +434,7 @@ impl KvRead for sled::Tree {
 
 impl SpaceReader {
     pub fn space(&self, name: &str) -> Result<Option<crate::space::SpaceRecord>, StorageError> {
+        blocking::assert_off_runtime("a state machine read");
         let Some(bytes) = self.tree.get(record::space_key(name)).map_err(read_error)? else {
             return Ok(None);
         };
@@ -468,11 +443,13 @@ impl SpaceReader {
 
     /// Whether a space of this name was deleted in this cluster.
     pub fn is_deleted(&self, name: &str) -> Result<bool, StorageError> {
+        blocking::assert_off_runtime("a state machine read");
         Ok(self.tree.get(record::deleted_key(name)).map_err(read_error)?.is_some())
     }
 
     /// Every space record, in name order.
     pub fn spaces(&self) -> Result<Vec<crate::space::SpaceRecord>, StorageError> {
+        blocking::assert_off_runtime("a state machine read");
         let mut spaces = Vec::new();
         for item in self.tree.scan_prefix([record::SPACE_PREFIX]) {
             let (_, value) = item.map_err(read_error)?;
@@ -493,6 +470,7 @@ impl SpaceReader {
         last_seq: u64,
         limit: usize,
     ) -> Result<Vec<SeqMessage>, StorageError> {
+        blocking::assert_off_runtime("a state machine read");
         let mut messages = Vec::new();
         if from_seq > last_seq || limit == 0 {
             return Ok(messages);
@@ -520,6 +498,7 @@ impl SpaceReader {
     /// Every stored message block of `space` holding seqs up to `last_seq`,
     /// in order.
     pub fn blocks(&self, space: &str, last_seq: u64) -> Result<Vec<record::MessageBlock>, StorageError> {
+        blocking::assert_off_runtime("a state machine read");
         blocks_from(&self.tree, space, 0, last_seq)
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| StorageError::Corrupt { what: "message block", why: e.to_string() })
@@ -540,6 +519,7 @@ fn apply_batch(
     mut next_state: AppliedState,
     entries: &[Entry],
 ) -> io::Result<(AppliedState, Vec<CommandResult>)> {
+    blocking::assert_off_runtime("state machine disk work");
     let mut results = Vec::with_capacity(entries.len());
     let writes = {
         let mut overlay = Overlay::new(tree);
@@ -571,8 +551,67 @@ fn apply_batch(
     Ok((next_state, results))
 }
 
+/// Opens group `group_id`'s tree and reads its applied state, after removing
+/// the leftovers of a snapshot build or transfer cut short by a crash.
+/// Answers the tree, its applied state and whether a restore was cut short.
+/// Blocking.
+fn open_tree(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<(sled::Tree, AppliedState, bool)> {
+    blocking::assert_off_runtime("state machine disk work");
+    std::fs::create_dir_all(snapshot_dir)?;
+    for entry in std::fs::read_dir(snapshot_dir)?.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "tmp" || ext == "recv") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let tree = db.open_tree(format!("sm.{group_id}")).map_err(sled_error)?;
+    let state = match tree.get(APPLIED_KEY).map_err(sled_error)? {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
+        })?,
+        None => AppliedState::default(),
+    };
+    let restoring = tree.contains_key(RESTORING_KEY).map_err(sled_error)?;
+    Ok((tree, state, restoring))
+}
+
+/// The newest valid snapshot file of group `group_id` in `dir`, and its
+/// metadata. Blocking.
+fn latest_snapshot_in(dir: &Path, group_id: u64) -> io::Result<Option<(PathBuf, SnapshotMeta)>> {
+    blocking::assert_off_runtime("state machine disk work");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "bin"))
+        .collect();
+    names.sort();
+    for path in names.into_iter().rev() {
+        match SnapshotReader::open(&path) {
+            Ok(reader) if reader.group_id == group_id => return Ok(Some((path, reader.meta))),
+            Ok(_) => continue,
+            Err(error) => tracing::warn!(path = %path.display(), %error, "skipping unreadable snapshot file"),
+        }
+    }
+    Ok(None)
+}
+
+/// Removes the snapshot files of `dir` older than `own` (a newer one,
+/// installed from the leader meanwhile, stays). Blocking.
+fn remove_snapshots_older_than(dir: &Path, own: &Path) {
+    blocking::assert_off_runtime("state machine disk work");
+    let own_index = snapshot_index_of(own);
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let older = snapshot_index_of(&path).zip(own_index).is_some_and(|(index, own)| index < own);
+        if path != own && path.extension().is_some_and(|ext| ext == "bin") && older {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Removes every snapshot file of `snapshot_dir` but `keep`. Blocking.
 fn remove_snapshots_except(snapshot_dir: &Path, keep: &Path) {
+    blocking::assert_off_runtime("state machine disk work");
     let Ok(entries) = std::fs::read_dir(snapshot_dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();

@@ -106,7 +106,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let config = Arc::new(config);
     let data_dir = DataDir::open(&config.data_dir, config.node_id, &config.region)?;
     let state_dir = data_dir.state_dir();
-    let db = tokio::task::spawn_blocking({
+    let db = crate::storage::blocking::run({
         let cache = config.storage.sm_cache_bytes;
         move || sled::Config::new().path(&state_dir).cache_capacity(cache).flush_every_ms(None).open()
     })
@@ -305,7 +305,7 @@ async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
 /// any other node started without one.
 async fn cluster_identity(root: &std::path::Path, bootstrap: bool) -> anyhow::Result<ClusterId> {
     let root = root.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<ClusterId> {
+    crate::storage::blocking::run(move || -> anyhow::Result<ClusterId> {
         if let Some(id) = crate::wire::read_cluster_id(&root)? {
             return Ok(ClusterId::known(&id));
         }

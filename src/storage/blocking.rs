@@ -1,0 +1,72 @@
+//! Disk work off the async runtime. Every sled read or write and every
+//! file-system call of a node runs on a blocking thread through [`run`];
+//! the functions that touch the disk check it ([`assert_off_runtime`]), so
+//! a debug build (every test) panics where one would stall the runtime.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Set while this thread runs work handed to [`run`].
+    static ON_BLOCKING_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears the mark when the work ends, however it ends.
+struct Mark;
+
+impl Mark {
+    fn set() -> Mark {
+        ON_BLOCKING_THREAD.with(|on| on.set(true));
+        Mark
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        ON_BLOCKING_THREAD.with(|on| on.set(false));
+    }
+}
+
+/// Runs `work` on a blocking thread and waits for it.
+pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, tokio::task::JoinError> {
+    spawn(work).await
+}
+
+/// Starts `work` on a blocking thread at once; await the handle for its result.
+pub fn spawn<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(move || {
+        let _mark = Mark::set();
+        work()
+    })
+}
+
+/// Whether disk work may run here: on a blocking thread of [`run`], or
+/// outside any async runtime (tools, tests).
+pub fn may_block() -> bool {
+    ON_BLOCKING_THREAD.with(Cell::get) || tokio::runtime::Handle::try_current().is_err()
+}
+
+/// Panics (in debug builds) when disk work runs on the async runtime.
+#[track_caller]
+pub fn assert_off_runtime(what: &str) {
+    debug_assert!(may_block(), "{what} ran on the async runtime: hand it to storage::blocking::run");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_is_allowed_on_blocking_threads_only() {
+        assert!(!may_block(), "a runtime worker must not block");
+        assert!(run(may_block).await.unwrap());
+        assert!(!may_block(), "the mark does not outlive the work");
+        assert!(std::thread::spawn(may_block).join().unwrap(), "outside a runtime, blocking is fine");
+    }
+
+    #[tokio::test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "ran on the async runtime")]
+    async fn disk_work_on_the_runtime_panics_in_debug_builds() {
+        assert_off_runtime("a sled read");
+    }
+}
