@@ -155,6 +155,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         Duration::from_millis(config.groups.ping_interval_ms.max(1)),
         shutdown_rx.clone(),
     ));
+    if host.cluster.get().is_none() {
+        tokio::spawn(learn_cluster_id(host.clone(), shutdown_rx.clone()));
+    }
     if config.bootstrap {
         tokio::spawn(bootstrap_directory(host.clone(), shutdown_rx.clone()));
     } else if fresh {
@@ -297,6 +300,37 @@ async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A node that does not know its cluster yet asks its peers (the first one
+/// that names its cluster is believed, as the first Raft message would be),
+/// so its own requests carry the id from its first moments and no peer
+/// refuses them.
+async fn learn_cluster_id(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    let me = host.config.advertise_addr().to_string();
+    let peers: Vec<String> =
+        host.config.peers.iter().map(|peer| peer.addr.clone()).filter(|addr| *addr != me).collect();
+    let mut pause = Duration::from_millis(50);
+    while host.cluster.get().is_none() {
+        for addr in &peers {
+            let Ok(mut client) = host.admin_stub(addr) else { continue };
+            let mut request = tonic::Request::new(pb::PingRequest { from_node: host.config.node_id });
+            request.set_timeout(Duration::from_secs(1));
+            let Ok(reply) = client.ping(request).await else { continue };
+            let cluster_id = reply.into_inner().cluster_id;
+            if crate::wire::is_cluster_id(&cluster_id) {
+                if let Err(error) = host.learn_cluster_id(&cluster_id).await {
+                    tracing::warn!(%error, "cannot keep the cluster id");
+                }
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
