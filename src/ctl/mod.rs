@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod output;
+pub mod parse;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use client::{CtlError, Endpoints};
 use output::Output;
+use parse::{parse_bool, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(name = "spacectl", version, about = "Operate and use a Spaceraft cluster")]
@@ -149,7 +151,7 @@ pub enum MemberCommand {
         #[arg(long)]
         force: bool,
         /// Confirm the removal.
-        #[arg(long, env = "SPACERAFT_YES")]
+        #[arg(long, env = "SPACERAFT_YES", value_parser = parse_bool)]
         yes: bool,
     },
 }
@@ -195,7 +197,7 @@ pub enum NodeCommand {
     /// needs --yes; --force as for `member remove`).
     Decommission {
         node: u64,
-        #[arg(long, env = "SPACERAFT_YES")]
+        #[arg(long, env = "SPACERAFT_YES", value_parser = parse_bool)]
         yes: bool,
         #[arg(long)]
         force: bool,
@@ -270,7 +272,7 @@ pub enum SpaceCommand {
     Delete {
         name: String,
         /// Confirm the deletion.
-        #[arg(long, env = "SPACERAFT_YES")]
+        #[arg(long, env = "SPACERAFT_YES", value_parser = parse_bool)]
         yes: bool,
     },
     /// List spaces (those a user is a member of, with --as).
@@ -332,19 +334,6 @@ pub enum ClusterCommand {
 fn parse_attr(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("attribute {text:?} is not KEY=VALUE"))?;
     Ok((key.to_string(), value.to_string()))
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?} has unknown unit {unit:?} (use ms, s or m)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// The meta cluster's id in member commands.
