@@ -177,3 +177,74 @@ fn a_bad_config_value_names_its_key() {
     assert!(!output.status.success());
     assert!(stderr.to_lowercase().contains("limits.body_bytes_max") && stderr.contains("environment"), "{stderr}");
 }
+
+/// The `SPACERAFT_*` variables documented for spacectl, the gateway and the
+/// log, as one shell holds them while it also runs nodes.
+const TOOL_ENV: &[(&str, &str)] = &[
+    ("SPACERAFT_USER", "alice"),
+    ("SPACERAFT_YES", "1"),
+    ("SPACERAFT_OUTPUT", "json"),
+    ("SPACERAFT_DIAL_TIMEOUT", "1m30s"),
+    ("SPACERAFT_COMMAND_TIMEOUT", "30s"),
+    ("SPACERAFT_GATEWAY_CLIENTS__SEND_QUEUE_LEN_MAX", "256"),
+    ("SPACERAFT_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_with_every_documented_variable_set_and_each_works_where_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, addr) = single_node(dir.path());
+    let log_path = dir.path().join("node-1.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+
+    // --- phase: the node finds its config through SPACERAFT_CONFIG, reads
+    // its keys from SPACERAFT_<KEY>, and leaves every other variable alone
+    let mut node = Command::new(common::spaceraft_bin())
+        .arg("node")
+        .env("SPACERAFT_CONFIG", &config)
+        .env("SPACERAFT_ENDPOINTS", &addr)
+        .envs(TOOL_ENV.iter().copied())
+        .env("SPACERAFT_SPACE__RETAIN_MESSAGES_MAX", "2")
+        .env("SPACERAFT_NODEID", "7")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // --- phase: spacectl with the same environment: endpoints, output,
+    // timeouts, user and yes all come from it
+    let spacectl = |args: &[&str]| {
+        let output = Command::new(common::spacectl_bin())
+            .env("SPACERAFT_ENDPOINTS", &addr)
+            .envs(TOOL_ENV.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "spacectl {args:?}: {stderr}");
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("JSON, as SPACERAFT_OUTPUT says")
+    };
+    let created = spacectl(&["space", "create", "general", "--members", "alice,bob"]);
+    assert_eq!(created["name"], "general");
+    for (body, seq) in [("one", 1), ("two", 2), ("three", 3)] {
+        let posted = spacectl(&["post", "general", body]);
+        assert_eq!(posted["seq"], seq, "posted as SPACERAFT_USER: {posted}");
+    }
+    let info = spacectl(&["space", "info", "general"]);
+    assert_eq!(info["first_seq"], 2, "SPACERAFT_SPACE__RETAIN_MESSAGES_MAX keeps 2 messages: {info}");
+    let deleted = spacectl(&["space", "delete", "general"]);
+    assert_eq!(deleted["existed"], true, "deleted without --yes, as SPACERAFT_YES=1 says: {deleted}");
+
+    assert!(node.try_wait().unwrap().is_none(), "the node still runs");
+    let _ = node.kill();
+    let _ = node.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains("unknown field"), "{log}");
+    assert!(
+        log.contains("SPACERAFT_NODEID") && log.contains("not a node config key"),
+        "a misspelt key is warned about: {log}"
+    );
+    for (name, _) in TOOL_ENV {
+        assert!(!log.contains(name), "{name} is not a node's: {log}");
+    }
+}
