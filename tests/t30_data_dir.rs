@@ -248,3 +248,41 @@ async fn a_node_runs_with_every_documented_variable_set_and_each_works_where_doc
         assert!(!log.contains(name), "{name} is not a node's: {log}");
     }
 }
+
+/// The flags `spaceraft SUBCOMMAND --help` lists without a description.
+fn flags_without_help(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let mut bare = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if !trimmed.starts_with('-') {
+            continue;
+        }
+        // `--flag <VALUE>  description`, or the description on the next,
+        // more indented lines (clap's long help).
+        let has_text_after = trimmed.split("  ").skip(1).any(|part| !part.trim().is_empty());
+        let indent = line.len() - trimmed.len();
+        let has_text_below = lines.get(index + 1).is_some_and(|next| {
+            let next_trimmed = next.trim_start();
+            !next_trimmed.is_empty() && !next_trimmed.starts_with('-') && next.len() - next_trimmed.len() > indent
+        });
+        if !has_text_after && !has_text_below {
+            bare.push(trimmed.to_string());
+        }
+    }
+    bare
+}
+
+#[test]
+fn every_flag_of_spaceraft_node_has_help_text() {
+    for flag in ["--help", "-h"] {
+        let output = Command::new(common::spaceraft_bin()).args(["node", flag]).output().unwrap();
+        assert!(output.status.success());
+        let help = String::from_utf8_lossy(&output.stdout);
+        for wanted in ["--node-id", "--region", "--data-dir", "--listen", "--peer", "--bootstrap", "--config"] {
+            assert!(help.contains(wanted), "{wanted} in:\n{help}");
+        }
+        let bare = flags_without_help(&help);
+        assert!(bare.is_empty(), "flags without help in `spaceraft node {flag}`: {bare:?}\n{help}");
+    }
+}
