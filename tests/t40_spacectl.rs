@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ctl::{spacectl, stderr};
+use common::ctl::{code, spacectl, stderr};
 use common::TestCluster;
 use serde_json::Value;
 
@@ -180,6 +180,31 @@ async fn spacectl_outputs_and_exit_codes() {
     let _ = tail.wait();
     assert_eq!(seen, ["1\talice\thello", "2\tbob\tagain", "3\talice\tlive one"]);
 
+    // --- phase: a reader that goes away early (`| head`) ends spacectl quietly
+    let history = spacectl_into_closed_pipe(&one, &["history", "general"]);
+    assert_eq!(code(&history), 0, "{}", stderr(&history));
+    assert!(stderr(&history).is_empty(), "{}", stderr(&history));
+    let mut tail = Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", &endpoints)
+        .args(["tail", "general", "--from", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(tail.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    assert_eq!(first_line, "1\talice\thello\n");
+    // The reader is gone; the next message tail writes ends it.
+    ok(spacectl(&one, &["post", "general", "after head", "--as", "alice"]));
+    let tail_exit =
+        common::wait_until_blocking(Duration::from_secs(20), "tail to end after its reader went away", || {
+            tail.try_wait().unwrap().ok_or("still running")
+        });
+    let mut tail_stderr = String::new();
+    tail.stderr.take().unwrap().read_to_string(&mut tail_stderr).unwrap();
+    assert_eq!(tail_exit.code(), Some(0), "{tail_stderr}");
+    assert!(!tail_stderr.contains("panicked"), "{tail_stderr}");
+
     // --- phase: exit codes
     let unknown = spacectl(&one, &["post", "nowhere", "hi", "--as", "alice"]);
     assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
@@ -211,5 +236,28 @@ async fn spacectl_outputs_and_exit_codes() {
     assert_eq!(no_quorum.status.code(), Some(5), "{}", stderr(&no_quorum));
     // Reads of what is applied still work on the survivor.
     let history = ok(spacectl(&survivor_addr, &["history", "general", "-o", "json"]));
-    assert_eq!(history.lines().count(), 3);
+    assert_eq!(history.lines().count(), 4);
+}
+
+/// Runs spacectl with its stdout a pipe whose reader has gone already, as
+/// `spacectl … | head` after head has read its lines.
+fn spacectl_into_closed_pipe(endpoints: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", endpoints)
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run spacectl")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [&["completion", "bash"][..], &["version"], &["version", "-o", "json"], &["--help"]] {
+        let output = spacectl_into_closed_pipe("127.0.0.1:1", args);
+        assert_eq!(code(&output), 0, "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).is_empty(), "{args:?}: {}", stderr(&output));
+    }
 }

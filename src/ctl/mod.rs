@@ -530,7 +530,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Version => out.version(),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "spacectl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "spacectl", &mut script);
+            output::write_stdout(&script);
         }
         Command::Space(SpaceCommand::List { user }) => {
             let spaces = endpoints.list_spaces(user.unwrap_or_default()).await?;

@@ -1,5 +1,8 @@
 //! spacectl's output: tables for people, JSON (snake_case, stable keys) for
 //! programs. History and tail print one JSON object per line.
+//!
+//! Everything goes through [`write_stdout`]: a reader that goes away early
+//! (`spacectl … | head`) ends spacectl quietly with exit 0.
 
 use serde_json::json;
 use tabled::builder::Builder;
@@ -7,6 +10,29 @@ use tabled::settings::Style;
 
 use super::Format;
 use crate::pb;
+
+/// `println!` through [`write_stdout`].
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+
+/// Writes to stdout and flushes. When the reader has gone (a closed pipe,
+/// as after `| head`), spacectl ends at once with exit 0: the reader has
+/// what it wanted, and nothing else is left to do with the output.
+pub fn write_stdout(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("error: cannot write to stdout: {error}");
+            std::process::exit(1)
+        }
+    }
+}
 
 pub struct Output {
     format: Format,
@@ -76,13 +102,13 @@ pub fn print_check(check: &Check, format: super::CheckFormat) {
     let max_lag = check.lag.values().copied().max().unwrap_or(0);
     let unhealthy = check.clusters.iter().filter(|c| !c.healthy).count();
     match format {
-        super::CheckFormat::Nagios => println!(
+        super::CheckFormat::Nagios => emit!(
             "SPACERAFT {label} - {} | clusters={} unhealthy={unhealthy} regions={} max_lag={max_lag}",
             check.summary,
             check.clusters.len(),
             check.regions_up
         ),
-        super::CheckFormat::Json => println!(
+        super::CheckFormat::Json => emit!(
             "{}",
             json!({
                 "status": label.to_lowercase(),
@@ -98,18 +124,18 @@ pub fn print_check(check: &Check, format: super::CheckFormat) {
             })
         ),
         super::CheckFormat::Prometheus => {
-            println!("# HELP spaceraft_check_status 0 ok, 1 warning, 2 critical, 3 unknown.");
-            println!("# TYPE spaceraft_check_status gauge");
-            println!("spaceraft_check_status {}", check.code);
-            println!("# TYPE spaceraft_regions_up gauge");
-            println!("spaceraft_regions_up {}", check.regions_up);
-            println!("# TYPE spaceraft_cluster_healthy gauge");
+            emit!("# HELP spaceraft_check_status 0 ok, 1 warning, 2 critical, 3 unknown.");
+            emit!("# TYPE spaceraft_check_status gauge");
+            emit!("spaceraft_check_status {}", check.code);
+            emit!("# TYPE spaceraft_regions_up gauge");
+            emit!("spaceraft_regions_up {}", check.regions_up);
+            emit!("# TYPE spaceraft_cluster_healthy gauge");
             for c in &check.clusters {
-                println!("spaceraft_cluster_healthy{{cluster=\"{}\"}} {}", c.cluster_id, u8::from(c.healthy));
+                emit!("spaceraft_cluster_healthy{{cluster=\"{}\"}} {}", c.cluster_id, u8::from(c.healthy));
             }
-            println!("# TYPE spaceraft_cluster_lag_entries gauge");
+            emit!("# TYPE spaceraft_cluster_lag_entries gauge");
             for (cluster, behind) in &check.lag {
-                println!("spaceraft_cluster_lag_entries{{cluster=\"{cluster}\"}} {behind}");
+                emit!("spaceraft_cluster_lag_entries{{cluster=\"{cluster}\"}} {behind}");
             }
         }
     }
@@ -188,19 +214,19 @@ impl Output {
     pub fn posted(&self, response: &pb::PostResponse) {
         match self.format {
             Format::Json => {
-                println!("{}", json!({"space": response.space, "seq": response.seq, "duplicate": response.duplicate}))
+                emit!("{}", json!({"space": response.space, "seq": response.seq, "duplicate": response.duplicate}))
             }
             Format::Table if response.duplicate => {
-                println!("{} (already posted: the key had committed before)", response.seq)
+                emit!("{} (already posted: the key had committed before)", response.seq)
             }
-            Format::Table => println!("{}", response.seq),
+            Format::Table => emit!("{}", response.seq),
         }
     }
 
     pub fn message(&self, message: &pb::Message) {
         match self.format {
-            Format::Json => println!("{}", message_json(message)),
-            Format::Table => println!("{}\t{}\t{}", message.seq, message.author, message.body),
+            Format::Json => emit!("{}", message_json(message)),
+            Format::Table => emit!("{}\t{}\t{}", message.seq, message.author, message.body),
         }
     }
 
@@ -213,7 +239,7 @@ impl Output {
                 for message in messages {
                     builder.push_record([message.seq.to_string(), message.author.clone(), message.body.clone()]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -224,10 +250,10 @@ impl Output {
             Format::Json => {
                 let mut value = space_json(space);
                 value["existed"] = json!(response.existed);
-                println!("{value}");
+                emit!("{value}");
             }
-            Format::Table if response.existed => println!("space {} already exists (unchanged)", space.name),
-            Format::Table => println!("created space {} with {} members", space.name, space.members.len()),
+            Format::Table if response.existed => emit!("space {} already exists (unchanged)", space.name),
+            Format::Table => emit!("created space {} with {} members", space.name, space.members.len()),
         }
     }
 
@@ -246,20 +272,20 @@ impl Output {
                         "moving_to": if placement.moving_to == 0 { serde_json::Value::Null } else { json!(placement.moving_to) },
                     });
                 }
-                println!("{value}");
+                emit!("{value}");
             }
             Format::Table => {
                 let attrs: std::collections::BTreeMap<_, _> = space.attrs.iter().collect();
                 let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!("name:       {}", space.name);
-                println!("members:    {}", space.members.join(","));
-                println!("attrs:      {}", attrs.join(" "));
-                println!("cluster:    {}", space.cluster_id);
-                println!("seqs:       {}..={}", space.first_seq, space.last_seq);
+                emit!("name:       {}", space.name);
+                emit!("members:    {}", space.members.join(","));
+                emit!("attrs:      {}", attrs.join(" "));
+                emit!("cluster:    {}", space.cluster_id);
+                emit!("seqs:       {}..={}", space.first_seq, space.last_seq);
                 if let Some(placement) = placement {
-                    println!("placement:  version {}, {}", placement.version, placement.reason);
+                    emit!("placement:  version {}, {}", placement.version, placement.reason);
                     if placement.moving_to != 0 {
-                        println!("moving to:  space cluster {}", placement.moving_to);
+                        emit!("moving to:  space cluster {}", placement.moving_to);
                     }
                 }
             }
@@ -268,21 +294,20 @@ impl Output {
 
     pub fn space_deleted(&self, deleted: &pb::DeleteSpaceResponse) {
         match self.format {
-            Format::Json => println!(
-                "{}",
-                json!({"space": deleted.space, "existed": deleted.existed, "last_seq": deleted.last_seq})
-            ),
-            Format::Table if deleted.existed => {
-                println!("deleted space {} (its last seq was {})", deleted.space, deleted.last_seq)
+            Format::Json => {
+                emit!("{}", json!({"space": deleted.space, "existed": deleted.existed, "last_seq": deleted.last_seq}))
             }
-            Format::Table => println!("space {} was deleted before", deleted.space),
+            Format::Table if deleted.existed => {
+                emit!("deleted space {} (its last seq was {})", deleted.space, deleted.last_seq)
+            }
+            Format::Table => emit!("space {} was deleted before", deleted.space),
         }
     }
 
     pub fn space_list(&self, spaces: &[pb::SpaceInfo]) {
         match self.format {
             Format::Json => {
-                println!("{}", serde_json::Value::Array(spaces.iter().map(space_json).collect()))
+                emit!("{}", serde_json::Value::Array(spaces.iter().map(space_json).collect()))
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -295,7 +320,7 @@ impl Output {
                         format!("{}..={}", space.first_seq, space.last_seq),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -305,7 +330,7 @@ impl Output {
         let commit = rows.iter().find(|r| r.role == "leader").map(|r| r.commit_index).unwrap_or(0);
         let lag = |r: &pb::ReplicaStatus| (r.role != "unreachable").then(|| commit.saturating_sub(r.applied_index));
         match self.format {
-            Format::Json => println!(
+            Format::Json => emit!(
                 "{}",
                 json!({
                     "cluster_id": cluster.cluster_id,
@@ -329,9 +354,10 @@ impl Output {
             Format::Table => {
                 let preferred =
                     if cluster.preferred_region.is_empty() { "-" } else { cluster.preferred_region.as_str() };
-                println!(
+                emit!(
                     "space cluster {}: {} spaces, preferred leader region {preferred}",
-                    cluster.cluster_id, cluster.spaces
+                    cluster.cluster_id,
+                    cluster.spaces
                 );
                 let mut builder = Builder::default();
                 builder.push_record(["NODE", "REGION", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST SEEN"]);
@@ -350,7 +376,7 @@ impl Output {
                         last_seen(r.last_seen_ms),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -361,10 +387,10 @@ impl Output {
                 let mut value = json!(summary);
                 value["file"] = json!(file.display().to_string());
                 value["node_id"] = json!(node_id);
-                println!("{value}");
+                emit!("{value}");
             }
             Format::Table => {
-                println!(
+                emit!(
                     "saved a snapshot of cluster {} at log index {} (built by node {node_id}) to {}",
                     summary.cluster_id,
                     summary.last_log_index,
@@ -380,7 +406,7 @@ impl Output {
             Format::Json => {
                 let mut value = json!(summary);
                 value["file"] = json!(file.display().to_string());
-                println!("{value}");
+                emit!("{value}");
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -397,7 +423,7 @@ impl Output {
                     indicatif::HumanBytes(summary.size_bytes).to_string(),
                     summary.crc32.clone(),
                 ]);
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -433,7 +459,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -465,7 +491,7 @@ impl Output {
                         last_seen(Some(info.last_report_ms.max(1))),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -494,7 +520,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -528,7 +554,7 @@ impl Output {
                         errors,
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -546,7 +572,7 @@ impl Output {
 
     pub fn space_moved(&self, space: &str, moved: &pb::MoveSpaceResponse) {
         match self.format {
-            Format::Json => println!(
+            Format::Json => emit!(
                 "{}",
                 json!({
                     "space": space,
@@ -558,15 +584,14 @@ impl Output {
                 })
             ),
             Format::Table if moved.from_cluster == moved.to_cluster => {
-                println!(
-                    "{space} is on space cluster {} already (placement version {})",
-                    moved.to_cluster, moved.version
-                )
+                emit!("{space} is on space cluster {} already (placement version {})", moved.to_cluster, moved.version)
             }
-            Format::Table => println!(
+            Format::Table => {
+                emit!(
                 "moved {space} from space cluster {} to {}: sealed at seq {}, {} messages copied, placement version {}",
                 moved.from_cluster, moved.to_cluster, moved.sealed_seq, moved.messages_copied, moved.version
-            ),
+            )
+            }
         }
     }
 
@@ -587,7 +612,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -599,7 +624,7 @@ impl Output {
                         if c.preferred_region.is_empty() { "-".to_string() } else { c.preferred_region.clone() };
                     builder.push_record([c.cluster_id.to_string(), voters.join(","), preferred, c.spaces.to_string()]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -607,19 +632,19 @@ impl Output {
     pub fn members(&self, cluster: u64, members: &pb::ChangeMembersResponse) {
         match self.format {
             Format::Json => {
-                println!("{}", json!({"cluster_id": cluster, "voters": members.voters, "learners": members.learners}))
+                emit!("{}", json!({"cluster_id": cluster, "voters": members.voters, "learners": members.learners}))
             }
             Format::Table => {
-                println!("space cluster {cluster}: voters {:?}, learners {:?}", members.voters, members.learners)
+                emit!("space cluster {cluster}: voters {:?}, learners {:?}", members.voters, members.learners)
             }
         }
     }
 
     pub fn leader_transferred(&self, cluster: u64, to: u64, waited: bool) {
         match self.format {
-            Format::Json => println!("{}", json!({"cluster_id": cluster, "to_node": to, "moved": waited})),
-            Format::Table if waited => println!("node {to} leads space cluster {cluster}"),
-            Format::Table => println!("asked node {to} to take over space cluster {cluster}"),
+            Format::Json => emit!("{}", json!({"cluster_id": cluster, "to_node": to, "moved": waited})),
+            Format::Table if waited => emit!("node {to} leads space cluster {cluster}"),
+            Format::Table => emit!("asked node {to} to take over space cluster {cluster}"),
         }
     }
 
@@ -638,7 +663,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -651,31 +676,31 @@ impl Output {
                         format!("{}/{}", c.answering, c.replicas),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
 
     pub fn drained(&self, nodes: &[u64], drained: bool) {
         match self.format {
-            Format::Json => println!("{}", json!({"nodes": nodes, "drained": drained})),
-            Format::Table if drained => println!("drained node(s) {nodes:?}"),
-            Format::Table => println!("node(s) {nodes:?} back in service"),
+            Format::Json => emit!("{}", json!({"nodes": nodes, "drained": drained})),
+            Format::Table if drained => emit!("drained node(s) {nodes:?}"),
+            Format::Table => emit!("node(s) {nodes:?} back in service"),
         }
     }
 
     pub fn version(&self) {
         let version = env!("CARGO_PKG_VERSION");
         match self.format {
-            Format::Json => println!("{}", json!({"spacectl": version})),
-            Format::Table => println!("spacectl {version}"),
+            Format::Json => emit!("{}", json!({"spacectl": version})),
+            Format::Table => emit!("spacectl {version}"),
         }
     }
 
     pub fn preferred(&self, cluster: u64, region: &str) {
         match self.format {
-            Format::Json => println!("{}", json!({"cluster_id": cluster, "preferred_region": region})),
-            Format::Table => println!("space cluster {cluster} now prefers region {:?}", region),
+            Format::Json => emit!("{}", json!({"cluster_id": cluster, "preferred_region": region})),
+            Format::Table => emit!("space cluster {cluster} now prefers region {:?}", region),
         }
     }
 
@@ -703,7 +728,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -737,7 +762,7 @@ impl Output {
                         r.error.clone(),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }

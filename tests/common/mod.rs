@@ -362,3 +362,44 @@ pub async fn create_space(cluster: &TestCluster, node: u64, name: &str, members:
 pub fn space_replica(status: &pb::NodeStatusResponse) -> Option<&pb::ReplicaStatus> {
     status.replicas.iter().find(|replica| replica.cluster_id == spaceraft::config::DEFAULT_CLUSTER_ID)
 }
+
+/// How often [`wait_until`] and [`wait_until_blocking`] look again.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs `condition` until it returns `Ok`, and returns its value. `Err`
+/// carries what was observed instead; after `timeout` the test panics,
+/// naming `what` it waited for and the last observation.
+pub async fn wait_until<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition().await {
+            Ok(value) => return value,
+            Err(observed) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last observed: {observed:?}")
+            }
+            Err(_) => tokio::time::sleep(WAIT_POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// [`wait_until`] for code that is not async (a thread, a child process).
+pub fn wait_until_blocking<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition() {
+            Ok(value) => return value,
+            Err(observed) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last observed: {observed:?}")
+            }
+            Err(_) => std::thread::sleep(WAIT_POLL_INTERVAL),
+        }
+    }
+}
