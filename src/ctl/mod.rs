@@ -6,6 +6,7 @@
 //! 4 permission denied, 5 no leader / no quorum.
 
 pub mod client;
+mod human;
 pub mod output;
 pub mod parse;
 pub mod snapshot;
@@ -345,7 +346,7 @@ async fn drain(endpoints: &Endpoints, out: &Output, nodes: &[u64], wait: bool) -
         endpoints.set_drained(*node, true).await?;
     }
     if wait {
-        let progress = out.spinner(format!("moving leaderships off node(s) {nodes:?}"));
+        let progress = out.spinner(format!("moving leaderships off {}", human::nodes(nodes)));
         let drained = endpoints.wait_leading_nothing(nodes).await;
         progress.finish_and_clear();
         drained?;

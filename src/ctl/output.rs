@@ -8,6 +8,7 @@ use serde_json::json;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
+use super::human;
 use super::Format;
 use crate::pb;
 
@@ -91,8 +92,10 @@ pub fn check_cluster(
         0
     };
     let summary = format!(
-        "{} clusters, {unhealthy} without a leader or majority, {regions_up} regions answering (expected {expect_regions}), {unreachable} replicas unreachable, max lag {max_lag}",
-        clusters.len()
+        "{}, {unhealthy} without a leader or majority, {} answering (expected {expect_regions}), {} unreachable, max lag {max_lag}",
+        human::count(clusters.len() as u64, "cluster"),
+        human::count(regions_up as u64, "region"),
+        human::count(unreachable as u64, "replica"),
     );
     Check { code, summary, clusters, regions_up, lag }
 }
@@ -253,7 +256,9 @@ impl Output {
                 emit!("{value}");
             }
             Format::Table if response.existed => emit!("space {} already exists (unchanged)", space.name),
-            Format::Table => emit!("created space {} with {} members", space.name, space.members.len()),
+            Format::Table => {
+                emit!("created space {} with {}", space.name, human::count(space.members.len() as u64, "member"))
+            }
         }
     }
 
@@ -278,12 +283,12 @@ impl Output {
                 let attrs: std::collections::BTreeMap<_, _> = space.attrs.iter().collect();
                 let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 emit!("name:       {}", space.name);
-                emit!("members:    {}", space.members.join(","));
-                emit!("attrs:      {}", attrs.join(" "));
+                emit!("members:    {}", space.members.join(", "));
+                emit!("attrs:      {}", if attrs.is_empty() { "none".to_string() } else { attrs.join(" ") });
                 emit!("cluster:    {}", space.cluster_id);
-                emit!("seqs:       {}..={}", space.first_seq, space.last_seq);
+                emit!("seqs:       {}", human::seq_range(space.first_seq, space.last_seq));
                 if let Some(placement) = placement {
-                    emit!("placement:  version {}, {}", placement.version, placement.reason);
+                    emit!("placement:  version {}, {}", placement.version, human::placement_reason(&placement.reason));
                     if placement.moving_to != 0 {
                         emit!("moving to:  space cluster {}", placement.moving_to);
                     }
@@ -317,7 +322,7 @@ impl Output {
                         space.name.clone(),
                         space.cluster_id.to_string(),
                         space.members.len().to_string(),
-                        format!("{}..={}", space.first_seq, space.last_seq),
+                        human::seq_range(space.first_seq, space.last_seq),
                     ]);
                 }
                 emit!("{}", builder.build().with(Style::blank()));
@@ -355,9 +360,9 @@ impl Output {
                 let preferred =
                     if cluster.preferred_region.is_empty() { "-" } else { cluster.preferred_region.as_str() };
                 emit!(
-                    "space cluster {}: {} spaces, preferred leader region {preferred}",
+                    "space cluster {}: {}, preferred leader region {preferred}",
                     cluster.cluster_id,
-                    cluster.spaces
+                    human::count(cluster.spaces, "space")
                 );
                 let mut builder = Builder::default();
                 builder.push_record(["NODE", "REGION", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST SEEN"]);
@@ -416,7 +421,7 @@ impl Output {
                     summary.cluster_id.to_string(),
                     summary.last_log_index.to_string(),
                     summary.last_log_term.to_string(),
-                    format!("{:?}", summary.voters),
+                    human::ids(&summary.voters),
                     summary.keys.to_string(),
                     summary.spaces.to_string(),
                     summary.messages.to_string(),
@@ -529,7 +534,8 @@ impl Output {
                 ]);
                 for n in nodes {
                     let roles: std::collections::BTreeMap<_, _> = n.roles.iter().collect();
-                    let roles: Vec<String> = roles.iter().map(|(role, count)| format!("{count} {role}")).collect();
+                    let roles: Vec<String> =
+                        roles.iter().map(|(role, count)| human::role_count(role, u64::from(**count))).collect();
                     let health = if n.drained { format!("{} (drained)", n.health) } else { n.health.clone() };
                     let reachable = n.health != "unreachable";
                     let errors = match n.errors.len() {
@@ -586,12 +592,14 @@ impl Output {
             Format::Table if moved.from_cluster == moved.to_cluster => {
                 emit!("{space} is on space cluster {} already (placement version {})", moved.to_cluster, moved.version)
             }
-            Format::Table => {
-                emit!(
-                "moved {space} from space cluster {} to {}: sealed at seq {}, {} messages copied, placement version {}",
-                moved.from_cluster, moved.to_cluster, moved.sealed_seq, moved.messages_copied, moved.version
-            )
-            }
+            Format::Table => emit!(
+                "moved {space} from space cluster {} to {}: sealed at seq {}, {} copied, placement version {}",
+                moved.from_cluster,
+                moved.to_cluster,
+                moved.sealed_seq,
+                human::count(moved.messages_copied, "message"),
+                moved.version
+            ),
         }
     }
 
@@ -622,7 +630,7 @@ impl Output {
                         c.voters.iter().map(|v| format!("{v}@{}", region_of.get(v).copied().unwrap_or("?"))).collect();
                     let preferred =
                         if c.preferred_region.is_empty() { "-".to_string() } else { c.preferred_region.clone() };
-                    builder.push_record([c.cluster_id.to_string(), voters.join(","), preferred, c.spaces.to_string()]);
+                    builder.push_record([c.cluster_id.to_string(), voters.join(", "), preferred, c.spaces.to_string()]);
                 }
                 emit!("{}", builder.build().with(Style::blank()));
             }
@@ -635,7 +643,11 @@ impl Output {
                 emit!("{}", json!({"cluster_id": cluster, "voters": members.voters, "learners": members.learners}))
             }
             Format::Table => {
-                emit!("space cluster {cluster}: voters {:?}, learners {:?}", members.voters, members.learners)
+                emit!(
+                    "space cluster {cluster}: voters {}; learners {}",
+                    human::ids(&members.voters),
+                    human::ids(&members.learners)
+                )
             }
         }
     }
@@ -684,8 +696,8 @@ impl Output {
     pub fn drained(&self, nodes: &[u64], drained: bool) {
         match self.format {
             Format::Json => emit!("{}", json!({"nodes": nodes, "drained": drained})),
-            Format::Table if drained => emit!("drained node(s) {nodes:?}"),
-            Format::Table => emit!("node(s) {nodes:?} back in service"),
+            Format::Table if drained => emit!("drained {}", human::nodes(nodes)),
+            Format::Table => emit!("{} back in service", human::nodes(nodes)),
         }
     }
 
@@ -700,7 +712,8 @@ impl Output {
     pub fn preferred(&self, cluster: u64, region: &str) {
         match self.format {
             Format::Json => emit!("{}", json!({"cluster_id": cluster, "preferred_region": region})),
-            Format::Table => emit!("space cluster {cluster} now prefers region {:?}", region),
+            Format::Table if region.is_empty() => emit!("space cluster {cluster} now has no preferred leader region"),
+            Format::Table => emit!("space cluster {cluster} now prefers its leader in region {region}"),
         }
     }
 
