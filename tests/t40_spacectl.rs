@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -260,4 +260,62 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(code(&output), 0, "{args:?}: {}", stderr(&output));
         assert!(stderr(&output).is_empty(), "{args:?}: {}", stderr(&output));
     }
+}
+
+/// Answers every connection with `reply` (after reading what the client
+/// sent first), then closes it the way servers do (its side first, then
+/// reading what is left, so the reply is not lost to a reset); for as long
+/// as the test runs.
+fn serve_forever(reply: &'static [u8]) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let _ = stream.read(&mut [0u8; 1024]);
+            let _ = stream.write_all(reply);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            while matches!(stream.read(&mut [0u8; 1024]), Ok(read) if read > 0) {}
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_not_a_node_fails_within_the_dial_timeout_and_says_why() {
+    let closed = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    // Bound, never accepted: the kernel completes the TCP handshake, and
+    // nothing ever answers.
+    let silent_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent_listener.local_addr().unwrap().to_string();
+    let http = serve_forever(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let tls_alert = serve_forever(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
+    // A gRPC server with a health service but none of a node's services.
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap().to_string();
+    let (_health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)),
+    );
+
+    let cases = [
+        (closed, "connection refused"),
+        (silent, "accepted the connection but sent nothing within 1s"),
+        (http, "an HTTP/1 server answered"),
+        (tls_alert, "a TLS server answered"),
+        (grpc, "not a Spaceraft node"),
+    ];
+    for (addr, reason) in cases {
+        let started = Instant::now();
+        // The command timeout equals the dial timeout: spacectl tries an
+        // unreachable endpoint again until the command timeout.
+        let output = spacectl(&addr, &["space", "list", "--dial-timeout", "1s", "--command-timeout", "1s"]);
+        let elapsed = started.elapsed();
+        assert_eq!(code(&output), 3, "{addr}: {}", stderr(&output));
+        assert!(stderr(&output).contains(&addr) && stderr(&output).contains(reason), "{reason}: {}", stderr(&output));
+        assert!(elapsed < Duration::from_secs(3), "{reason}: took {elapsed:?}");
+    }
+    drop(silent_listener);
 }

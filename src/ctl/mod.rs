@@ -6,6 +6,7 @@
 //! 4 permission denied, 5 no leader / no quorum.
 
 pub mod client;
+mod dial;
 mod human;
 pub mod output;
 pub mod parse;
