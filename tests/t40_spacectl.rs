@@ -319,3 +319,89 @@ async fn an_endpoint_that_is_not_a_node_fails_within_the_dial_timeout_and_says_w
     }
     drop(silent_listener);
 }
+
+/// A line of a shell script as its words: double quotes group, `#` outside
+/// quotes starts a comment.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut in_word) = (Vec::new(), String::new(), false, false);
+    for character in line.chars() {
+        match character {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '#' if !quoted => break,
+            ' ' if !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                }
+                in_word = false;
+            }
+            _ => {
+                word.push(character);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// The spacectl commands of the README's walk-through ("Using it"), in order.
+fn readme_walkthrough() -> Vec<Vec<String>> {
+    let readme = include_str!("../README.md");
+    let section = readme.split("## Using it").nth(1).expect("the README has a section \"Using it\"");
+    let script = section.split("```sh").nth(1).and_then(|rest| rest.split("```").next()).expect("a sh block");
+    script.lines().filter(|line| line.starts_with("spacectl ")).map(|line| shell_words(line)[1..].to_vec()).collect()
+}
+
+#[test]
+fn shell_words_split_like_a_shell() {
+    assert_eq!(
+        shell_words(r#"spacectl post team "hello from us-east" --as alice   # prints the seq: 1"#),
+        ["spacectl", "post", "team", "hello from us-east", "--as", "alice"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_runs_as_written_on_a_dev_cluster() {
+    // Placed as `spaceraft dev` places, with the demo space dev makes.
+    let placement = spaceraft::dev::dev_placement();
+    let cluster = TestCluster::start_with(&format!(
+        "[placement]\nspaces_max = {}\nnew_affinity_fill = {}\n",
+        placement.spaces_max, placement.new_affinity_fill
+    ))
+    .await;
+    let endpoints = cluster.endpoints();
+    let addrs: Vec<String> = cluster.nodes.iter().map(|node| node.addr.clone()).collect();
+    assert!(spaceraft::dev::create_demo_space(&addrs).await.is_some(), "dev's demo space");
+    let workdir = tempfile::tempdir().unwrap();
+
+    let commands = readme_walkthrough();
+    assert!(commands.len() >= 20, "{commands:?}");
+    for args in &commands {
+        let mut command = Command::new(common::spacectl_bin());
+        command
+            .current_dir(workdir.path())
+            .env("SPACERAFT_ENDPOINTS", &endpoints)
+            .env_remove("SPACERAFT_USER")
+            .env_remove("SPACERAFT_OUTPUT")
+            .env_remove("SPACERAFT_YES")
+            .args(args);
+        if args[0] == "tail" {
+            // It streams until interrupted: what it printed is the test.
+            let mut tail = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+            let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+            let seen: Vec<String> = (0..2).map(|_| lines.next().expect("tail ended").unwrap()).collect();
+            assert_eq!(seen, ["1\talice\thello from us-east", "2\tbob\tretry-safe"]);
+            assert!(tail.try_wait().unwrap().is_none(), "tail keeps streaming");
+            let _ = tail.kill();
+            let _ = tail.wait();
+            continue;
+        }
+        let output = command.output().unwrap();
+        assert_eq!(code(&output), 0, "spacectl {}: {}", args.join(" "), stderr(&output));
+    }
+}
