@@ -68,21 +68,12 @@ async fn another_nodes_or_a_corrupt_directory_is_refused_and_left_alone() {
     let mut node = Command::new(common::spaceraft_bin()).args(["node", "--config"]).arg(&config).spawn().unwrap();
     let channel = common::connect(&addr).await;
     let mut client = pb::client_client::ClientClient::new(channel);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let created = client
-            .create_space(pb::CreateSpaceRequest {
-                name: "general".into(),
-                members: vec!["alice".into()],
-                attrs: Default::default(),
-            })
-            .await;
-        if created.is_ok() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "single node never became leader: {created:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(Duration::from_secs(20), "the single node to lead and create a space", async || {
+        let request =
+            pb::CreateSpaceRequest { name: "general".into(), members: vec!["alice".into()], attrs: Default::default() };
+        client.create_space(request).await.map(|_| ())
+    })
+    .await;
     client
         .post(pb::PostRequest {
             space: "general".into(),
@@ -132,23 +123,17 @@ async fn another_nodes_or_a_corrupt_directory_is_refused_and_left_alone() {
     let mut node = Command::new(common::spaceraft_bin()).args(["node", "--config"]).arg(&config).spawn().unwrap();
     let channel = common::connect(&addr).await;
     let mut client = pb::client_client::ClientClient::new(channel);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let messages = loop {
-        let history = client
-            .history(pb::HistoryRequest {
-                space: "general".into(),
-                user: "alice".into(),
-                from_seq: 1,
-                limit: 10,
-                linearizable: true,
-            })
-            .await;
-        if let Ok(history) = history {
-            break history.into_inner().messages;
-        }
-        assert!(std::time::Instant::now() < deadline, "restarted node never served: {history:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let messages = common::wait_until(Duration::from_secs(20), "the restarted node to serve history", async || {
+        let request = pb::HistoryRequest {
+            space: "general".into(),
+            user: "alice".into(),
+            from_seq: 1,
+            limit: 10,
+            linearizable: true,
+        };
+        client.history(request).await.map(|history| history.into_inner().messages)
+    })
+    .await;
     assert_eq!(messages.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["kept"]);
     let _ = node.kill();
     let _ = node.wait();

@@ -74,15 +74,16 @@ async fn spacectl_outputs_and_exit_codes() {
     );
 
     // Node 3 answers from what it has applied: wait until it has both posts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let info = loop {
+    let info = common::wait_until(Duration::from_secs(20), "node 3 to apply both posts", async || {
         let info: Value =
             serde_json::from_str(&ok(spacectl(&one, &["space", "info", "general", "-o", "json"]))).unwrap();
-        if info["last_seq"] == 2 || Instant::now() > deadline {
-            break info;
+        if info["last_seq"] == 2 {
+            Ok(info)
+        } else {
+            Err(info)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(info["attrs"]["org"], "acme");
     assert_eq!(info["last_seq"], 2);
 
@@ -171,11 +172,14 @@ async fn spacectl_outputs_and_exit_codes() {
     ok(spacectl(&one, &["post", "general", "live one", "--as", "alice"]));
     let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.len() < 3 {
-        assert!(Instant::now() < deadline, "tail printed only {seen:?}");
+    common::wait_until_blocking(Duration::from_secs(20), "tail to print three messages", || {
         seen.push(lines.next().expect("tail ended").unwrap());
-    }
+        if seen.len() == 3 {
+            Ok(())
+        } else {
+            Err(seen.clone())
+        }
+    });
     let _ = tail.kill();
     let _ = tail.wait();
     assert_eq!(seen, ["1\talice\thello", "2\tbob\tagain", "3\talice\tlive one"]);

@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ctl::spacectl;
 use common::gateway::{Recorder, TEST_UPSTREAM};
@@ -155,15 +155,15 @@ async fn every_command_keeps_its_json_shape() {
     assert_shape!("check_cluster", ctl.json(&["check", "cluster", "--format", "json"]));
 
     // --- gateways (once every one has reported)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let gateways = loop {
+    let gateways = common::wait_until(Duration::from_secs(60), "every gateway to report", async || {
         let gateways = ctl.json(&["gateway", "list"]);
         if gateways.as_array().unwrap().len() == 3 {
-            break gateways;
+            Ok(gateways)
+        } else {
+            Err(gateways)
         }
-        assert!(Instant::now() < deadline, "{gateways}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_shape!("gateway_list", gateways);
 
     // --- the same reads as tables: a header, and a row with what JSON said
