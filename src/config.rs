@@ -1,5 +1,7 @@
 //! Node configuration: a TOML file, overridden by `SPACERAFT_*` environment
-//! variables, overridden by command-line flags, in that order.
+//! variables named after config keys, overridden by command-line flags, in
+//! that order. Other `SPACERAFT_*` variables (spacectl's, the gateway's) are
+//! not a node's: a node ignores them.
 //!
 //! Every bound lives here with a default and its unit last in its name. A bad
 //! value is reported with its key and the source it came from (the file, the
@@ -276,14 +278,52 @@ pub struct FlagOverrides {
     pub peers: Option<Vec<PeerConfig>>,
 }
 
-/// Environment variables that belong to the tools, not to a node's config.
-const ENV_NOT_CONFIG: &[&str] = &["endpoints", "output", "log"];
-/// `SPACERAFT_GATEWAY_*` variables configure gateways, not nodes.
-const ENV_GATEWAY_PREFIX: &str = "gateway_";
+/// The top-level keys of [`NodeConfig`]: the only `SPACERAFT_*` variables a
+/// node reads (`SPACERAFT_NODE_ID`, `SPACERAFT_RAFT__HEARTBEAT_INTERVAL_MS`,
+/// …). Every other `SPACERAFT_*` name belongs to another tool (spacectl's
+/// `SPACERAFT_ENDPOINTS` and `SPACERAFT_USER`, the gateway's
+/// `SPACERAFT_GATEWAY_*`, the `--config` flag's `SPACERAFT_CONFIG`, the log
+/// filter `SPACERAFT_LOG`): one shell can hold them all while it runs nodes.
+/// A unit test keeps this list equal to the struct's fields.
+pub const ENV_CONFIG_KEYS: &[&str] = &[
+    "node_id",
+    "region",
+    "listen_addr",
+    "advertise_addr",
+    "data_dir",
+    "bootstrap",
+    "peers",
+    "raft",
+    "limits",
+    "space",
+    "storage",
+    "network",
+    "groups",
+    "placement",
+];
+
+/// `SPACERAFT_*` names that other tools read; a node ignores them without a
+/// warning.
+const ENV_OF_OTHER_TOOLS: &[&str] =
+    &["config", "log", "endpoints", "output", "user", "yes", "dial_timeout", "command_timeout"];
+
+/// Whether the `SPACERAFT_*` variable whose name (after the prefix, lower
+/// case, nested keys joined by `.`) is `key` sets a node config key.
+pub fn is_node_env_key(key: &str) -> bool {
+    let top_level = key.split('.').next().unwrap_or(key);
+    ENV_CONFIG_KEYS.contains(&top_level)
+}
+
+/// Whether a `SPACERAFT_*` variable that no node reads is worth a warning:
+/// not another tool's, so perhaps a misspelt config key.
+fn is_unknown_env_key(key: &str) -> bool {
+    !is_node_env_key(key) && !ENV_OF_OTHER_TOOLS.contains(&key) && !key.starts_with("gateway_")
+}
 
 impl NodeConfig {
-    /// Loads the layers: `file` (if given), then `SPACERAFT_*` variables
-    /// (nested keys joined by `__`, e.g. `SPACERAFT_RAFT__HEARTBEAT_INTERVAL_MS`),
+    /// Loads the layers: `file` (if given), then the `SPACERAFT_*` variables
+    /// named after config keys (nested keys joined by `__`, e.g.
+    /// `SPACERAFT_RAFT__HEARTBEAT_INTERVAL_MS`; see [`ENV_CONFIG_KEYS`]),
     /// then `flags`.
     pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<NodeConfig, ConfigError> {
         let mut figment = Figment::new();
@@ -293,11 +333,13 @@ impl NodeConfig {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        let env = Env::prefixed("SPACERAFT_").split("__");
+        for (key, _) in env.iter().filter(|(key, _)| is_unknown_env_key(key.as_str())) {
+            let variable = format!("SPACERAFT_{}", key.as_str().replace('.', "__").to_ascii_uppercase());
+            tracing::warn!(%variable, "ignored: not a node config key");
+        }
         let figment = figment
-            .merge(Env::prefixed("SPACERAFT_").split("__").filter(|key| {
-                let key = key.as_str().to_ascii_lowercase();
-                !ENV_NOT_CONFIG.contains(&key.as_str()) && !key.starts_with(ENV_GATEWAY_PREFIX)
-            }))
+            .merge(env.filter(|key| is_node_env_key(&key.as_str().to_ascii_lowercase())))
             .merge(Serialized::globals(flags));
         let config: NodeConfig = figment.extract().map_err(|error| {
             let messages: Vec<String> = error.into_iter().map(|one| one.to_string()).collect();
@@ -400,6 +442,33 @@ mod tests {
         let path = write(dir.path(), &format!("{MINIMAL}[raft]\nheartbeat_ms = 5\n"));
         let error = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap_err().to_string();
         assert!(error.contains("heartbeat_ms"), "{error}");
+    }
+
+    #[test]
+    fn the_env_config_keys_are_the_config_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), MINIMAL);
+        let config = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap();
+        let value = serde_json::to_value(&config).unwrap();
+        let mut fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut listed = ENV_CONFIG_KEYS.to_vec();
+        fields.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(fields, listed);
+    }
+
+    #[test]
+    fn a_node_reads_only_config_keys_from_the_environment() {
+        for key in ["node_id", "raft.heartbeat_interval_ms", "placement.spaces_max", "peers"] {
+            assert!(is_node_env_key(key), "{key}");
+        }
+        for key in ["config", "log", "endpoints", "output", "user", "yes", "dial_timeout", "command_timeout"] {
+            assert!(!is_node_env_key(key), "{key}");
+            assert!(!is_unknown_env_key(key), "{key} is another tool's, no warning");
+        }
+        assert!(!is_node_env_key("gateway_clients.send_queue_len_max"));
+        assert!(!is_unknown_env_key("gateway_clients.send_queue_len_max"));
+        assert!(is_unknown_env_key("nodeid"), "a misspelt key is warned about");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! each gateway's (`<data-dir>/gateway-<region>.toml`), bootstraps the space
 //! cluster and creates a demo space `general` (members alice, bob, carol);
 //! later runs on the same data directory reuse the configs and restart the
-//! same cluster with its data.
+//! same cluster with its data. Placement is sized for a laptop: a space of
+//! another org gets its own cluster ([`dev_placement`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{NodeConfig, PeerConfig};
 use crate::error::{ApiError, ErrorKind};
 use crate::gateway::config::GatewayConfig;
+use crate::placement::PlacementConfig;
 use crate::wire::{stamped, ClusterId};
 
 /// Region names for `--regions N`, in order.
@@ -67,6 +69,15 @@ pub struct NodeEndpoint {
     pub id: u64,
     pub region: String,
     pub grpc: String,
+}
+
+/// Placement sized for a laptop: a space cluster takes up to 100 spaces,
+/// and a space with no affinity to any cluster (another org, no shared
+/// members) starts a new cluster unless one is still empty. A few `spacectl
+/// space create`s then show placement at work (`spacectl cluster list`),
+/// and there is a second cluster to move a space to.
+pub fn dev_placement() -> PlacementConfig {
+    PlacementConfig { spaces_max: 100, new_affinity_fill: 1, ..PlacementConfig::default() }
 }
 
 fn config_path(data_dir: &Path, id: u64) -> PathBuf {
@@ -122,7 +133,7 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, NodeConfig)>> {
             space: Default::default(),
             storage: Default::default(),
             groups: Default::default(),
-            placement: Default::default(),
+            placement: dev_placement(),
             network: Default::default(),
         };
         let path = config_path(&data_dir, peer.id);
@@ -329,7 +340,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// Creates the demo space `general` unless it exists; says what happened.
-async fn create_demo_space(endpoints: &[String], cluster: &ClusterId) -> Option<String> {
+pub async fn create_demo_space(endpoints: &[String], cluster: &ClusterId) -> Option<String> {
     let members: Vec<String> = ["alice", "bob", "carol"].iter().map(|m| m.to_string()).collect();
     for addr in endpoints {
         let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };

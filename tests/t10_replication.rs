@@ -17,38 +17,18 @@ const CLIENTS: u64 = 8;
 const POSTS_PER_CLIENT: u64 = 250;
 const SPACE: &str = "general";
 
-/// Posts with one key until it is acknowledged, trying each node in turn.
+/// Posts with one key until it is acknowledged, trying each node in turn;
+/// a failure other than no leader, a dead node or a timeout fails the test.
 async fn post_until_acked(endpoints: &[String], client_number: u64, key: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt = client_number as usize;
-    loop {
-        let addr = &endpoints[attempt % endpoints.len()];
-        attempt += 1;
-        if let Ok(channel) = common::try_connect(addr).await {
-            let mut client = pb::client_client::ClientClient::new(channel);
-            let request = pb::PostRequest {
-                space: SPACE.into(),
-                author: format!("user{}", client_number % 4),
-                body: format!("body of {key}"),
-                idempotency_key: key.into(),
-            };
-            match client.post(request).await {
-                Ok(response) => return response.into_inner().seq,
-                Err(status) => assert!(
-                    matches!(
-                        status.code(),
-                        tonic::Code::Unavailable
-                            | tonic::Code::Unknown
-                            | tonic::Code::Cancelled
-                            | tonic::Code::DeadlineExceeded
-                    ),
-                    "post {key} failed with a non-retryable status: {status}"
-                ),
-            }
-        }
-        assert!(Instant::now() < deadline, "post {key} was never acknowledged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let request = pb::PostRequest {
+        space: SPACE.into(),
+        author: format!("user{}", client_number % 4),
+        body: format!("body of {key}"),
+        idempotency_key: key.into(),
+    };
+    let first = client_number as usize;
+    common::post_until_acknowledged(endpoints, first, request, Duration::from_secs(60), common::unavailable_or_timeout)
+        .await
 }
 
 fn check_history(history: &[pb::Message], acked: &HashMap<String, u64>, node: u64) {
@@ -125,16 +105,23 @@ async fn acknowledged_posts_survive_leader_kill_and_full_restart() {
 
     // --- phase: SIGKILL the leader in the middle
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acked_count.load(Ordering::SeqCst) < 500 {
-        assert!(Instant::now() < deadline, "posting made no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let acked_at_least = |count: u64| {
+        let acked_count = acked_count.clone();
+        async move || match acked_count.load(Ordering::SeqCst) {
+            acked if acked >= count => Ok(()),
+            acked => Err(format!("{acked} acknowledged")),
+        }
+    };
+    common::wait_until(Duration::from_secs(60), "500 posts acknowledged", acked_at_least(500)).await;
     cluster.kill_node(leader);
     let killed_at = acked_count.load(Ordering::SeqCst);
-    while acked_count.load(Ordering::SeqCst) < killed_at + 500 {
-        assert!(Instant::now() < deadline, "posting did not resume after the leader was killed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    common::wait_until(
+        left,
+        "500 more posts acknowledged after the leader was killed",
+        acked_at_least(killed_at + 500),
+    )
+    .await;
     cluster.start_node(leader);
 
     let mut acked: HashMap<String, u64> = HashMap::new();
@@ -158,15 +145,13 @@ async fn acknowledged_posts_survive_leader_kill_and_full_restart() {
     }
 
     // --- phase: the follower's subscription saw the same sequence
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = received.lock().await.len() as u64;
-        if seen >= total {
-            break;
+    common::wait_until(Duration::from_secs(30), "the subscriber to see every message", async || {
+        match received.lock().await.len() as u64 {
+            seen if seen >= total => Ok(()),
+            seen => Err(format!("saw {seen} of {total} messages")),
         }
-        assert!(Instant::now() < deadline, "subscriber saw {seen} of {total} messages");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let seen = received.lock().await.clone();
     assert_eq!(seen, reference, "the subscription must see exactly the committed sequence");
     subscription.abort();

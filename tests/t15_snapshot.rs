@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{full_history, TestCluster};
 use spaceraft::pb;
@@ -44,20 +44,17 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     post_many(&cluster, leader, 0, 400).await;
     // The leader purges only once no replication attempt to the dead
     // follower holds the range: wait until it has.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::wait_until(Duration::from_secs(30), "the leader to purge its log behind a snapshot", async || {
         let mut admin = cluster.admin(leader).await;
         let status = admin.node_status(pb::NodeStatusRequest::default()).await.expect("node status").into_inner();
-        if common::space_replica(&status).expect("first space cluster").purged_index >= 100 {
-            break;
+        let replica = common::space_replica(&status).expect("first space cluster").clone();
+        if replica.purged_index >= 100 {
+            Ok(())
+        } else {
+            Err(replica)
         }
-        assert!(
-            Instant::now() < deadline,
-            "the leader never purged its log behind a snapshot: {:?}",
-            common::space_replica(&status).expect("first space cluster")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert!(snapshot_files(&cluster, leader) >= 1);
 
     // --- phase: it comes back and must be sent a snapshot

@@ -171,18 +171,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(seq, 3);
     for node in 1..=3 {
         // A follower may not have applied the space yet: wait with a deadline.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut reader = cluster.client(node).await;
-        let messages = loop {
+        let what = format!("node {node} to hold k1, k2 and k3");
+        common::wait_until(Duration::from_secs(10), &what, async || {
             let read = reader.history(history("general", "alice")).await;
-            let messages = read.map(|r| r.into_inner().messages).unwrap_or_default();
-            if messages.len() == 3 || std::time::Instant::now() > deadline {
-                break messages;
+            let messages = read.map(|r| r.into_inner().messages).map_err(|status| status.to_string())?;
+            let keys: Vec<String> = messages.into_iter().map(|m| m.idempotency_key).collect();
+            if keys == ["k1", "k2", "k3"] {
+                Ok(())
+            } else {
+                Err(format!("keys {keys:?}"))
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let keys: Vec<&str> = messages.iter().map(|m| m.idempotency_key.as_str()).collect();
-        assert_eq!(keys, ["k1", "k2", "k3"], "node {node}");
+        })
+        .await;
     }
     assert!(!cluster.node_log(1).contains("panicked"), "node 1 panicked:\n{}", cluster.node_log(1));
 }
@@ -221,19 +222,17 @@ async fn a_cursor_below_retention_is_refused_not_skipped() {
     }
     let mut follower = cluster.client(2).await;
     // Wait until the follower has applied everything.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let info = common::wait_until(Duration::from_secs(20), "the follower to apply all 12 posts", async || {
         // NotFound until the follower has applied the space's creation.
         let read = follower.get_space(pb::GetSpaceRequest { name: "general".into() }).await;
-        if let Ok(info) = read.map(|r| r.into_inner()) {
-            if info.last_seq == 12 {
-                assert_eq!(info.first_seq, 8);
-                break;
-            }
+        match read.map(|r| r.into_inner()) {
+            Ok(info) if info.last_seq == 12 => Ok(info),
+            Ok(info) => Err(format!("last seq {}", info.last_seq)),
+            Err(status) => Err(status.to_string()),
         }
-        assert!(std::time::Instant::now() < deadline, "follower did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(info.first_seq, 8);
     let message =
         expect_code(follower.history(history("general", "alice")).await, Code::OutOfRange, "history below retention")
             .await;

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ctl::{spacectl, stderr};
+use common::ctl::{code, spacectl, stderr};
 use common::TestCluster;
 use serde_json::Value;
 
@@ -74,15 +74,16 @@ async fn spacectl_outputs_and_exit_codes() {
     );
 
     // Node 3 answers from what it has applied: wait until it has both posts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let info = loop {
+    let info = common::wait_until(Duration::from_secs(20), "node 3 to apply both posts", async || {
         let info: Value =
             serde_json::from_str(&ok(spacectl(&one, &["space", "info", "general", "-o", "json"]))).unwrap();
-        if info["last_seq"] == 2 || Instant::now() > deadline {
-            break info;
+        if info["last_seq"] == 2 {
+            Ok(info)
+        } else {
+            Err(info)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(info["attrs"]["org"], "acme");
     assert_eq!(info["last_seq"], 2);
 
@@ -181,14 +182,42 @@ async fn spacectl_outputs_and_exit_codes() {
     ok(spacectl(&one, &["post", "general", "live one", "--as", "alice"]));
     let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.len() < 3 {
-        assert!(Instant::now() < deadline, "tail printed only {seen:?}");
+    common::wait_until_blocking(Duration::from_secs(20), "tail to print three messages", || {
         seen.push(lines.next().expect("tail ended").unwrap());
-    }
+        if seen.len() == 3 {
+            Ok(())
+        } else {
+            Err(seen.clone())
+        }
+    });
     let _ = tail.kill();
     let _ = tail.wait();
     assert_eq!(seen, ["1\talice\thello", "2\tbob\tagain", "3\talice\tlive one"]);
+
+    // --- phase: a reader that goes away early (`| head`) ends spacectl quietly
+    let history = spacectl_into_closed_pipe(&one, &["history", "general"]);
+    assert_eq!(code(&history), 0, "{}", stderr(&history));
+    assert!(stderr(&history).is_empty(), "{}", stderr(&history));
+    let mut tail = Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", &endpoints)
+        .args(["tail", "general", "--from", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(tail.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    assert_eq!(first_line, "1\talice\thello\n");
+    // The reader is gone; the next message tail writes ends it.
+    ok(spacectl(&one, &["post", "general", "after head", "--as", "alice"]));
+    let tail_exit =
+        common::wait_until_blocking(Duration::from_secs(20), "tail to end after its reader went away", || {
+            tail.try_wait().unwrap().ok_or("still running")
+        });
+    let mut tail_stderr = String::new();
+    tail.stderr.take().unwrap().read_to_string(&mut tail_stderr).unwrap();
+    assert_eq!(tail_exit.code(), Some(0), "{tail_stderr}");
+    assert!(!tail_stderr.contains("panicked"), "{tail_stderr}");
 
     // --- phase: exit codes
     let unknown = spacectl(&one, &["post", "nowhere", "hi", "--as", "alice"]);
@@ -221,5 +250,173 @@ async fn spacectl_outputs_and_exit_codes() {
     assert_eq!(no_quorum.status.code(), Some(5), "{}", stderr(&no_quorum));
     // Reads of what is applied still work on the survivor.
     let history = ok(spacectl(&survivor_addr, &["history", "general", "-o", "json"]));
-    assert_eq!(history.lines().count(), 3);
+    assert_eq!(history.lines().count(), 4);
+}
+
+/// Runs spacectl with its stdout a pipe whose reader has gone already, as
+/// `spacectl … | head` after head has read its lines.
+fn spacectl_into_closed_pipe(endpoints: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(common::spacectl_bin())
+        .env("SPACERAFT_ENDPOINTS", endpoints)
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run spacectl")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [&["completion", "bash"][..], &["version"], &["version", "-o", "json"], &["--help"]] {
+        let output = spacectl_into_closed_pipe("127.0.0.1:1", args);
+        assert_eq!(code(&output), 0, "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).is_empty(), "{args:?}: {}", stderr(&output));
+    }
+}
+
+/// Answers every connection with `reply` (after reading what the client
+/// sent first), then closes it the way servers do (its side first, then
+/// reading what is left, so the reply is not lost to a reset); for as long
+/// as the test runs.
+fn serve_forever(reply: &'static [u8]) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let _ = stream.read(&mut [0u8; 1024]);
+            let _ = stream.write_all(reply);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            while matches!(stream.read(&mut [0u8; 1024]), Ok(read) if read > 0) {}
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_not_a_node_fails_within_the_dial_timeout_and_says_why() {
+    let closed = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    // Bound, never accepted: the kernel completes the TCP handshake, and
+    // nothing ever answers.
+    let silent_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent_listener.local_addr().unwrap().to_string();
+    let http = serve_forever(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let tls_alert = serve_forever(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
+    // A gRPC server with a health service but none of a node's services.
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap().to_string();
+    let (_health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)),
+    );
+
+    let cases = [
+        (closed, "connection refused"),
+        (silent, "accepted the connection but sent nothing within 1s"),
+        (http, "an HTTP/1 server answered"),
+        (tls_alert, "a TLS server answered"),
+        (grpc, "not a Spaceraft node"),
+    ];
+    for (addr, reason) in cases {
+        let started = Instant::now();
+        // The command timeout equals the dial timeout: spacectl tries an
+        // unreachable endpoint again until the command timeout.
+        let output = spacectl(&addr, &["space", "list", "--dial-timeout", "1s", "--command-timeout", "1s"]);
+        let elapsed = started.elapsed();
+        assert_eq!(code(&output), 3, "{addr}: {}", stderr(&output));
+        assert!(stderr(&output).contains(&addr) && stderr(&output).contains(reason), "{reason}: {}", stderr(&output));
+        assert!(elapsed < Duration::from_secs(3), "{reason}: took {elapsed:?}");
+    }
+    drop(silent_listener);
+}
+
+/// A line of a shell script as its words: double quotes group, `#` outside
+/// quotes starts a comment.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut in_word) = (Vec::new(), String::new(), false, false);
+    for character in line.chars() {
+        match character {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '#' if !quoted => break,
+            ' ' if !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                }
+                in_word = false;
+            }
+            _ => {
+                word.push(character);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// The spacectl commands of the README's walk-through ("Using it"), in order.
+fn readme_walkthrough() -> Vec<Vec<String>> {
+    let readme = include_str!("../README.md");
+    let section = readme.split("## Using it").nth(1).expect("the README has a section \"Using it\"");
+    let script = section.split("```sh").nth(1).and_then(|rest| rest.split("```").next()).expect("a sh block");
+    script.lines().filter(|line| line.starts_with("spacectl ")).map(|line| shell_words(line)[1..].to_vec()).collect()
+}
+
+#[test]
+fn shell_words_split_like_a_shell() {
+    assert_eq!(
+        shell_words(r#"spacectl post team "hello from us-east" --as alice   # prints the seq: 1"#),
+        ["spacectl", "post", "team", "hello from us-east", "--as", "alice"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_runs_as_written_on_a_dev_cluster() {
+    // Placed as `spaceraft dev` places, with the demo space dev makes.
+    let placement = spaceraft::dev::dev_placement();
+    let cluster = TestCluster::start_with(&format!(
+        "[placement]\nspaces_max = {}\nnew_affinity_fill = {}\n",
+        placement.spaces_max, placement.new_affinity_fill
+    ))
+    .await;
+    let endpoints = cluster.endpoints();
+    let addrs: Vec<String> = cluster.nodes.iter().map(|node| node.addr.clone()).collect();
+    let cluster_id = spaceraft::wire::ClusterId::known(&common::cluster_id(&cluster));
+    assert!(spaceraft::dev::create_demo_space(&addrs, &cluster_id).await.is_some(), "dev's demo space");
+    let workdir = tempfile::tempdir().unwrap();
+
+    let commands = readme_walkthrough();
+    assert!(commands.len() >= 20, "{commands:?}");
+    for args in &commands {
+        let mut command = Command::new(common::spacectl_bin());
+        command
+            .current_dir(workdir.path())
+            .env("SPACERAFT_ENDPOINTS", &endpoints)
+            .env_remove("SPACERAFT_USER")
+            .env_remove("SPACERAFT_OUTPUT")
+            .env_remove("SPACERAFT_YES")
+            .args(args);
+        if args[0] == "tail" {
+            // It streams until interrupted: what it printed is the test.
+            let mut tail = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+            let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+            let seen: Vec<String> = (0..2).map(|_| lines.next().expect("tail ended").unwrap()).collect();
+            assert_eq!(seen, ["1\talice\thello from us-east", "2\tbob\tretry-safe"]);
+            assert!(tail.try_wait().unwrap().is_none(), "tail keeps streaming");
+            let _ = tail.kill();
+            let _ = tail.wait();
+            continue;
+        }
+        let output = command.output().unwrap();
+        assert_eq!(code(&output), 0, "spacectl {}: {}", args.join(" "), stderr(&output));
+    }
 }

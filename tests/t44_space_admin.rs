@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ctl::{code, json, spacectl, stderr};
 use common::gateway::{Recorder, TEST_UPSTREAM};
@@ -17,28 +17,25 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until `recorder` got an error frame with `code` for `space`.
 async fn wait_for_error(recorder: &Recorder, space: &str, code: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = format!("{} to get a {code} error for {space}", recorder.user);
+    common::wait_until(WAIT, &what, async || {
         let errors = recorder.seen.lock().unwrap().errors.clone();
         if errors.iter().any(|error| error["code"] == code && error["space"] == space) {
-            return;
+            Ok(())
+        } else {
+            Err(errors)
         }
-        assert!(Instant::now() < deadline, "{} got no {code} error for {space}; errors: {errors:?}", recorder.user);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Polls `gateway list -o json` until `check` finds what it waits for.
 async fn wait_for_gateways<T>(ctl: impl Fn(&[&str]) -> Output, check: impl Fn(&[Value]) -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    common::wait_until(WAIT, "gateway list to show what is waited for", async || {
         let rows = json(&ctl(&["gateway", "list", "-o", "json"]));
-        if let Some(found) = check(rows.as_array().unwrap()) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "gateways never got there: {rows}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        check(rows.as_array().unwrap()).ok_or(rows)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ctl::spacectl;
 use common::gateway::{Recorder, TEST_UPSTREAM};
@@ -101,6 +101,23 @@ impl Ctl {
     }
 }
 
+/// Table output is for people: no Rust formatting leaks into it (ranges,
+/// `Debug` of lists, strings or options, raw JSON) and a count of one takes
+/// the singular ("1 members").
+fn assert_reads_as_words(args: &[&str], table: &str) {
+    for leak in ["..=", "[", "]", "{", "\"", "(s)", "Some(", "None"] {
+        assert!(!table.contains(leak), "{args:?} prints {leak:?}:\n{table}");
+    }
+    // Table cells are apart by two spaces or more; words of a cell by one.
+    for cell in table.lines().flat_map(|line| line.split("  ")) {
+        let words: Vec<&str> = cell.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let plural_noun = pair[1].len() > 2 && pair[1].ends_with('s') && pair[1].chars().all(char::is_alphabetic);
+            assert!(!(pair[0] == "1" && plural_noun), "{args:?} prints \"1 {}\":\n{table}", pair[1]);
+        }
+    }
+}
+
 macro_rules! assert_shape {
     ($name:expr, $value:expr) => {
         insta::assert_snapshot!($name, serde_json::to_string_pretty(&shape(&$value)).unwrap())
@@ -138,15 +155,15 @@ async fn every_command_keeps_its_json_shape() {
     assert_shape!("check_cluster", ctl.json(&["check", "cluster", "--format", "json"]));
 
     // --- gateways (once every one has reported)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let gateways = loop {
+    let gateways = common::wait_until(Duration::from_secs(60), "every gateway to report", async || {
         let gateways = ctl.json(&["gateway", "list"]);
         if gateways.as_array().unwrap().len() == 3 {
-            break gateways;
+            Ok(gateways)
+        } else {
+            Err(gateways)
         }
-        assert!(Instant::now() < deadline, "{gateways}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_shape!("gateway_list", gateways);
 
     // --- the same reads as tables: a header, and a row with what JSON said
@@ -167,7 +184,11 @@ async fn every_command_keeps_its_json_shape() {
         for text in *wanted {
             assert!(table.contains(text), "{args:?} lacks {text:?}:\n{table}");
         }
+        assert_reads_as_words(args, &table);
     }
+    let info = ctl.table(&["space", "info", "general"]);
+    assert!(info.contains("seqs:       1\n"), "{info}");
+    assert!(info.contains(", no affinity to any cluster: the least loaded one\n"), "{info}");
 
     // --- members, leadership, draining
     let status = ctl.json(&["cluster", "status", "--replicas"]);
@@ -186,12 +207,25 @@ async fn every_command_keeps_its_json_shape() {
     assert_shape!("member_remove", ctl.json(&["member", "remove", &third, "--cluster", "1", "--yes"]));
     assert_shape!("member_add", ctl.json(&["member", "add", &third, "--cluster", "1", "--learner"]));
     assert_shape!("member_promote", ctl.json(&["member", "promote", &third, "--cluster", "1"]));
+    let writes_as_tables: &[(&[&str], &str)] = &[
+        (&["node", "recommission", &other], &format!("node {other} back in service")),
+        (&["cluster", "prefer", "1", "us-east"], "space cluster 1 now prefers its leader in region us-east"),
+        (&["cluster", "prefer", "1", ""], "space cluster 1 now has no preferred leader region"),
+        (&["space", "create", "team", "--members", "alice"], "created space team with 1 member"),
+    ];
+    for (args, wanted) in writes_as_tables {
+        let table = ctl.table(args);
+        assert!(table.contains(wanted), "{args:?} lacks {wanted:?}:\n{table}");
+        assert_reads_as_words(args, &table);
+    }
 
     // --- snapshots, moves, deletion, version
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("one.snap");
     assert_shape!("snapshot_save", ctl.json(&["snapshot", "save", "--cluster", "1", file.to_str().unwrap()]));
     assert_shape!("snapshot_status", ctl.json(&["snapshot", "status", file.to_str().unwrap()]));
+    let snapshot_table = ctl.table(&["snapshot", "status", file.to_str().unwrap()]);
+    assert_reads_as_words(&["snapshot", "status"], &snapshot_table);
     ctl.json(&["space", "create", "elsewhere", "--members", "dave", "--attr", "org=other"]);
     let target = ctl.json(&["space", "info", "elsewhere"])["cluster_id"].as_u64().unwrap();
     assert_ne!(target, 1, "a full cluster makes another");

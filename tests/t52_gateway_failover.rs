@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::{next_json, ws_hello, Recorder, TEST_UPSTREAM};
 use common::{create_space, full_history, TestCluster};
@@ -17,26 +17,13 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// Posts with an idempotency key, retrying on any node until acknowledged.
 async fn post_until_acked(addrs: &[String], space: &str, body: &str, key: &str) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    let mut attempt = 0;
-    loop {
-        let addr = &addrs[attempt % addrs.len()];
-        attempt += 1;
-        if let Ok(channel) = common::try_connect(addr).await {
-            let mut client = pb::client_client::ClientClient::new(channel);
-            let request = pb::PostRequest {
-                space: space.into(),
-                author: "poster".into(),
-                body: body.into(),
-                idempotency_key: key.into(),
-            };
-            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), client.post(request)).await {
-                return response.into_inner().seq;
-            }
-        }
-        assert!(Instant::now() < deadline, "post {key} not acknowledged within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let request = pb::PostRequest {
+        space: space.into(),
+        author: "poster".into(),
+        body: body.into(),
+        idempotency_key: key.into(),
+    };
+    common::post_until_acknowledged(addrs, 0, request, WAIT, common::any_failure).await
 }
 
 /// The node index (1-based) a gateway's main upstream follows now.
@@ -50,15 +37,12 @@ async fn followed_node(cluster: &TestCluster, gateway: usize) -> Option<u64> {
     cluster.nodes.iter().find(|node| node.addr == addr).map(|node| node.id)
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// `Ok` when `reached`, else what was seen instead.
+fn reached<T: std::fmt::Debug>(reached: bool, seen: T) -> Result<(), T> {
+    if reached {
+        Ok(())
+    } else {
+        Err(seen)
     }
 }
 
@@ -97,24 +81,29 @@ async fn clients_keep_receiving_when_the_followed_node_and_then_a_region_die() {
         })
     };
     let acked_len = || acked.lock().unwrap().len();
-    wait_until("40 posts acknowledged", || async { acked_len() >= 40 }).await;
+    common::wait_until(WAIT, "40 posts acknowledged", async || reached(acked_len() >= 40, acked_len())).await;
 
     // --- phase: SIGKILL the node the us-east gateway follows
     let followed = followed_node(&cluster, 0).await.expect("us-east gateway follows a node");
     cluster.kill_node(followed);
-    wait_until("the us-east gateway follows another node", || async {
-        followed_node(&cluster, 0).await.is_some_and(|node| node != followed)
+    common::wait_until(WAIT, "the us-east gateway to follow another node", async || {
+        let now_followed = followed_node(&cluster, 0).await;
+        reached(now_followed.is_some_and(|node| node != followed), now_followed)
     })
     .await;
     let before = acked_len();
-    wait_until("40 more posts acknowledged", || async { acked_len() >= before + 40 }).await;
+    common::wait_until(WAIT, "40 more posts acknowledged", async || reached(acked_len() >= before + 40, acked_len()))
+        .await;
 
     // --- phase: bring it back, then SIGKILL the whole eu-west region
     cluster.start_node(followed);
     cluster.kill_node(2);
     cluster.kill_gateway(1);
     let before = acked_len();
-    wait_until("40 more posts acknowledged without eu-west", || async { acked_len() >= before + 40 }).await;
+    common::wait_until(WAIT, "40 more posts acknowledged without eu-west", async || {
+        reached(acked_len() >= before + 40, acked_len())
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     poster.await.unwrap();
 
@@ -123,15 +112,16 @@ async fn clients_keep_receiving_when_the_followed_node_and_then_a_region_die() {
     let acked = acked.lock().unwrap().clone();
     for space in ["a", "b"] {
         let acked_max = acked.iter().filter(|(s, _, _)| s == space).map(|(_, seq, _)| *seq).max().unwrap();
-        let deadline = Instant::now() + WAIT;
-        let history = loop {
+        let what = format!("the survivor to apply {space}/{acked_max}");
+        let history = common::wait_until(WAIT, &what, async || {
             let history = full_history(&cluster, survivor, space).await;
             if history.len() as u64 >= acked_max {
-                break history;
+                Ok(history)
+            } else {
+                Err(format!("{} messages", history.len()))
             }
-            assert!(Instant::now() < deadline, "the survivor did not apply {space}/{acked_max} within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        })
+        .await;
         for (_, seq, body) in acked.iter().filter(|(s, _, _)| s == space) {
             assert_eq!(&history[*seq as usize - 1].body, body, "acknowledged post at {space}/{seq} lost or changed");
         }
@@ -180,8 +170,9 @@ async fn a_slow_client_is_closed_with_4008_and_the_others_keep_up() {
         client.wait_for("big", total, WAIT).await;
         client.assert_exactly("big", total);
     }
-    wait_until("the gateway closed the slow consumer", || async {
-        cluster.gateway_status(0).await.is_some_and(|status| status["slow_consumers_closed"] == 1)
+    common::wait_until(WAIT, "the gateway to close the slow consumer", async || {
+        let status = cluster.gateway_status(0).await;
+        reached(status.as_ref().is_some_and(|status| status["slow_consumers_closed"] == 1), status)
     })
     .await;
     for client in &fast {
@@ -269,8 +260,9 @@ async fn a_gateway_absorbs_the_reconnect_storm_of_a_dead_peer() {
     let peers: Vec<Recorder> = (clients_per_gateway..2 * clients_per_gateway)
         .map(|i| Recorder::start(&format!("user{i}"), &["storm"], vec![eu_west.clone(), us_east.clone()]))
         .collect();
-    wait_until("every client connected", || async {
-        own.iter().chain(&peers).all(|client| client.seen.lock().unwrap().connects == 1)
+    common::wait_until(WAIT, "every client to connect once", async || {
+        let connects: Vec<u64> = own.iter().chain(&peers).map(|client| client.seen.lock().unwrap().connects).collect();
+        reached(connects.iter().all(|connects| *connects == 1), connects)
     })
     .await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -315,8 +307,8 @@ async fn a_subscription_made_without_a_leader_starts_once_there_is_one() {
     cluster.kill_node(3);
     let cursors = BTreeMap::from([("s".to_string(), 0u64)]);
     let (mut alice, _) = ws_hello(&cluster.gateways[0].ws_url(), "alice", &cursors).await.unwrap();
-    wait_until("the gateway's first read failed for want of a leader", || async {
-        cluster.gateway_log(0).contains("first read of a subscription failed")
+    common::wait_until(WAIT, "the gateway's first read to fail for want of a leader", async || {
+        reached(cluster.gateway_log(0).contains("first read of a subscription failed"), "not in the gateway log")
     })
     .await;
 

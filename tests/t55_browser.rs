@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::TEST_UPSTREAM;
 use common::{create_space, TestCluster};
@@ -121,14 +121,11 @@ impl Browser {
 
     /// Polls an expression until it is true.
     async fn wait_true(&mut self, session: &str, expression: &str, what: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.eval(session, expression).await == json!(true) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::wait_until(WAIT, what, async || match self.eval(session, expression).await {
+            Value::Bool(true) => Ok(()),
+            value => Err(value),
+        })
+        .await
     }
 }
 

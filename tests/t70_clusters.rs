@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::TestCluster;
 use futures::StreamExt;
@@ -49,35 +49,22 @@ async fn create_all(cluster: &TestCluster) {
 /// Posts one message to every space through every node in turn, retrying
 /// with the same idempotency key until acknowledged; returns the seqs.
 async fn post_to_all(cluster: &TestCluster, round: u64) -> BTreeMap<String, u64> {
-    let clients: Vec<_> = futures::future::join_all(
-        cluster.nodes.iter().filter(|node| node.process.is_some()).map(|node| cluster.client(node.id)),
-    )
-    .await;
+    let addrs: Vec<String> =
+        cluster.nodes.iter().filter(|node| node.process.is_some()).map(|node| node.addr.clone()).collect();
     let names = (0..ORGS).flat_map(|org| (0..SPACES_PER_ORG).map(move |index| (org, index)));
     futures::stream::iter(names)
         .map(|(org, index)| {
-            let clients = clients.clone();
+            let addrs = &addrs;
             async move {
                 let name = space(org, index);
-                let deadline = Instant::now() + WAIT;
-                let mut attempt = 0;
-                loop {
-                    let mut client = clients[(org + index + attempt) % clients.len()].clone();
-                    let request = pb::PostRequest {
-                        space: name.clone(),
-                        author: format!("o{org}-u0"),
-                        body: format!("round {round}"),
-                        idempotency_key: format!("{name}-{round}"),
-                    };
-                    match client.post(request).await {
-                        Ok(response) => return (name, response.into_inner().seq),
-                        Err(status) => {
-                            assert!(Instant::now() < deadline, "post to {name} in round {round} never acked: {status}");
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
+                let request = pb::PostRequest {
+                    space: name.clone(),
+                    author: format!("o{org}-u0"),
+                    body: format!("round {round}"),
+                    idempotency_key: format!("{name}-{round}"),
+                };
+                let seq = common::post_until_acknowledged(addrs, org + index, request, WAIT, common::any_failure).await;
+                (name, seq)
             }
         })
         .buffer_unordered(32)
@@ -103,15 +90,11 @@ async fn wait_leaders(
     what: &str,
     check: impl Fn(&BTreeMap<u64, u64>) -> Result<(), String>,
 ) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    common::wait_until(WAIT, what, async || {
         let seen = leaders(cluster, asked).await;
-        match check(&seen) {
-            Ok(()) => return,
-            Err(why) => assert!(Instant::now() < deadline, "{what}: {why}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        check(&seen).map_err(|why| format!("{why}; leaders {seen:?}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

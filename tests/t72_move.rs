@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::{Recorder, TEST_UPSTREAM};
 use common::{create_space, full_history, TestCluster};
@@ -33,40 +33,26 @@ fn start_poster(
         while !stop.load(Ordering::Relaxed) {
             n += 1;
             let key = format!("p{poster}-{n}");
-            let deadline = Instant::now() + WAIT;
-            let mut attempt = poster;
-            loop {
-                let addr = &addrs[attempt % addrs.len()];
-                attempt += 1;
-                let mut client = pb::client_client::ClientClient::new(common::connect(addr).await);
-                let request = pb::PostRequest {
-                    space: "mover".into(),
-                    author: "poster".into(),
-                    body: key.clone(),
-                    idempotency_key: key.clone(),
-                };
-                match client.post(request).await {
-                    Ok(response) => {
-                        acked.lock().unwrap().insert(key.clone(), response.into_inner().seq);
-                        count.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(status) => {
-                        assert!(Instant::now() < deadline, "post {key} never acknowledged: {status}");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
+            let request = pb::PostRequest {
+                space: "mover".into(),
+                author: "poster".into(),
+                body: key.clone(),
+                idempotency_key: key.clone(),
+            };
+            let seq = common::post_until_acknowledged(&addrs, poster, request, WAIT, common::any_failure).await;
+            acked.lock().unwrap().insert(key, seq);
+            count.fetch_add(1, Ordering::Relaxed);
         }
     })
 }
 
 async fn wait_count(count: &AtomicU64, at_least: u64) {
-    let deadline = Instant::now() + WAIT;
-    while count.load(Ordering::Relaxed) < at_least {
-        assert!(Instant::now() < deadline, "posters stalled at {}", count.load(Ordering::Relaxed));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{at_least} posts acknowledged");
+    common::wait_until(WAIT, &what, async || match count.load(Ordering::Relaxed) {
+        acknowledged if acknowledged >= at_least => Ok(()),
+        acknowledged => Err(format!("posters stalled at {acknowledged}")),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,11 +145,15 @@ async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate
     assert_eq!((response.seq, response.duplicate), (*old_seq, true));
 
     // --- subscribers saw 1..=N once each, in order
-    let deadline = Instant::now() + WAIT;
-    while direct.lock().unwrap().len() < total as usize {
-        assert!(Instant::now() < deadline, "direct subscriber stalled at {:?}", direct.lock().unwrap().last());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(WAIT, "the direct subscriber to see every post", async || {
+        let seen = direct.lock().unwrap();
+        if seen.len() >= total as usize {
+            Ok(())
+        } else {
+            Err(format!("stalled at {:?}", seen.last()))
+        }
+    })
+    .await;
     assert_eq!(*direct.lock().unwrap(), (1..=total).collect::<Vec<_>>(), "direct subscription");
     direct_task.abort();
     for recorder in &recorders {

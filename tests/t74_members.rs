@@ -16,22 +16,12 @@ fn change(node_id: u64, change: &str, force: bool) -> pb::ChangeMembersRequest {
     pb::ChangeMembersRequest { cluster_id: DEFAULT_CLUSTER_ID, node_id, change: change.into(), force }
 }
 
+/// Posts through `node` (only that one) until it is acknowledged.
 async fn post(cluster: &TestCluster, node: u64, key: &str) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut client = cluster.client(node).await;
-        let request = pb::PostRequest {
-            space: "s".into(),
-            author: "alice".into(),
-            body: key.into(),
-            idempotency_key: key.into(),
-        };
-        match client.post(request).await {
-            Ok(response) => return response.into_inner().seq,
-            Err(status) => assert!(Instant::now() < deadline, "post {key}: {status}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let request =
+        pb::PostRequest { space: "s".into(), author: "alice".into(), body: key.into(), idempotency_key: key.into() };
+    let addrs = [cluster.node(node).addr.clone()];
+    common::post_until_acknowledged(&addrs, 0, request, WAIT, common::any_failure).await
 }
 
 async fn members(cluster: &TestCluster) -> (Vec<u64>, Vec<u64>) {
@@ -61,17 +51,17 @@ async fn members_are_removed_added_and_promoted_and_quorum_is_kept() {
     let promoted = admin.change_members(change(3, "promote", false)).await.expect("promote").into_inner();
     assert_eq!((promoted.voters, promoted.learners), (vec![1, 2, 3], vec![]));
     assert_eq!(post(&cluster, 3, "k3").await, 3);
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let history = common::wait_until(WAIT, "node 3 to hold three messages", async || {
         let history = full_history(&cluster, 3, "s").await;
         if history.len() == 3 {
-            let keys: Vec<&str> = history.iter().map(|m| m.idempotency_key.as_str()).collect();
-            assert_eq!(keys, ["k1", "k2", "k3"]);
-            break;
+            Ok(history)
+        } else {
+            Err(format!("{} messages", history.len()))
         }
-        assert!(Instant::now() < deadline, "node 3 has {} messages", history.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    let keys: Vec<&str> = history.iter().map(|m| m.idempotency_key.as_str()).collect();
+    assert_eq!(keys, ["k1", "k2", "k3"]);
 
     // --- bad requests are refused and change nothing
     let bad = admin.change_members(change(3, "demote", false)).await.unwrap_err();
@@ -92,10 +82,17 @@ async fn members_are_removed_added_and_promoted_and_quorum_is_kept() {
     let deadline = Instant::now() + WAIT;
     for node in [1, 3] {
         let mut admin = cluster.admin(node).await;
-        while !admin.node_status(pb::NodeStatusRequest::default()).await.unwrap().into_inner().nodes_down.contains(&2) {
-            assert!(Instant::now() < deadline, "node {node} never took node 2 as down");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("node {node} to take node 2 as down");
+        let left = deadline.saturating_duration_since(Instant::now());
+        common::wait_until(left, &what, async || {
+            let status = admin.node_status(pb::NodeStatusRequest::default()).await.unwrap().into_inner();
+            if status.nodes_down.contains(&2) {
+                Ok(())
+            } else {
+                Err(format!("nodes down {:?}", status.nodes_down))
+            }
+        })
+        .await;
     }
     let mut admin = cluster.admin(3).await;
     let refused = admin.change_members(change(1, "remove", false)).await.unwrap_err();
@@ -115,11 +112,17 @@ async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
     assert_eq!(post(&cluster, 1, "k1").await, 1);
     let new = cluster.add_node("");
     let mut admin = cluster.admin(1).await;
-    let deadline = Instant::now() + WAIT;
-    while !admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner().nodes.iter().any(|n| n.node_id == new) {
-        assert!(Instant::now() < deadline, "node {new} never joined the directory");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("node {new} to join the directory");
+    common::wait_until(WAIT, &what, async || {
+        let nodes = admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner().nodes;
+        let ids: Vec<u64> = nodes.iter().map(|n| n.node_id).collect();
+        if ids.contains(&new) {
+            Ok(())
+        } else {
+            Err(format!("nodes {ids:?}"))
+        }
+    })
+    .await;
     let added = admin.change_members(change(new, "add_learner", false)).await.expect("add learner").into_inner();
     assert_eq!(added.learners, vec![new]);
     let promoted = admin.change_members(change(new, "promote", false)).await.expect("promote").into_inner();
@@ -129,15 +132,16 @@ async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
     assert!(output.status.success(), "{}", common::ctl::stderr(&output));
     assert_eq!(members(&cluster).await.0, vec![1, 2, new]);
     assert_eq!(post(&cluster, new, "k2").await, 2);
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = format!("node {new} to hold k1 and k2");
+    common::wait_until(WAIT, &what, async || {
         let keys: Vec<String> = full_history(&cluster, new, "s").await.into_iter().map(|m| m.idempotency_key).collect();
         if keys == ["k1", "k2"] {
-            break;
+            Ok(())
+        } else {
+            Err(keys)
         }
-        assert!(Instant::now() < deadline, "node {new} has {keys:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // The new node took node 3's place in the meta cluster as well: with
     // node 3 stopped and node 2 down, nodes 1 and 4 still make a majority of
@@ -147,16 +151,12 @@ async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
     assert!(!directory.meta_learners.contains(&3), "{directory:?}");
     cluster.kill_node(3);
     cluster.kill_node(2);
-    let deadline = Instant::now() + WAIT;
-    loop {
+    common::wait_until(WAIT, "a new space to be created (the meta cluster has a majority)", async || {
         let mut client = cluster.client(1).await;
         let members = vec!["alice".into()];
         let request = pb::CreateSpaceRequest { name: "after".into(), members, attrs: Default::default() };
-        match client.create_space(request).await {
-            Ok(_) => break,
-            Err(status) => assert!(Instant::now() < deadline, "the meta cluster has no majority: {status}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        client.create_space(request).await.map(|_| ())
+    })
+    .await;
     assert_eq!(post(&cluster, 1, "k3").await, 3);
 }

@@ -44,6 +44,7 @@ pub struct FailoverBenchArgs {
     /// Posts per second.
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
+    /// How the followed node is lost: frozen (stop) or killed (kill).
     #[arg(long, value_enum, default_value_t = Fault::Stop)]
     pub fault: Fault,
     /// First port of the runs' clusters (each run uses a few from here).

@@ -53,6 +53,7 @@ pub struct GroupsBenchArgs {
     /// Seconds of posting per throughput run.
     #[arg(long, default_value_t = 10)]
     pub post_secs: u64,
+    /// First port of the runs' clusters (each run uses a few from here).
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
 }

@@ -34,6 +34,7 @@ pub struct PlacementBenchArgs {
     /// affinity to it.
     #[arg(long, default_value_t = PlacementConfig::default().new_affinity_fill)]
     pub new_affinity_fill: u32,
+    /// Seed of the generated platform: the same seed, the same platform.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }

@@ -91,16 +91,21 @@ struct NodeArgs {
     /// TOML config file; env SPACERAFT_* and these flags override it.
     #[arg(long, env = "SPACERAFT_CONFIG")]
     config: Option<PathBuf>,
+    /// This node's id: unique in the deployment, never reused (node_id).
     #[arg(long)]
     node_id: Option<u64>,
+    /// The region this node runs in (region).
     #[arg(long)]
     region: Option<String>,
-    /// host:port to listen on.
+    /// host:port to listen on (listen_addr).
     #[arg(long)]
     listen: Option<String>,
-    /// host:port peers and clients use to reach this node.
+    /// host:port peers and clients use to reach this node (advertise_addr;
+    /// default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
+    /// Where this node keeps its Raft log, state machine and snapshots
+    /// (data_dir); created if missing.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Initialize the space cluster with the peers if it is new (idempotent).
@@ -116,6 +121,8 @@ struct GatewayArgs {
     /// TOML config file; env SPACERAFT_GATEWAY_* and these flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The region this gateway runs in: it follows a replica there when one
+    /// is healthy.
     #[arg(long)]
     region: Option<String>,
     /// host:port for the page, /v1/ws and /v1/status.
@@ -271,4 +278,31 @@ async fn run_chaos(args: spaceraft::chaos::run::ChaosArgs) -> anyhow::Result<()>
     println!("report: {}", outcome.out.join("report.md").display());
     anyhow::ensure!(report.valid, "the chaos run found violations");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of `command` and its subcommands that has no help
+    /// text, as `spaceraft node --node-id`.
+    fn without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let generated = ["help", "version"].contains(&arg.get_id().as_str());
+            if !generated && !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = arg.get_long().map(|long| format!("--{long}")).unwrap_or_else(|| arg.get_id().to_string());
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for subcommand in command.get_subcommands() {
+            without_help(subcommand, &format!("{path} {}", subcommand.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_subcommand_has_help() {
+        let mut missing = Vec::new();
+        without_help(&super::Cli::command(), "spaceraft", &mut missing);
+        assert!(missing.is_empty(), "arguments without help text:\n{}", missing.join("\n"));
+    }
 }

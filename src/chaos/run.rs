@@ -22,6 +22,8 @@ pub struct ChaosArgs {
     /// Regions (3 or 5 make sense: a quorum must survive one region).
     #[arg(long, default_value_t = 3)]
     pub regions: usize,
+    /// Nodes in each region (more than one: a region keeps serving when one
+    /// of its nodes dies).
     #[arg(long, default_value_t = 1)]
     pub nodes_per_region: usize,
     /// Length of the faulty part of the run.

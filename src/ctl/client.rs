@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 
+use super::dial;
 use super::GlobalArgs;
 use crate::config::NetworkConfig;
 use crate::pb;
@@ -113,15 +114,50 @@ impl Endpoints {
         Ok(Endpoints { addrs, cluster, dial_timeout: global.dial_timeout, command_timeout: global.command_timeout })
     }
 
+    /// Connects to `addr` and checks, all within the dial timeout, that a
+    /// Spaceraft node answers there (its `grpc.health.v1` status of the
+    /// Client service). When not, the error says why: nothing listens, no
+    /// TCP connection, a TLS or HTTP/1 server, a gRPC service that is not a
+    /// node, or a peer that accepts and then says nothing.
     async fn connect(&self, addr: &str) -> Result<Channel, CtlError> {
         let config = NetworkConfig { connect_timeout_ms: self.dial_timeout.as_millis() as u64, ..Default::default() };
         let endpoint = crate::raft::network::endpoint(addr, &config)
             .map_err(|e| CtlError::Usage(format!("bad endpoint {addr:?}: {e}")))?
             .timeout(self.command_timeout);
-        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(error)) => Err(CtlError::Unreachable(format!("{addr}: cannot connect: {error}"))),
-            Err(_) => Err(CtlError::Unreachable(format!("{addr}: no connection within {:?}", self.dial_timeout))),
+        let Some(authority) = endpoint.uri().authority().map(|authority| authority.to_string()) else {
+            return Err(CtlError::Usage(format!("bad endpoint {addr:?}: no host:port")));
+        };
+        let deadline = tokio::time::Instant::now() + self.dial_timeout;
+        let within = humantime::format_duration(self.dial_timeout);
+        let unreachable = |why: String| CtlError::Unreachable(format!("{addr}: {why}"));
+        let stream = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(&authority)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(unreachable(dial::tcp_failure(&error))),
+            Err(_) => {
+                return Err(unreachable(format!("no TCP connection within {within} (host down, or packets dropped)")))
+            }
+        };
+        let received = dial::FirstBytes::default();
+        let connector = dial::connector(stream, received.clone());
+        let channel = match tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector)).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => return Err(unreachable(dial::http2_failure(&received.get(), &error))),
+            Err(_) => return Err(unreachable(format!("no HTTP/2 connection within {within}"))),
+        };
+        let request = tonic_health::pb::HealthCheckRequest { service: dial::NODE_SERVICE.into() };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let answer = tokio::time::timeout_at(deadline, health.check(request)).await;
+        // The channel's own request timeout may fire at the same moment as
+        // the deadline: both mean no answer in time.
+        let in_time =
+            |status: &tonic::Status| !matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded);
+        match answer {
+            Ok(Ok(_)) => Ok(channel),
+            Ok(Err(status)) if in_time(&status) => Err(unreachable(dial::probe_failure(&received.get(), &status))),
+            _ if received.get().is_empty() => Err(unreachable(format!(
+                "accepted the connection but sent nothing within {within}: not a gRPC service, or not answering"
+            ))),
+            _ => Err(unreachable(format!("no answer to a health check within {within}"))),
         }
     }
 

@@ -6,7 +6,10 @@
 //! 4 permission denied, 5 no leader / no quorum.
 
 pub mod client;
+mod dial;
+mod human;
 pub mod output;
+pub mod parse;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -17,6 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use client::{CtlError, Endpoints};
 use output::Output;
+use parse::{parse_bool, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(name = "spacectl", version, about = "Operate and use a Spaceraft cluster")]
@@ -153,7 +157,7 @@ pub enum MemberCommand {
         #[arg(long)]
         force: bool,
         /// Confirm the removal.
-        #[arg(long, env = "SPACERAFT_YES")]
+        #[arg(long, env = "SPACERAFT_YES", value_parser = parse_bool)]
         yes: bool,
     },
 }
@@ -199,7 +203,7 @@ pub enum NodeCommand {
     /// needs --yes; --force as for `member remove`).
     Decommission {
         node: u64,
-        #[arg(long, env = "SPACERAFT_YES")]
+        #[arg(long, env = "SPACERAFT_YES", value_parser = parse_bool)]
         yes: bool,
         #[arg(long)]
         force: bool,
@@ -274,7 +278,7 @@ pub enum SpaceCommand {
     Delete {
         name: String,
         /// Confirm the deletion.
-        #[arg(long, env = "SPACERAFT_YES")]
+        #[arg(long, env = "SPACERAFT_YES", value_parser = parse_bool)]
         yes: bool,
     },
     /// List spaces (those a user is a member of, with --as).
@@ -338,19 +342,6 @@ fn parse_attr(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?} has unknown unit {unit:?} (use ms, s or m)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 /// The meta cluster's id in member commands.
 const META_CLUSTER: u64 = 0;
 
@@ -360,7 +351,7 @@ async fn drain(endpoints: &Endpoints, out: &Output, nodes: &[u64], wait: bool) -
         endpoints.set_drained(*node, true).await?;
     }
     if wait {
-        let progress = out.spinner(format!("moving leaderships off node(s) {nodes:?}"));
+        let progress = out.spinner(format!("moving leaderships off {}", human::nodes(nodes)));
         let drained = endpoints.wait_leading_nothing(nodes).await;
         progress.finish_and_clear();
         drained?;
@@ -545,7 +536,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Version => out.version(),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "spacectl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "spacectl", &mut script);
+            output::write_stdout(&script);
         }
         Command::Space(SpaceCommand::List { user }) => {
             let spaces = endpoints.list_spaces(user.unwrap_or_default()).await?;

@@ -1,12 +1,39 @@
 //! spacectl's output: tables for people, JSON (snake_case, stable keys) for
 //! programs. History and tail print one JSON object per line.
+//!
+//! Everything goes through [`write_stdout`]: a reader that goes away early
+//! (`spacectl … | head`) ends spacectl quietly with exit 0.
 
 use serde_json::json;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
+use super::human;
 use super::Format;
 use crate::pb;
+
+/// `println!` through [`write_stdout`].
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+
+/// Writes to stdout and flushes. When the reader has gone (a closed pipe,
+/// as after `| head`), spacectl ends at once with exit 0: the reader has
+/// what it wanted, and nothing else is left to do with the output.
+pub fn write_stdout(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("error: cannot write to stdout: {error}");
+            std::process::exit(1)
+        }
+    }
+}
 
 pub struct Output {
     format: Format,
@@ -65,8 +92,10 @@ pub fn check_cluster(
         0
     };
     let summary = format!(
-        "{} clusters, {unhealthy} without a leader or majority, {regions_up} regions answering (expected {expect_regions}), {unreachable} replicas unreachable, max lag {max_lag}",
-        clusters.len()
+        "{}, {unhealthy} without a leader or majority, {} answering (expected {expect_regions}), {} unreachable, max lag {max_lag}",
+        human::count(clusters.len() as u64, "cluster"),
+        human::count(regions_up as u64, "region"),
+        human::count(unreachable as u64, "replica"),
     );
     Check { code, summary, clusters, regions_up, lag }
 }
@@ -76,13 +105,13 @@ pub fn print_check(check: &Check, format: super::CheckFormat) {
     let max_lag = check.lag.values().copied().max().unwrap_or(0);
     let unhealthy = check.clusters.iter().filter(|c| !c.healthy).count();
     match format {
-        super::CheckFormat::Nagios => println!(
+        super::CheckFormat::Nagios => emit!(
             "SPACERAFT {label} - {} | clusters={} unhealthy={unhealthy} regions={} max_lag={max_lag}",
             check.summary,
             check.clusters.len(),
             check.regions_up
         ),
-        super::CheckFormat::Json => println!(
+        super::CheckFormat::Json => emit!(
             "{}",
             json!({
                 "status": label.to_lowercase(),
@@ -98,18 +127,18 @@ pub fn print_check(check: &Check, format: super::CheckFormat) {
             })
         ),
         super::CheckFormat::Prometheus => {
-            println!("# HELP spaceraft_check_status 0 ok, 1 warning, 2 critical, 3 unknown.");
-            println!("# TYPE spaceraft_check_status gauge");
-            println!("spaceraft_check_status {}", check.code);
-            println!("# TYPE spaceraft_regions_up gauge");
-            println!("spaceraft_regions_up {}", check.regions_up);
-            println!("# TYPE spaceraft_cluster_healthy gauge");
+            emit!("# HELP spaceraft_check_status 0 ok, 1 warning, 2 critical, 3 unknown.");
+            emit!("# TYPE spaceraft_check_status gauge");
+            emit!("spaceraft_check_status {}", check.code);
+            emit!("# TYPE spaceraft_regions_up gauge");
+            emit!("spaceraft_regions_up {}", check.regions_up);
+            emit!("# TYPE spaceraft_cluster_healthy gauge");
             for c in &check.clusters {
-                println!("spaceraft_cluster_healthy{{cluster=\"{}\"}} {}", c.cluster_id, u8::from(c.healthy));
+                emit!("spaceraft_cluster_healthy{{cluster=\"{}\"}} {}", c.cluster_id, u8::from(c.healthy));
             }
-            println!("# TYPE spaceraft_cluster_lag_entries gauge");
+            emit!("# TYPE spaceraft_cluster_lag_entries gauge");
             for (cluster, behind) in &check.lag {
-                println!("spaceraft_cluster_lag_entries{{cluster=\"{cluster}\"}} {behind}");
+                emit!("spaceraft_cluster_lag_entries{{cluster=\"{cluster}\"}} {behind}");
             }
         }
     }
@@ -188,19 +217,19 @@ impl Output {
     pub fn posted(&self, response: &pb::PostResponse) {
         match self.format {
             Format::Json => {
-                println!("{}", json!({"space": response.space, "seq": response.seq, "duplicate": response.duplicate}))
+                emit!("{}", json!({"space": response.space, "seq": response.seq, "duplicate": response.duplicate}))
             }
             Format::Table if response.duplicate => {
-                println!("{} (already posted: the key had committed before)", response.seq)
+                emit!("{} (already posted: the key had committed before)", response.seq)
             }
-            Format::Table => println!("{}", response.seq),
+            Format::Table => emit!("{}", response.seq),
         }
     }
 
     pub fn message(&self, message: &pb::Message) {
         match self.format {
-            Format::Json => println!("{}", message_json(message)),
-            Format::Table => println!("{}\t{}\t{}", message.seq, message.author, message.body),
+            Format::Json => emit!("{}", message_json(message)),
+            Format::Table => emit!("{}\t{}\t{}", message.seq, message.author, message.body),
         }
     }
 
@@ -213,7 +242,7 @@ impl Output {
                 for message in messages {
                     builder.push_record([message.seq.to_string(), message.author.clone(), message.body.clone()]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -224,10 +253,12 @@ impl Output {
             Format::Json => {
                 let mut value = space_json(space);
                 value["existed"] = json!(response.existed);
-                println!("{value}");
+                emit!("{value}");
             }
-            Format::Table if response.existed => println!("space {} already exists (unchanged)", space.name),
-            Format::Table => println!("created space {} with {} members", space.name, space.members.len()),
+            Format::Table if response.existed => emit!("space {} already exists (unchanged)", space.name),
+            Format::Table => {
+                emit!("created space {} with {}", space.name, human::count(space.members.len() as u64, "member"))
+            }
         }
     }
 
@@ -246,20 +277,20 @@ impl Output {
                         "moving_to": if placement.moving_to == 0 { serde_json::Value::Null } else { json!(placement.moving_to) },
                     });
                 }
-                println!("{value}");
+                emit!("{value}");
             }
             Format::Table => {
                 let attrs: std::collections::BTreeMap<_, _> = space.attrs.iter().collect();
                 let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!("name:       {}", space.name);
-                println!("members:    {}", space.members.join(","));
-                println!("attrs:      {}", attrs.join(" "));
-                println!("cluster:    {}", space.cluster_id);
-                println!("seqs:       {}..={}", space.first_seq, space.last_seq);
+                emit!("name:       {}", space.name);
+                emit!("members:    {}", space.members.join(", "));
+                emit!("attrs:      {}", if attrs.is_empty() { "none".to_string() } else { attrs.join(" ") });
+                emit!("cluster:    {}", space.cluster_id);
+                emit!("seqs:       {}", human::seq_range(space.first_seq, space.last_seq));
                 if let Some(placement) = placement {
-                    println!("placement:  version {}, {}", placement.version, placement.reason);
+                    emit!("placement:  version {}, {}", placement.version, human::placement_reason(&placement.reason));
                     if placement.moving_to != 0 {
-                        println!("moving to:  space cluster {}", placement.moving_to);
+                        emit!("moving to:  space cluster {}", placement.moving_to);
                     }
                 }
             }
@@ -268,21 +299,20 @@ impl Output {
 
     pub fn space_deleted(&self, deleted: &pb::DeleteSpaceResponse) {
         match self.format {
-            Format::Json => println!(
-                "{}",
-                json!({"space": deleted.space, "existed": deleted.existed, "last_seq": deleted.last_seq})
-            ),
-            Format::Table if deleted.existed => {
-                println!("deleted space {} (its last seq was {})", deleted.space, deleted.last_seq)
+            Format::Json => {
+                emit!("{}", json!({"space": deleted.space, "existed": deleted.existed, "last_seq": deleted.last_seq}))
             }
-            Format::Table => println!("space {} was deleted before", deleted.space),
+            Format::Table if deleted.existed => {
+                emit!("deleted space {} (its last seq was {})", deleted.space, deleted.last_seq)
+            }
+            Format::Table => emit!("space {} was deleted before", deleted.space),
         }
     }
 
     pub fn space_list(&self, spaces: &[pb::SpaceInfo]) {
         match self.format {
             Format::Json => {
-                println!("{}", serde_json::Value::Array(spaces.iter().map(space_json).collect()))
+                emit!("{}", serde_json::Value::Array(spaces.iter().map(space_json).collect()))
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -292,10 +322,10 @@ impl Output {
                         space.name.clone(),
                         space.cluster_id.to_string(),
                         space.members.len().to_string(),
-                        format!("{}..={}", space.first_seq, space.last_seq),
+                        human::seq_range(space.first_seq, space.last_seq),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -305,7 +335,7 @@ impl Output {
         let commit = rows.iter().find(|r| r.role == "leader").map(|r| r.commit_index).unwrap_or(0);
         let lag = |r: &pb::ReplicaStatus| (r.role != "unreachable").then(|| commit.saturating_sub(r.applied_index));
         match self.format {
-            Format::Json => println!(
+            Format::Json => emit!(
                 "{}",
                 json!({
                     "cluster_id": cluster.cluster_id,
@@ -329,9 +359,10 @@ impl Output {
             Format::Table => {
                 let preferred =
                     if cluster.preferred_region.is_empty() { "-" } else { cluster.preferred_region.as_str() };
-                println!(
-                    "space cluster {}: {} spaces, preferred leader region {preferred}",
-                    cluster.cluster_id, cluster.spaces
+                emit!(
+                    "space cluster {}: {}, preferred leader region {preferred}",
+                    cluster.cluster_id,
+                    human::count(cluster.spaces, "space")
                 );
                 let mut builder = Builder::default();
                 builder.push_record(["NODE", "REGION", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST SEEN"]);
@@ -350,7 +381,7 @@ impl Output {
                         last_seen(r.last_seen_ms),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -361,10 +392,10 @@ impl Output {
                 let mut value = json!(summary);
                 value["file"] = json!(file.display().to_string());
                 value["node_id"] = json!(node_id);
-                println!("{value}");
+                emit!("{value}");
             }
             Format::Table => {
-                println!(
+                emit!(
                     "saved a snapshot of cluster {} at log index {} (built by node {node_id}) to {}",
                     summary.cluster_id,
                     summary.last_log_index,
@@ -380,7 +411,7 @@ impl Output {
             Format::Json => {
                 let mut value = json!(summary);
                 value["file"] = json!(file.display().to_string());
-                println!("{value}");
+                emit!("{value}");
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -390,14 +421,14 @@ impl Output {
                     summary.cluster_id.to_string(),
                     summary.last_log_index.to_string(),
                     summary.last_log_term.to_string(),
-                    format!("{:?}", summary.voters),
+                    human::ids(&summary.voters),
                     summary.keys.to_string(),
                     summary.spaces.to_string(),
                     summary.messages.to_string(),
                     indicatif::HumanBytes(summary.size_bytes).to_string(),
                     summary.crc32.clone(),
                 ]);
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -433,7 +464,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -465,7 +496,7 @@ impl Output {
                         last_seen(Some(info.last_report_ms.max(1))),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -494,7 +525,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -503,7 +534,8 @@ impl Output {
                 ]);
                 for n in nodes {
                     let roles: std::collections::BTreeMap<_, _> = n.roles.iter().collect();
-                    let roles: Vec<String> = roles.iter().map(|(role, count)| format!("{count} {role}")).collect();
+                    let roles: Vec<String> =
+                        roles.iter().map(|(role, count)| human::role_count(role, u64::from(**count))).collect();
                     let health = if n.drained { format!("{} (drained)", n.health) } else { n.health.clone() };
                     let reachable = n.health != "unreachable";
                     let errors = match n.errors.len() {
@@ -528,7 +560,7 @@ impl Output {
                         errors,
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -546,7 +578,7 @@ impl Output {
 
     pub fn space_moved(&self, space: &str, moved: &pb::MoveSpaceResponse) {
         match self.format {
-            Format::Json => println!(
+            Format::Json => emit!(
                 "{}",
                 json!({
                     "space": space,
@@ -558,14 +590,15 @@ impl Output {
                 })
             ),
             Format::Table if moved.from_cluster == moved.to_cluster => {
-                println!(
-                    "{space} is on space cluster {} already (placement version {})",
-                    moved.to_cluster, moved.version
-                )
+                emit!("{space} is on space cluster {} already (placement version {})", moved.to_cluster, moved.version)
             }
-            Format::Table => println!(
-                "moved {space} from space cluster {} to {}: sealed at seq {}, {} messages copied, placement version {}",
-                moved.from_cluster, moved.to_cluster, moved.sealed_seq, moved.messages_copied, moved.version
+            Format::Table => emit!(
+                "moved {space} from space cluster {} to {}: sealed at seq {}, {} copied, placement version {}",
+                moved.from_cluster,
+                moved.to_cluster,
+                moved.sealed_seq,
+                human::count(moved.messages_copied, "message"),
+                moved.version
             ),
         }
     }
@@ -587,7 +620,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -597,9 +630,9 @@ impl Output {
                         c.voters.iter().map(|v| format!("{v}@{}", region_of.get(v).copied().unwrap_or("?"))).collect();
                     let preferred =
                         if c.preferred_region.is_empty() { "-".to_string() } else { c.preferred_region.clone() };
-                    builder.push_record([c.cluster_id.to_string(), voters.join(","), preferred, c.spaces.to_string()]);
+                    builder.push_record([c.cluster_id.to_string(), voters.join(", "), preferred, c.spaces.to_string()]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
@@ -607,19 +640,23 @@ impl Output {
     pub fn members(&self, cluster: u64, members: &pb::ChangeMembersResponse) {
         match self.format {
             Format::Json => {
-                println!("{}", json!({"cluster_id": cluster, "voters": members.voters, "learners": members.learners}))
+                emit!("{}", json!({"cluster_id": cluster, "voters": members.voters, "learners": members.learners}))
             }
             Format::Table => {
-                println!("space cluster {cluster}: voters {:?}, learners {:?}", members.voters, members.learners)
+                emit!(
+                    "space cluster {cluster}: voters {}; learners {}",
+                    human::ids(&members.voters),
+                    human::ids(&members.learners)
+                )
             }
         }
     }
 
     pub fn leader_transferred(&self, cluster: u64, to: u64, waited: bool) {
         match self.format {
-            Format::Json => println!("{}", json!({"cluster_id": cluster, "to_node": to, "moved": waited})),
-            Format::Table if waited => println!("node {to} leads space cluster {cluster}"),
-            Format::Table => println!("asked node {to} to take over space cluster {cluster}"),
+            Format::Json => emit!("{}", json!({"cluster_id": cluster, "to_node": to, "moved": waited})),
+            Format::Table if waited => emit!("node {to} leads space cluster {cluster}"),
+            Format::Table => emit!("asked node {to} to take over space cluster {cluster}"),
         }
     }
 
@@ -638,7 +675,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -651,31 +688,32 @@ impl Output {
                         format!("{}/{}", c.answering, c.replicas),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }
 
     pub fn drained(&self, nodes: &[u64], drained: bool) {
         match self.format {
-            Format::Json => println!("{}", json!({"nodes": nodes, "drained": drained})),
-            Format::Table if drained => println!("drained node(s) {nodes:?}"),
-            Format::Table => println!("node(s) {nodes:?} back in service"),
+            Format::Json => emit!("{}", json!({"nodes": nodes, "drained": drained})),
+            Format::Table if drained => emit!("drained {}", human::nodes(nodes)),
+            Format::Table => emit!("{} back in service", human::nodes(nodes)),
         }
     }
 
     pub fn version(&self) {
         let version = env!("CARGO_PKG_VERSION");
         match self.format {
-            Format::Json => println!("{}", json!({"spacectl": version})),
-            Format::Table => println!("spacectl {version}"),
+            Format::Json => emit!("{}", json!({"spacectl": version})),
+            Format::Table => emit!("spacectl {version}"),
         }
     }
 
     pub fn preferred(&self, cluster: u64, region: &str) {
         match self.format {
-            Format::Json => println!("{}", json!({"cluster_id": cluster, "preferred_region": region})),
-            Format::Table => println!("space cluster {cluster} now prefers region {:?}", region),
+            Format::Json => emit!("{}", json!({"cluster_id": cluster, "preferred_region": region})),
+            Format::Table if region.is_empty() => emit!("space cluster {cluster} now has no preferred leader region"),
+            Format::Table => emit!("space cluster {cluster} now prefers its leader in region {region}"),
         }
     }
 
@@ -703,7 +741,7 @@ impl Output {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit!("{}", serde_json::Value::Array(rows));
             }
             Format::Table => {
                 let mut builder = Builder::default();
@@ -737,7 +775,7 @@ impl Output {
                         r.error.clone(),
                     ]);
                 }
-                println!("{}", builder.build().with(Style::blank()));
+                emit!("{}", builder.build().with(Style::blank()));
             }
         }
     }

@@ -96,10 +96,30 @@ impl Host {
     /// This node's role in `cluster`, and its replica when hosted here.
     async fn observe(&self, cluster: u64) -> Result<(Role, Option<Arc<Group>>), ApiError> {
         let Some(group) = self.local_cluster(cluster).await? else {
-            let voters = self.cluster_addrs(cluster).await?;
+            let voters = match self.cluster_addrs(cluster).await {
+                // Made a moment ago: this replica of the directory may not
+                // have applied it yet; read the meta leader's commit first.
+                Err(error) if error.kind == ErrorKind::NotFound => {
+                    // (Boxed: the meta group is hosted on every node, so this
+                    // read-index round never comes back here.)
+                    let meta = self.meta();
+                    Box::pin(self.sync_group(&meta)).await?;
+                    if let Some(group) = self.local_cluster(cluster).await? {
+                        return Ok((self.role_in(&group), Some(group)));
+                    }
+                    self.cluster_addrs(cluster).await?
+                }
+                other => other?,
+            };
             return Ok((Role::Absent { voters }, None));
         };
-        let role = {
+        Ok((self.role_in(&group), Some(group)))
+    }
+
+    /// This node's role in `group`, from its Raft metrics and the failure
+    /// detector.
+    fn role_in(&self, group: &Group) -> Role {
+        {
             let metrics = group.raft.metrics();
             let current = metrics.borrow_watched();
             let membership = current.membership_config.membership();
@@ -115,8 +135,7 @@ impl Host {
                 },
                 _ => Role::Follower { leader: None },
             }
-        };
-        Ok((role, Some(group)))
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -111,18 +111,20 @@ impl TestCluster {
     }
 
     pub async fn wait_gateway_connected(&self, index: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.gateway_status(index).await {
-                if status["upstreams"].as_array().is_some_and(|slots| {
-                    !slots.is_empty() && slots.iter().all(|slot| slot["connected"].as_bool() == Some(true))
-                }) {
-                    return;
-                }
+        let what = format!("gateway {index} to connect upstream");
+        super::wait_until(timeout, &what, async || {
+            let status = self.gateway_status(index).await;
+            let upstreams = status.as_ref().map(|status| status["upstreams"].clone());
+            let connected = upstreams.as_ref().and_then(Value::as_array).is_some_and(|slots| {
+                !slots.is_empty() && slots.iter().all(|slot| slot["connected"].as_bool() == Some(true))
+            });
+            if connected {
+                Ok(())
+            } else {
+                Err(upstreams)
             }
-            assert!(Instant::now() < deadline, "gateway {index} did not connect upstream within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -267,22 +269,16 @@ impl Recorder {
 
     /// Waits until this client has received `1..=last_seq` of `space`.
     pub async fn wait_for(&self, space: &str, last_seq: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{} to receive {space} up to seq {last_seq}", self.user);
+        super::wait_until(timeout, &what, async || {
             let seqs = self.seqs(space);
             if seqs.last().copied().unwrap_or(0) >= last_seq {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} got {} messages of {space} (last {:?}), expected up to seq {last_seq} within {timeout:?}; seen: {:?}",
-                self.user,
-                seqs.len(),
-                seqs.last(),
-                self.seen.lock().unwrap().closes
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let closes = self.seen.lock().unwrap().closes.clone();
+            Err(format!("{} messages (last {:?}); closes: {closes:?}", seqs.len(), seqs.last()))
+        })
+        .await
     }
 
     /// Asserts that `space` was received as exactly 1..=last_seq, in order,

@@ -237,37 +237,42 @@ impl TestCluster {
 
     /// The leader's id as seen by any running node, within `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, "a leader of the first space cluster", async || {
+            let mut roles = Vec::new();
             for node in self.nodes.iter().filter(|n| n.process.is_some()) {
                 let Ok(channel) = try_connect(&node.addr).await else { continue };
                 let mut admin = pb::admin_client::AdminClient::new(channel);
                 if let Ok(status) = admin.node_status(pb::NodeStatusRequest::default()).await {
                     let status = status.into_inner();
-                    if let Some(replica) = space_replica(&status).filter(|replica| replica.role == "leader") {
-                        return replica.node_id;
+                    if let Some(replica) = space_replica(&status) {
+                        if replica.role == "leader" {
+                            return Ok(replica.node_id);
+                        }
+                        roles.push(format!("node {}: {}", node.id, replica.role));
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(roles)
+        })
+        .await
     }
 
     /// Waits until every running node has applied at least `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for node in self.nodes.iter().filter(|n| n.process.is_some()) {
-            loop {
+            let what = format!("node {} to apply index {index}", node.id);
+            let left = deadline.saturating_duration_since(Instant::now());
+            wait_until(left, &what, async || {
                 let mut admin = pb::admin_client::AdminClient::new(connect(&node.addr).await);
-                if let Ok(status) = admin.node_status(pb::NodeStatusRequest::default()).await {
-                    if space_replica(&status.into_inner()).is_some_and(|replica| replica.applied_index >= index) {
-                        break;
-                    }
+                let status = admin.node_status(pb::NodeStatusRequest::default()).await.map_err(|e| e.to_string())?;
+                match space_replica(&status.into_inner()) {
+                    Some(replica) if replica.applied_index >= index => Ok(()),
+                    Some(replica) => Err(format!("applied {}", replica.applied_index)),
+                    None => Err("no replica yet".to_string()),
                 }
-                assert!(Instant::now() < deadline, "node {} did not apply index {index} within {timeout:?}", node.id);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            })
+            .await;
         }
     }
 }
@@ -307,16 +312,8 @@ pub async fn try_connect(addr: &str) -> Result<Channel, tonic::transport::Error>
 
 /// Connects, retrying while the node starts (up to 20 s).
 pub async fn connect(addr: &str) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match try_connect(addr).await {
-            Ok(channel) => return channel,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "cannot connect to {addr}: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let what = format!("a connection to {addr}");
+    wait_until(Duration::from_secs(20), &what, async || try_connect(addr).await).await
 }
 
 /// Every message of a space as `node` serves it (operator read, paged).
@@ -361,6 +358,119 @@ pub async fn create_space(cluster: &TestCluster, node: u64, name: &str, members:
 /// node is still starting it.
 pub fn space_replica(status: &pb::NodeStatusResponse) -> Option<&pb::ReplicaStatus> {
     status.replicas.iter().find(|replica| replica.cluster_id == spaceraft::config::DEFAULT_CLUSTER_ID)
+}
+
+/// How often [`wait_until`] and [`wait_until_blocking`] look again.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs `condition` until it returns `Ok`, and returns its value. `Err`
+/// carries what was observed instead; after `timeout` the test panics,
+/// naming `what` it waited for and the last observation.
+pub async fn wait_until<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition().await {
+            Ok(value) => return value,
+            Err(observed) if Instant::now() >= deadline => give_up(timeout, what, observed),
+            Err(_) => tokio::time::sleep(WAIT_POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// [`wait_until`] for a condition whose every call returns a future that
+/// owns what it uses: such a wait can run in a spawned task, where the
+/// futures of an `AsyncFnMut` are not known to be `Send`.
+pub async fn wait_until_owned<T, E: std::fmt::Debug, Fut: std::future::Future<Output = Result<T, E>>>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition().await {
+            Ok(value) => return value,
+            Err(observed) if Instant::now() >= deadline => give_up(timeout, what, observed),
+            Err(_) => tokio::time::sleep(WAIT_POLL_INTERVAL).await,
+        }
+    }
+}
+
+fn give_up(timeout: Duration, what: &str, observed: impl std::fmt::Debug) -> ! {
+    panic!("timed out after {timeout:?} waiting for {what}; last observed: {observed:?}")
+}
+
+/// [`wait_until`] for code that is not async (a thread, a child process).
+pub fn wait_until_blocking<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition() {
+            Ok(value) => return value,
+            Err(observed) if Instant::now() >= deadline => give_up(timeout, what, observed),
+            Err(_) => std::thread::sleep(WAIT_POLL_INTERVAL),
+        }
+    }
+}
+
+/// Any failed post is worth another try.
+pub fn any_failure(_: &tonic::Status) -> bool {
+    true
+}
+
+/// Only a failure a node may not have a moment later is worth another try
+/// (no leader, a killed node, a timeout); anything else fails the test.
+pub fn unavailable_or_timeout(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// How long one post attempt may take before it is tried again.
+const POST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Posts `request` until a node acknowledges it, and returns its seq. Each
+/// attempt goes to the next of `addrs` in turn, starting at `first`, with
+/// the same idempotency key, so the post commits once however many attempts
+/// it takes. A failure `retryable` refuses fails the test at once; after
+/// `timeout`, the test fails with the last failure.
+pub async fn post_until_acknowledged(
+    addrs: &[String],
+    first: usize,
+    request: pb::PostRequest,
+    timeout: Duration,
+    retryable: fn(&tonic::Status) -> bool,
+) -> u64 {
+    assert!(!request.idempotency_key.is_empty(), "a retried post needs an idempotency key");
+    let what = format!("post {} to be acknowledged", request.idempotency_key);
+    let mut attempt = first;
+    // Each attempt owns what it uses, so a post can run in a spawned task.
+    let next_attempt = || {
+        let addr = addrs[attempt % addrs.len()].clone();
+        attempt += 1;
+        let request = request.clone();
+        async move {
+            let channel = try_connect(&addr).await.map_err(|error| format!("{addr}: {error}"))?;
+            let mut client = pb::client_client::ClientClient::new(channel);
+            let key = request.idempotency_key.clone();
+            match tokio::time::timeout(POST_ATTEMPT_TIMEOUT, client.post(request)).await {
+                Ok(Ok(response)) => Ok(response.into_inner().seq),
+                Ok(Err(status)) => {
+                    assert!(retryable(&status), "post {key} failed with a status not worth retrying: {status}");
+                    Err(format!("{addr}: {status}"))
+                }
+                Err(_) => Err(format!("{addr}: no answer within {POST_ATTEMPT_TIMEOUT:?}")),
+            }
+        }
+    };
+    wait_until_owned(timeout, &what, next_attempt).await
 }
 
 /// The cluster's id, as the bootstrap node keeps it in its data directory.
