@@ -332,6 +332,11 @@ impl ApiError {
     }
 }
 
+/// A peer's answer: its message, or its error read by kind.
+pub fn answer_of<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> Result<T, ApiError> {
+    reply.map(tonic::Response::into_inner).map_err(|status| ApiError::from_status(&status))
+}
+
 fn insert(metadata: &mut tonic::metadata::MetadataMap, key: &'static str, value: &str) {
     if let Ok(value) = value.parse() {
         metadata.insert(key, value);

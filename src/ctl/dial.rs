@@ -157,7 +157,7 @@ pub fn probe_failure(first_bytes: &[u8], status: &tonic::Status) -> String {
     if first_bytes.is_empty() {
         return "closed the connection without answering: not a gRPC service".into();
     }
-    format!("not a gRPC service: {}", status.message())
+    format!("not a gRPC service: {}", crate::error::ApiError::from_status(status))
 }
 
 /// An error and its sources, `outer: inner: innermost`.

@@ -91,8 +91,7 @@ impl Host {
                 let request = request.clone();
                 async move {
                     let mut client = self.admin_stub(&to.addr)?;
-                    let reply = client.change_members(self.forward(request, hop)).await;
-                    reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                    crate::error::answer_of(client.change_members(self.forward(request, hop)).await)
                 }
             },
         )
@@ -161,8 +160,7 @@ impl Host {
                 let request = request.clone();
                 async move {
                     let mut client = self.admin_stub(&to.addr)?;
-                    let reply = client.move_space(self.forward(request, hop)).await;
-                    reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                    crate::error::answer_of(client.move_space(self.forward(request, hop)).await)
                 }
             },
         )
@@ -236,8 +234,7 @@ impl Host {
                 let request = request.clone();
                 async move {
                     let mut client = self.admin_stub(&to.addr)?;
-                    let reply = client.join(self.forward(request, hop)).await;
-                    reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                    crate::error::answer_of(client.join(self.forward(request, hop)).await)
                 }
             },
         )

@@ -127,8 +127,7 @@ impl Host {
                 let request = request.clone();
                 async move {
                     let mut client = self.client_stub(&to.addr)?;
-                    let reply = client.history(self.forward(request, hop)).await;
-                    reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                    crate::error::answer_of(client.history(self.forward(request, hop)).await)
                 }
             },
         )
@@ -147,8 +146,7 @@ impl Host {
                 let request = request.clone();
                 async move {
                     let mut client = self.client_stub(&to.addr)?;
-                    let reply = client.get_space(self.forward(request, hop)).await;
-                    reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                    crate::error::answer_of(client.get_space(self.forward(request, hop)).await)
                 }
             },
         )

@@ -73,8 +73,7 @@ impl Host {
             },
             |to, hop| async move {
                 let mut client = self.client_stub(&to.addr)?;
-                let reply = client.post(self.forward(request.clone(), hop)).await;
-                reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                crate::error::answer_of(client.post(self.forward(request.clone(), hop)).await)
             },
         )
         .await
@@ -136,8 +135,7 @@ impl Host {
                 let request = request.clone();
                 async move {
                     let mut client = self.client_stub(&to.addr)?;
-                    let reply = client.create_space(self.forward(request, next_hop)).await;
-                    reply.map(|reply| reply.into_inner()).map_err(|status| ApiError::from_status(&status))
+                    crate::error::answer_of(client.create_space(self.forward(request, next_hop)).await)
                 }
             },
         )
@@ -170,8 +168,8 @@ impl Host {
             },
             |to, _| async move {
                 let mut client = self.client_stub(&to.addr)?;
-                let reply = client.create_space(self.forward(request.clone(), Hop::Meta)).await;
-                reply.map(|reply| Placed::Answered(reply.into_inner())).map_err(|status| ApiError::from_status(&status))
+                crate::error::answer_of(client.create_space(self.forward(request.clone(), Hop::Meta)).await)
+                    .map(Placed::Answered)
             },
         )
         .await
