@@ -65,15 +65,16 @@ pub struct PostBenchReport {
     pub baseline_p50_us: u64,
 }
 
-async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
+/// The address of the leader of space cluster `cluster`.
+async fn find_leader(endpoints: &[String], cluster: u64) -> anyhow::Result<String> {
     for addr in endpoints {
         let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
         let Ok(channel) = endpoint.connect().await else { continue };
         let mut admin = pb::admin_client::AdminClient::new(channel);
         let Ok(status) = admin.cluster_status(pb::ClusterStatusRequest {}).await else { continue };
         let replicas = status.into_inner().replicas;
-        let first_cluster = |r: &&pb::ReplicaStatus| r.cluster_id == crate::config::DEFAULT_CLUSTER_ID;
-        if let Some(leader) = replicas.iter().filter(first_cluster).find(|r| r.role == "leader") {
+        let of_cluster = |r: &&pb::ReplicaStatus| r.cluster_id == cluster;
+        if let Some(leader) = replicas.iter().filter(of_cluster).find(|r| r.role == "leader") {
             return Ok(leader.grpc_addr.clone());
         }
     }
@@ -81,22 +82,27 @@ async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
 }
 
 pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
-    let target = if args.any_node { args.endpoints[0].clone() } else { find_leader(&args.endpoints).await? };
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let endpoint = crate::raft::network::endpoint(&target, &Default::default())?;
-        channels.push(endpoint.connect().await.with_context(|| format!("connecting to {target}"))?);
-    }
+    // The space first: placement picks its cluster, whose leader the posts
+    // go to (unless --any-node).
     let space = format!("bench-{:08x}", rand::random::<u32>());
-    let mut client = pb::client_client::ClientClient::new(channels[0].clone());
-    client
+    let first = crate::raft::network::endpoint(&args.endpoints[0], &Default::default())?;
+    let mut client = pb::client_client::ClientClient::new(first.connect().await.context("connecting")?);
+    let created = client
         .create_space(pb::CreateSpaceRequest {
             name: space.clone(),
             members: vec!["bench".into()],
             attrs: Default::default(),
         })
         .await
-        .context("creating the bench space")?;
+        .context("creating the bench space")?
+        .into_inner();
+    let cluster = created.space.map(|space| space.cluster_id).unwrap_or(crate::config::DEFAULT_CLUSTER_ID);
+    let target = if args.any_node { args.endpoints[0].clone() } else { find_leader(&args.endpoints, cluster).await? };
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let endpoint = crate::raft::network::endpoint(&target, &Default::default())?;
+        channels.push(endpoint.connect().await.with_context(|| format!("connecting to {target}"))?);
+    }
     let body: String = "x".repeat(args.size.max(1));
     eprintln!(
         "bench post: {} clients, {} B bodies, {} s, to {} ({}), space {}",

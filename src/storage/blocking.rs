@@ -31,6 +31,23 @@ pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     spawn(work).await
 }
 
+/// Runs `work` where it may block without stalling other tasks, taking the
+/// shortest way there: on a multi-threaded runtime this worker thread hands
+/// its other tasks to the rest of the pool and runs `work` itself (no
+/// thread hop on the commit path); elsewhere (a single-threaded runtime, as
+/// in some tests) on a blocking thread.
+pub async fn run_in_place<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => Ok(tokio::task::block_in_place(|| {
+            let _mark = Mark::set();
+            work()
+        })),
+        _ => run(work).await,
+    }
+}
+
 /// Starts `work` on a blocking thread at once; await the handle for its result.
 pub fn spawn<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
     tokio::task::spawn_blocking(move || {
@@ -61,6 +78,13 @@ mod tests {
         assert!(run(may_block).await.unwrap());
         assert!(!may_block(), "the mark does not outlive the work");
         assert!(std::thread::spawn(may_block).join().unwrap(), "outside a runtime, blocking is fine");
+        assert!(run_in_place(may_block).await.unwrap(), "a single-threaded runtime hands it to a blocking thread");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_in_place_is_allowed_and_the_mark_cleared() {
+        assert!(run_in_place(may_block).await.unwrap());
+        assert!(!may_block());
     }
 
     #[tokio::test]

@@ -207,7 +207,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         let pre_images = self.pre_images.clone();
         let mut dedup = std::mem::take(&mut self.dedup);
         let state = self.state.clone();
-        let (dedup, next_state, results) = crate::storage::blocking::run(move || -> io::Result<_> {
+        let (dedup, next_state, results) = crate::storage::blocking::run_in_place(move || -> io::Result<_> {
             let (next_state, results) = apply_batch(&tree, &pre_images, &mut dedup, state, &batch_entries)?;
             Ok((dedup, next_state, results))
         })
