@@ -351,21 +351,12 @@ impl From<ApiError> for tonic::Status {
 
 impl From<InvalidRequest> for ApiError {
     fn from(error: InvalidRequest) -> Self {
-        let kind = match &error {
-            InvalidRequest::Name { what, .. } => ErrorKind::Invalid { field: field_of(what) },
-            InvalidRequest::EmptyBody => ErrorKind::Invalid { field: "body".into() },
-            InvalidRequest::NoMembers => ErrorKind::Invalid { field: "members".into() },
-            InvalidRequest::BodyTooLarge { .. } => ErrorKind::TooLarge { field: "body".into() },
-            InvalidRequest::KeyTooLong { .. } => ErrorKind::TooLarge { field: "idempotency_key".into() },
-            InvalidRequest::TooManyMembers { .. } => ErrorKind::TooLarge { field: "members".into() },
+        let kind = match error.is_too_large() {
+            true => ErrorKind::TooLarge { field: error.field() },
+            false => ErrorKind::Invalid { field: error.field() },
         };
         ApiError::new(kind, error.to_string())
     }
-}
-
-/// The wire field a validation of `what` ("space name", "user name") is about.
-fn field_of(what: &str) -> String {
-    what.replace(' ', "_")
 }
 
 impl From<ApplyError> for ApiError {
@@ -378,6 +369,8 @@ impl From<ApplyError> for ApiError {
             ApplyError::Importing { .. } => ErrorKind::Moving,
             ApplyError::Deleted { .. } => ErrorKind::Deleted,
             ApplyError::TooManyMembers { .. } => ErrorKind::TooLarge { field: "members".into() },
+            ApplyError::Invalid { field, too_large: true, .. } => ErrorKind::TooLarge { field: field.clone() },
+            ApplyError::Invalid { field, too_large: false, .. } => ErrorKind::Invalid { field: field.clone() },
             ApplyError::NoMembersLeft { .. } | ApplyError::NotSealed { .. } => ErrorKind::Refused,
         };
         ApiError::new(kind, error.to_string())

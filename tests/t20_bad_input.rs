@@ -275,3 +275,47 @@ async fn a_cursor_below_retention_is_refused_not_skipped() {
     let kept_key = client.post(post("general", "alice", "m12 again", "k12")).await.unwrap().into_inner();
     assert_eq!((kept_key.seq, kept_key.duplicate), (12, true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_bypasses_validation_and_a_key_is_its_authors() {
+    let cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, "general", &["alice", "bob"]).await;
+    let mut client = cluster.client(1).await;
+    let mut admin = cluster.admin(1).await;
+
+    // --- phase: raw commands through Admin.Propose are checked like requests
+    let huge = spaceraft::space::PostCommand {
+        space: "general".into(),
+        author: "alice".into(),
+        body: "x".repeat(300 * 1024),
+        idempotency_key: "raw-1".into(),
+    };
+    let command = spaceraft::space::Command::Posts(vec![huge]);
+    let propose = pb::ProposeRequest { cluster_id: 1, command: postcard::to_stdvec(&command).unwrap() };
+    let refused = admin.propose(propose).await.expect_err("a body past the limit through Propose");
+    assert_eq!(ApiError::from_status(&refused).kind, ErrorKind::TooLarge { field: "body".into() }, "{refused:?}");
+    let create = spaceraft::space::Command::CreateSpace {
+        name: "bad name/../\0x".into(),
+        members: vec!["alice".into()],
+        attrs: Default::default(),
+        dedup_window_len: 10,
+        retain_messages_max: 0,
+    };
+    let propose = pb::ProposeRequest { cluster_id: 1, command: postcard::to_stdvec(&create).unwrap() };
+    let refused = admin.propose(propose).await.expect_err("a malformed name through Propose");
+    assert!(matches!(ApiError::from_status(&refused).kind, ErrorKind::Invalid { .. }), "{refused:?}");
+    let listed = client.list_spaces(pb::ListSpacesRequest { user: String::new() }).await.unwrap().into_inner();
+    assert_eq!(listed.spaces.iter().map(|space| space.name.as_str()).collect::<Vec<_>>(), ["general"]);
+    let stored = client.history(history("general", "alice")).await.unwrap().into_inner();
+    assert!(stored.messages.is_empty(), "nothing was stored: {:?}", stored.messages);
+
+    // --- phase: bob reusing alice's key posts anew; each retry stays deduplicated
+    let alice = client.post(post("general", "alice", "from alice", "shared")).await.unwrap().into_inner();
+    let bob = client.post(post("general", "bob", "from bob", "shared")).await.unwrap().into_inner();
+    assert_eq!((alice.seq, alice.duplicate, bob.seq, bob.duplicate), (1, false, 2, false));
+    let retried = client.post(post("general", "bob", "from bob", "shared")).await.unwrap().into_inner();
+    assert_eq!((retried.seq, retried.duplicate), (2, true));
+    let stored = client.history(history("general", "alice")).await.unwrap().into_inner();
+    let bodies: Vec<&str> = stored.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["from alice", "from bob"]);
+}

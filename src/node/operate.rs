@@ -172,6 +172,8 @@ impl Host {
         let command: Command = postcard::from_bytes(&request.command).map_err(|e| {
             ApiError::new(ErrorKind::Invalid { field: "command".into() }, format!("undecodable command: {e}"))
         })?;
+        // Passed on or not, a command is checked like a client's request.
+        crate::space::validate::check_command(&command, &self.config.limits.request_limits())?;
         let result = self.cluster_write_from(request.cluster_id, &command, hop).await?;
         Ok(pb::ProposeReply { result: postcard::to_stdvec(&result).expect("results serialize") })
     }

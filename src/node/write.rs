@@ -32,14 +32,17 @@ impl Host {
     /// went.
     pub async fn post(&self, request: pb::PostRequest, hop: Hop) -> Result<pb::PostResponse, ApiError> {
         let limits = self.config.limits.request_limits();
-        validate::check_name("space name", &request.space, &limits)?;
-        validate::check_name("user name", &request.author, &limits)?;
-        validate::check_body(&request.body, &limits)?;
-        validate::check_idempotency_key(&request.idempotency_key, &limits)?;
+        let post = PostCommand {
+            space: request.space.clone(),
+            author: request.author.clone(),
+            body: request.body.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+        };
+        validate::check_post(&post, &limits)?;
         let mut cluster = self.placement_fresh(&request.space).await?.cluster;
         let mut moves_left = 2;
         loop {
-            match self.post_on(cluster, &request, hop).await {
+            match self.post_on(cluster, &post, &request, hop).await {
                 Err(ApiError { kind: ErrorKind::Moved { to }, .. }) if hop == Hop::Client && moves_left > 0 => {
                     moves_left -= 1;
                     cluster = to;
@@ -50,14 +53,14 @@ impl Host {
     }
 
     /// A post on space cluster `cluster`'s leader.
-    async fn post_on(&self, cluster: u64, request: &pb::PostRequest, hop: Hop) -> Result<pb::PostResponse, ApiError> {
-        let keyed = !request.idempotency_key.is_empty();
-        let post = PostCommand {
-            space: request.space.clone(),
-            author: request.author.clone(),
-            body: request.body.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-        };
+    async fn post_on(
+        &self,
+        cluster: u64,
+        post: &PostCommand,
+        request: &pb::PostRequest,
+        hop: Hop,
+    ) -> Result<pb::PostResponse, ApiError> {
+        let keyed = !post.idempotency_key.is_empty();
         self.run(
             self.route(cluster, RequestKind::write(keyed), hop),
             |group: Arc<Group>| {
@@ -86,21 +89,14 @@ impl Host {
         hop: Hop,
     ) -> Result<pb::CreateSpaceResponse, ApiError> {
         let limits = self.config.limits.request_limits();
-        validate::check_name("space name", &request.name, &limits)?;
-        validate::check_members(&request.members, &limits)?;
-        for (key, value) in &request.attrs {
-            validate::check_name("attribute name", key, &limits)?;
-            if value.len() > limits.body_bytes_max {
-                return Err(ApiError::new(
-                    ErrorKind::TooLarge { field: "attrs".into() },
-                    format!(
-                        "attribute {key:?} is {} bytes, more than the limit of {}",
-                        value.len(),
-                        limits.body_bytes_max
-                    ),
-                ));
-            }
-        }
+        let command = Command::CreateSpace {
+            name: request.name.clone(),
+            members: request.members.clone(),
+            attrs: request.attrs.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            dedup_window_len: self.config.space.dedup_window_len,
+            retain_messages_max: self.config.space.retain_messages_max,
+        };
+        validate::check_command(&command, &limits)?;
         let placement = match self.placement(&request.name).await? {
             Some(placement) => placement,
             None if hop >= Hop::Member => self.placement_fresh(&request.name).await?,
@@ -110,13 +106,6 @@ impl Host {
             },
         };
         let cluster = placement.cluster;
-        let command = Command::CreateSpace {
-            name: request.name.clone(),
-            members: request.members.clone(),
-            attrs: request.attrs.clone().into_iter().collect::<BTreeMap<_, _>>(),
-            dedup_window_len: self.config.space.dedup_window_len,
-            retain_messages_max: self.config.space.retain_messages_max,
-        };
         let name = request.name.clone();
         self.run(
             self.route(cluster, RequestKind::IDEMPOTENT_WRITE, hop.max(Hop::Client)),

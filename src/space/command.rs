@@ -81,6 +81,11 @@ pub enum ApplyError {
     Importing { space: String },
     #[error("space {space:?} would have no member left")]
     NoMembersLeft { space: String },
+    /// A command no state could make valid (a name outside the alphabet, a
+    /// body over the protocol's ceiling): apply checks every command itself,
+    /// whoever proposed it.
+    #[error("{why}")]
+    Invalid { field: String, too_large: bool, why: String },
     #[error("space {space:?} would have {len} members; at most {max} are allowed")]
     TooManyMembers { space: String, len: u64, max: u64 },
     #[error("space {space:?} was deleted; the names of deleted spaces are not taken again")]

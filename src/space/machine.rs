@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::command::{ApplyError, Command, CommandResult, PostCommand, PostOutcome};
 use super::record::{self, MessageBlock, MessageRecord, SpaceRecord, BLOCK_BYTES_MAX, BLOCK_MESSAGES_MAX};
+use super::validate;
 
 pub use crate::kv::KvRead;
 
@@ -150,7 +151,9 @@ impl<'a, R: KvRead> Overlay<'a, R> {
 }
 
 /// The idempotency keys of each space's newest `dedup_window_len` retained
-/// messages, by key.
+/// messages, by (author, key): a key is its author's, so one user reusing
+/// another's key posts anew instead of getting the other's seq (and cannot
+/// suppress the other's posts).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DedupIndex {
     spaces: HashMap<String, SpaceKeys>,
@@ -163,13 +166,23 @@ struct SpaceKeys {
     by_seq: VecDeque<(u64, String)>,
 }
 
+/// The index's key for `author`'s idempotency key `key` (names never hold
+/// a NUL: apply checks them).
+fn scoped(author: &str, key: &str) -> String {
+    format!("{author}\0{key}")
+}
+
 impl DedupIndex {
-    pub fn lookup(&self, space: &str, key: &str) -> Option<u64> {
-        self.spaces.get(space)?.seq_by_key.get(key).copied()
+    /// The seq at which `author` committed `key` in `space`, if remembered.
+    pub fn lookup(&self, space: &str, author: &str, key: &str) -> Option<u64> {
+        self.spaces.get(space)?.seq_by_key.get(&scoped(author, key)).copied()
     }
 
-    /// Records that `key` committed at `seq` (seqs arrive in order per space).
-    pub fn record(&mut self, space: &str, key: &str, seq: u64) {
+    /// Records that `author`'s `key` committed at `seq` (seqs arrive in
+    /// order per space).
+    pub fn record(&mut self, space: &str, author: &str, key: &str, seq: u64) {
+        let key = scoped(author, key);
+        let key = key.as_str();
         let keys = self.spaces.entry(space.to_string()).or_default();
         debug_assert!(keys.by_seq.back().is_none_or(|(last, _)| *last < seq));
         keys.seq_by_key.insert(key.to_string(), seq);
@@ -190,13 +203,13 @@ impl DedupIndex {
         }
     }
 
-    /// Adds a space's remembered keys from its stored messages (`(seq, key)`
-    /// in seq order), as on open or after a snapshot install.
-    pub fn rebuild_space(&mut self, space: &SpaceRecord, messages: impl Iterator<Item = (u64, String)>) {
+    /// Adds a space's remembered keys from its stored messages (`(seq,
+    /// author, key)` in seq order), as on open or after a snapshot install.
+    pub fn rebuild_space(&mut self, space: &SpaceRecord, messages: impl Iterator<Item = (u64, String, String)>) {
         let oldest = oldest_remembered_seq(space);
-        for (seq, key) in messages {
+        for (seq, author, key) in messages {
             if seq >= oldest && seq <= space.last_seq && !key.is_empty() {
-                self.record(&space.name, &key, seq);
+                self.record(&space.name, &author, &key, seq);
             }
         }
     }
@@ -243,7 +256,7 @@ pub fn rebuild_dedup_index<R: KvRead>(store: &R) -> Result<DedupIndex, postcard:
                 continue;
             }
             for (offset, message) in block.messages.into_iter().enumerate() {
-                messages.push((block.first_seq + offset as u64, message.idempotency_key));
+                messages.push((block.first_seq + offset as u64, message.author, message.idempotency_key));
             }
         }
         index.rebuild_space(&space, messages.into_iter());
@@ -257,6 +270,29 @@ pub fn oldest_remembered_seq(space: &SpaceRecord) -> u64 {
     (space.last_seq + 1).saturating_sub(space.dedup_window_len).max(space.first_seq).max(1)
 }
 
+/// Checks what a command carries against the protocol's ceilings; posts
+/// are checked one by one (a bad post refuses only itself).
+fn check_command(command: &Command) -> Result<(), validate::InvalidRequest> {
+    match command {
+        Command::Posts(_) => Ok(()),
+        other => validate::check_command(other, &validate::CEILINGS),
+    }
+}
+
+/// The result of a command refused before it changed anything.
+fn refusal(command: &Command, error: ApplyError) -> CommandResult {
+    match command {
+        Command::CreateSpace { .. } => CommandResult::SpaceCreated { existed: false, result: Err(error) },
+        Command::Posts(posts) => CommandResult::Posts(vec![Err(error); posts.len()]),
+        Command::SealSpace { .. } => CommandResult::Sealed(Err(error)),
+        Command::ImportSpace { .. } => CommandResult::Imported(Err(error)),
+        Command::UpdateMembers { .. } => CommandResult::MembersUpdated(Err(error)),
+        Command::DeleteSpace { .. } => CommandResult::Deleted(Err(error)),
+        Command::DropSealed { .. } => CommandResult::SealedDropped(Err(error)),
+        Command::Meta(_) => CommandResult::None,
+    }
+}
+
 /// Stateless: all state lives in the store the overlay reads and the index.
 pub struct SpaceMachine;
 
@@ -268,6 +304,9 @@ impl SpaceMachine {
         log_index: u64,
         command: &Command,
     ) -> CommandResult {
+        if let Err(invalid) = check_command(command) {
+            return refusal(command, invalid.into());
+        }
         match command {
             Command::CreateSpace { name, members, attrs, dedup_window_len, retain_messages_max } => {
                 let wanted = SpaceRecord {
@@ -284,7 +323,13 @@ impl SpaceMachine {
                 Self::create_space(overlay, wanted)
             }
             Command::Posts(posts) => {
-                let results = posts.iter().map(|post| Self::post(overlay, dedup, log_index, post)).collect();
+                let results = posts
+                    .iter()
+                    .map(|post| match validate::check_post(post, &validate::CEILINGS) {
+                        Ok(()) => Self::post(overlay, dedup, log_index, post),
+                        Err(invalid) => Err(invalid.into()),
+                    })
+                    .collect();
                 CommandResult::Posts(results)
             }
             Command::Meta(meta) => CommandResult::Meta(crate::meta::directory::apply(overlay, meta)),
@@ -450,7 +495,7 @@ impl SpaceMachine {
             for (offset, message) in block.messages.iter().enumerate() {
                 let seq = block.first_seq + offset as u64;
                 if seq >= oldest && !message.idempotency_key.is_empty() {
-                    dedup.record(name, &message.idempotency_key, seq);
+                    dedup.record(name, &message.author, &message.idempotency_key, seq);
                 }
             }
         }
@@ -481,7 +526,7 @@ impl SpaceMachine {
         }
         let has_key = !post.idempotency_key.is_empty();
         if has_key {
-            if let Some(seq) = dedup.lookup(&post.space, &post.idempotency_key) {
+            if let Some(seq) = dedup.lookup(&post.space, &post.author, &post.idempotency_key) {
                 return Ok(PostOutcome { seq, duplicate: true });
             }
         }
@@ -507,7 +552,7 @@ impl SpaceMachine {
         debug_assert!(space.first_seq >= 1 && space.first_seq <= space.last_seq + 1);
         let oldest_remembered = oldest_remembered_seq(space);
         if has_key {
-            dedup.record(&post.space, &post.idempotency_key, seq);
+            dedup.record(&post.space, &post.author, &post.idempotency_key, seq);
         }
         dedup.expire(&post.space, oldest_remembered);
         Ok(PostOutcome { seq, duplicate: false })
@@ -547,7 +592,7 @@ mod tests {
         }
 
         /// Every stored (seq, key) of a space, from its blocks.
-        fn messages(&self, space: &str) -> Vec<(u64, String)> {
+        fn messages(&self, space: &str) -> Vec<(u64, String, String)> {
             let prefix = record::message_prefix(space);
             let mut messages = Vec::new();
             for (key, value) in self.store.range(prefix.clone()..) {
@@ -557,7 +602,11 @@ mod tests {
                 let block: MessageBlock = record::decode(value).unwrap();
                 assert_eq!(record::seq_of_message_key(space, key), Some(block.first_seq));
                 for (offset, message) in block.messages.iter().enumerate() {
-                    messages.push((block.first_seq + offset as u64, message.idempotency_key.clone()));
+                    messages.push((
+                        block.first_seq + offset as u64,
+                        message.author.clone(),
+                        message.idempotency_key.clone(),
+                    ));
                 }
             }
             messages
@@ -678,6 +727,46 @@ mod tests {
     }
 
     #[test]
+    fn apply_refuses_what_no_node_would_propose_and_stores_nothing() {
+        let mut replica = Replica::default();
+        let refused = replica.run(1, &create("bad name/../\0x", &["alice"], 100, 0));
+        assert!(
+            matches!(refused, CommandResult::SpaceCreated { result: Err(ApplyError::Invalid { .. }), .. }),
+            "{refused:?}"
+        );
+        assert!(replica.store.is_empty(), "a refused create stores nothing");
+        replica.run(2, &create("general", &["alice"], 100, 0));
+        let huge = PostCommand {
+            space: "general".into(),
+            author: "alice".into(),
+            body: "x".repeat(validate::CEILINGS.body_bytes_max + 1),
+            idempotency_key: String::new(),
+        };
+        let results = outcomes(replica.run(3, &Command::Posts(vec![huge, post("general", "alice", "ok")])));
+        assert!(matches!(&results[0], Err(ApplyError::Invalid { too_large: true, .. })), "{:?}", results[0]);
+        assert_eq!(results[1], Ok(PostOutcome { seq: 1, duplicate: false }), "the valid post of the batch commits");
+        let bad_author = outcomes(replica.run(4, &Command::Posts(vec![post("general", "al\0ice", "k")])));
+        assert!(matches!(&bad_author[0], Err(ApplyError::Invalid { .. })), "{:?}", bad_author[0]);
+        assert_eq!(replica.messages("general").len(), 1);
+    }
+
+    #[test]
+    fn a_key_is_its_authors_so_another_user_cannot_suppress_a_post_with_it() {
+        let mut replica = Replica::default();
+        replica.run(1, &create("general", &["alice", "bob"], 100, 0));
+        let first = outcomes(replica.run(2, &Command::Posts(vec![post("general", "alice", "k1")])));
+        assert_eq!(first[0], Ok(PostOutcome { seq: 1, duplicate: false }));
+        let bob = outcomes(replica.run(3, &Command::Posts(vec![post("general", "bob", "k1")])));
+        assert_eq!(bob[0], Ok(PostOutcome { seq: 2, duplicate: false }), "bob's post commits under his own key");
+        let retries = outcomes(
+            replica.run(4, &Command::Posts(vec![post("general", "alice", "k1"), post("general", "bob", "k1")])),
+        );
+        assert_eq!(retries[0], Ok(PostOutcome { seq: 1, duplicate: true }));
+        assert_eq!(retries[1], Ok(PostOutcome { seq: 2, duplicate: true }));
+        assert_eq!(replica.rebuilt_index(), replica.dedup, "the index rebuilt from the store scopes keys the same way");
+    }
+
+    #[test]
     fn keys_leave_the_window_after_window_len_newer_messages() {
         let mut replica = Replica::default();
         replica.run(1, &create("general", &["alice"], 2, 0));
@@ -752,7 +841,7 @@ mod tests {
         assert_eq!(replica.run(3, &delete), CommandResult::Deleted(Ok(Some(600))));
         let left: Vec<&Vec<u8>> = replica.store.keys().collect();
         assert_eq!(left, [&record::deleted_key("general"), &record::space_key("random")], "blocks and record gone");
-        assert!(replica.dedup.lookup("general", "k1").is_none());
+        assert!(replica.dedup.lookup("general", "alice", "k1").is_none());
         assert_eq!(replica.run(4, &delete), CommandResult::Deleted(Ok(None)), "deleting again succeeds");
         let refused = outcomes(replica.run(5, &Command::Posts(vec![post("general", "alice", "late")])));
         assert_eq!(refused[0], Err(ApplyError::UnknownSpace { space: "general".into() }));
@@ -807,14 +896,14 @@ mod tests {
         let space = SpaceMachine::read_space(&mut overlay, "general").unwrap();
         assert_eq!((space.first_seq, space.last_seq), (2, 3));
         // The block holding seqs 1 and 2 stays while seq 2 is retained.
-        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _)| *seq).collect();
+        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _, _)| *seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
-        assert_eq!(replica.dedup.lookup("general", "a"), None);
-        assert_eq!(replica.dedup.lookup("general", "b"), Some(2));
+        assert_eq!(replica.dedup.lookup("general", "alice", "a"), None);
+        assert_eq!(replica.dedup.lookup("general", "alice", "b"), Some(2));
         assert_eq!(replica.rebuilt_index(), replica.dedup);
         // Once seq 2 goes, so does the whole block of seqs 1 and 2.
         replica.run(4, &Command::Posts(vec![post("general", "alice", "d")]));
-        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _)| *seq).collect();
+        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _, _)| *seq).collect();
         assert_eq!(seqs, [3, 4]);
         assert_eq!(replica.rebuilt_index(), replica.dedup);
     }
@@ -825,7 +914,7 @@ mod tests {
         replica.run(1, &create("general", &["alice"], 10_000, 0));
         let posts: Vec<PostCommand> = (0..600).map(|n| post("general", "alice", &format!("k{n}"))).collect();
         replica.run(2, &Command::Posts(posts));
-        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _)| *seq).collect();
+        let seqs: Vec<u64> = replica.messages("general").iter().map(|(seq, _, _)| *seq).collect();
         assert_eq!(seqs, (1..=600).collect::<Vec<u64>>());
         let blocks = replica.store.keys().filter(|key| key.first() == Some(&record::MESSAGE_PREFIX)).count();
         assert_eq!(blocks, 600_usize.div_ceil(BLOCK_MESSAGES_MAX));

@@ -1,5 +1,8 @@
-//! Checks done on a request before it becomes a Raft proposal. They depend on
-//! the node's configured limits, so they must never run inside apply.
+//! Checks of what a request carries. A node checks a request against its
+//! configured limits before it becomes a Raft proposal; apply checks every
+//! command again against the protocol's ceilings ([`CEILINGS`], the same on
+//! every replica, so apply stays deterministic), so a command that reached
+//! the log some other way is refused, not stored.
 
 /// Limits a node enforces on what it proposes.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +17,52 @@ impl Default for Limits {
     fn default() -> Self {
         Limits { body_bytes_max: 64 * 1024, name_len_max: 64, members_len_max: 10_000, idempotency_key_len_max: 128 }
     }
+}
+
+/// The protocol's ceilings: no configured limit goes above them, and apply
+/// refuses any command past them.
+pub const CEILINGS: Limits = Limits {
+    body_bytes_max: 4 * 1024 * 1024,
+    name_len_max: 255,
+    members_len_max: 100_000,
+    idempotency_key_len_max: 1024,
+};
+
+/// Checks every name, body and key `command` carries against `limits`.
+/// Commands that carry only state copied from a store (imports, the
+/// directory's) are not checked here.
+pub fn check_command(command: &super::Command, limits: &Limits) -> Result<(), InvalidRequest> {
+    use super::Command;
+    match command {
+        Command::CreateSpace { name, members, attrs, .. } => {
+            check_name("space name", name, limits)?;
+            check_members(members, limits)?;
+            for (key, value) in attrs {
+                check_name("attribute name", key, limits)?;
+                if value.len() > limits.body_bytes_max {
+                    return Err(InvalidRequest::AttributeTooLarge { len: value.len(), max: limits.body_bytes_max });
+                }
+            }
+            Ok(())
+        }
+        Command::Posts(posts) => posts.iter().try_for_each(|post| check_post(post, limits)),
+        Command::UpdateMembers { name, add, remove, .. } => {
+            check_name("space name", name, limits)?;
+            add.iter().chain(remove).try_for_each(|user| check_name("user name", user, limits))
+        }
+        Command::SealSpace { name, .. } | Command::DeleteSpace { name } | Command::DropSealed { name } => {
+            check_name("space name", name, limits)
+        }
+        Command::ImportSpace { .. } | Command::Meta(_) => Ok(()),
+    }
+}
+
+/// Checks one post's space, author, body and key against `limits`.
+pub fn check_post(post: &super::PostCommand, limits: &Limits) -> Result<(), InvalidRequest> {
+    check_name("space name", &post.space, limits)?;
+    check_name("user name", &post.author, limits)?;
+    check_body(&post.body, limits)?;
+    check_idempotency_key(&post.idempotency_key, limits)
 }
 
 /// A request that no state could make valid.
@@ -31,6 +80,8 @@ pub enum InvalidRequest {
     NoMembers,
     #[error("a space has {len} members, more than the limit of {max}")]
     TooManyMembers { len: usize, max: usize },
+    #[error("an attribute value is {len} bytes, more than the limit of {max} bytes")]
+    AttributeTooLarge { len: usize, max: usize },
 }
 
 /// Space and user names: 1..=max characters of `a-z A-Z 0-9 . _ -`,
@@ -81,6 +132,40 @@ pub fn check_members(members: &[String], limits: &Limits) -> Result<(), InvalidR
         check_name("user name", member, limits)?;
     }
     Ok(())
+}
+
+impl InvalidRequest {
+    /// The request field it is about.
+    pub fn field(&self) -> String {
+        match self {
+            InvalidRequest::Name { what, .. } => what.replace(' ', "_"),
+            InvalidRequest::EmptyBody | InvalidRequest::BodyTooLarge { .. } => "body".into(),
+            InvalidRequest::KeyTooLong { .. } => "idempotency_key".into(),
+            InvalidRequest::NoMembers | InvalidRequest::TooManyMembers { .. } => "members".into(),
+            InvalidRequest::AttributeTooLarge { .. } => "attrs".into(),
+        }
+    }
+
+    /// Whether it is about a size over its limit (rather than a malformed value).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            InvalidRequest::BodyTooLarge { .. }
+                | InvalidRequest::KeyTooLong { .. }
+                | InvalidRequest::TooManyMembers { .. }
+                | InvalidRequest::AttributeTooLarge { .. }
+        )
+    }
+}
+
+impl From<InvalidRequest> for super::ApplyError {
+    fn from(invalid: InvalidRequest) -> Self {
+        super::ApplyError::Invalid {
+            field: invalid.field(),
+            too_large: invalid.is_too_large(),
+            why: invalid.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
