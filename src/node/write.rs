@@ -108,7 +108,7 @@ impl Host {
         let cluster = placement.cluster;
         let name = request.name.clone();
         self.run(
-            self.route(cluster, RequestKind::IDEMPOTENT_WRITE, hop.max(Hop::Client)),
+            self.route(cluster, RequestKind::IDEMPOTENT_WRITE, hop),
             |group: Arc<Group>| {
                 let (command, name) = (command.clone(), name.clone());
                 async move {
