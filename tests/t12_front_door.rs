@@ -46,15 +46,11 @@ async fn a_cluster_refuses_requests_meant_for_another() {
     assert_ne!(our_id, their_id, "every bootstrap makes a new cluster id");
     for node in 2..=3 {
         // Every node keeps the id it learned from its peers.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let kept = loop {
-            let kept = spaceraft::wire::read_cluster_id(&ours.node(node).data_dir).unwrap();
-            if kept.is_some() || Instant::now() > deadline {
-                break kept;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(kept.as_deref(), Some(our_id.as_str()), "node {node}");
+        let data_dir = ours.node(node).data_dir.clone();
+        let kept = common::wait_until_blocking(Duration::from_secs(10), "the node keeps its cluster id", || {
+            spaceraft::wire::read_cluster_id(&data_dir).unwrap().ok_or("no cluster-id file yet")
+        });
+        assert_eq!(kept, our_id, "node {node}");
     }
 
     let create = ["space", "create", "general", "--members", "alice", "--cluster-id", &our_id];
@@ -129,11 +125,14 @@ async fn dev_refuses_to_go_on_when_another_cluster_answers_its_ports() {
     };
     let foreign_addr = format!("127.0.0.1:{base_port}");
     let mut foreign = start_foreign_node(dir.path(), &foreign_addr);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while spacectl(&foreign_addr, &["cluster", "health"]).status.code() != Some(0) {
-        assert!(Instant::now() < deadline, "the foreign node did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_until_blocking(Duration::from_secs(20), "the foreign node answers", || {
+        let health = spacectl(&foreign_addr, &["cluster", "health"]);
+        if code(&health) == 0 {
+            Ok(())
+        } else {
+            Err(stderr(&health))
+        }
+    });
 
     // --- phase: first run: dev's first node cannot take its port
     let data_dir = dir.path().join("dev");

@@ -132,15 +132,15 @@ async fn spacectl_outputs_and_exit_codes() {
     // One row per node: health, roles, groups led, size on disk.
     // (A replica that started a moment ago may not have heard from its
     // leader yet: wait until every node reports healthy, with a deadline.)
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let nodes: Value = loop {
+    let nodes: Value = common::wait_until_blocking(Duration::from_secs(20), "every node reports healthy", || {
         let nodes: Value = serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "-o", "json"]))).unwrap();
         let healthy = nodes.as_array().unwrap().iter().all(|node| node["health"] == "healthy");
-        if healthy || Instant::now() > deadline {
-            break nodes;
+        if healthy {
+            Ok(nodes)
+        } else {
+            Err(nodes)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    });
     let nodes = nodes.as_array().unwrap();
     assert_eq!(nodes.iter().map(|n| n["node_id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(
