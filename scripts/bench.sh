@@ -19,6 +19,9 @@ for _ in $(seq 1 300); do
   grep -q "leader: node" "$data_dir/dev.out" 2>/dev/null && break
   sleep 0.1
 done
+# The cluster runs secured (TLS, certificates): the bench dials as its operator.
+# shellcheck disable=SC1091
+. "$data_dir/spacectl.env"
 echo "== 64 clients, 256-byte posts, ${secs} s"
 "$bin" bench post --endpoints "$endpoints" --clients 64 --size 256 --secs "$secs"
 echo "== 1 client, 256-byte posts, ${secs} s"

@@ -46,6 +46,26 @@ pub struct PostBenchArgs {
     /// nothing) on the same node, the ceiling the RPC layer sets. 0 skips it.
     #[arg(long, default_value_t = 5)]
     pub baseline_secs: u64,
+    /// The cluster's CA certificate: talk TLS (a secured cluster, e.g.
+    /// `spaceraft dev`'s: `. <data-dir>/spacectl.env` sets these three).
+    #[arg(long, env = "SPACERAFT_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// A client certificate to present: an operator's, who may post as the
+    /// bench user.
+    #[arg(long, env = "SPACERAFT_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The key of --cert.
+    #[arg(long, env = "SPACERAFT_KEY")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl PostBenchArgs {
+    /// TLS to the nodes, when a CA is given.
+    fn tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        let Some(ca) = &self.cacert else { return Ok(None) };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        Ok(Some(crate::security::tls::ClientTls::load(ca, identity)?.config()))
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -66,9 +86,13 @@ pub struct PostBenchReport {
 }
 
 /// The address of the leader of space cluster `cluster`.
-async fn find_leader(endpoints: &[String], cluster: u64) -> anyhow::Result<String> {
+async fn find_leader(
+    endpoints: &[String],
+    cluster: u64,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<String> {
     for addr in endpoints {
-        let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
+        let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default(), tls) else { continue };
         let Ok(channel) = endpoint.connect().await else { continue };
         let mut admin = pb::admin_client::AdminClient::new(channel);
         let Ok(status) = admin.cluster_status(pb::ClusterStatusRequest {}).await else { continue };
@@ -85,7 +109,8 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
     // The space first: placement picks its cluster, whose leader the posts
     // go to (unless --any-node).
     let space = format!("bench-{:08x}", rand::random::<u32>());
-    let first = crate::raft::network::endpoint(&args.endpoints[0], &Default::default())?;
+    let tls = args.tls()?;
+    let first = crate::raft::network::endpoint(&args.endpoints[0], &Default::default(), tls.as_ref())?;
     let mut client = pb::client_client::ClientClient::new(first.connect().await.context("connecting")?);
     let created = client
         .create_space(pb::CreateSpaceRequest {
@@ -97,10 +122,14 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
         .context("creating the bench space")?
         .into_inner();
     let cluster = created.space.map(|space| space.cluster_id).unwrap_or(crate::config::DEFAULT_CLUSTER_ID);
-    let target = if args.any_node { args.endpoints[0].clone() } else { find_leader(&args.endpoints, cluster).await? };
+    let target = if args.any_node {
+        args.endpoints[0].clone()
+    } else {
+        find_leader(&args.endpoints, cluster, tls.as_ref()).await?
+    };
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let endpoint = crate::raft::network::endpoint(&target, &Default::default())?;
+        let endpoint = crate::raft::network::endpoint(&target, &Default::default(), tls.as_ref())?;
         channels.push(endpoint.connect().await.with_context(|| format!("connecting to {target}"))?);
     }
     let body: String = "x".repeat(args.size.max(1));

@@ -56,6 +56,82 @@ pub struct NodeConfig {
     /// The placement policy the meta leader applies to new spaces.
     #[serde(default)]
     pub placement: crate::placement::PlacementConfig,
+    /// TLS, certificates and tokens (docs/security.md).
+    #[serde(default)]
+    pub security: SecurityConfig,
+    /// A one-time token from `spacectl node join-token`, for a node that
+    /// joins a running cluster (not needed by the bootstrap peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+}
+
+/// How a process proves who it is and checks who calls it. Secure unless
+/// `insecure` says otherwise: a node or gateway with neither certificates
+/// nor `insecure = true` refuses to start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Plaintext on every port and no authentication: every caller holds
+    /// every role and names are believed as claimed. For a laptop only;
+    /// logged at start and shown by `spacectl cluster status`.
+    pub insecure: bool,
+    /// The cluster CA's certificate (PEM): every process's certificate is
+    /// signed by it, and only certificates it signed are believed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// This process's certificate (PEM), naming `spaceraft://CLUSTER/KIND/NAME`
+    /// and the host names and addresses it is reached at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM, PKCS#8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The keys users' tokens are checked against: `KID.pem` (Ed25519
+    /// public keys) and `KID.hs256` (secrets). Without it, only certificates
+    /// are accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_keys_dir: Option<PathBuf>,
+    /// A connection that has not finished its TLS handshake by then is closed.
+    pub handshake_timeout_ms: u64,
+    /// Posts one user may make per second on one node (a burst of twice
+    /// that is allowed); beyond it, `resource_exhausted`. 0: no limit.
+    pub posts_per_user_per_sec: u32,
+    /// The largest snapshot a node accepts from its leader; a larger one is
+    /// refused before it is written.
+    pub snapshot_bytes_max: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            insecure: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            token_keys_dir: None,
+            handshake_timeout_ms: 5_000,
+            posts_per_user_per_sec: 200,
+            snapshot_bytes_max: 16 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// Checks that a secure process has its certificate files.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.insecure {
+            return Ok(());
+        }
+        for (key, value) in [("ca_file", &self.ca_file), ("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
+            if value.is_none() {
+                return Err(ConfigError(format!(
+                    "security.{key} is not set: give the certificate files (spaceraft certs makes them) \
+                     or run without TLS and authentication with --insecure"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Many groups on one node: liveness, quiescence and leader placement.
@@ -276,6 +352,17 @@ pub struct FlagOverrides {
     pub bootstrap: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<PeerConfig>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityFlags>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+}
+
+/// The security keys settable by flags.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SecurityFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
 
 /// The top-level keys of [`NodeConfig`]: the only `SPACERAFT_*` variables a
@@ -300,12 +387,28 @@ pub const ENV_CONFIG_KEYS: &[&str] = &[
     "network",
     "groups",
     "placement",
+    "security",
+    "join_token",
 ];
 
 /// `SPACERAFT_*` names that other tools read; a node ignores them without a
 /// warning.
-const ENV_OF_OTHER_TOOLS: &[&str] =
-    &["config", "log", "endpoints", "output", "user", "yes", "dial_timeout", "command_timeout"];
+const ENV_OF_OTHER_TOOLS: &[&str] = &[
+    "config",
+    "log",
+    "endpoints",
+    "output",
+    "user",
+    "yes",
+    "dial_timeout",
+    "command_timeout",
+    "cluster_id",
+    "cacert",
+    "cert",
+    "key",
+    "token",
+    "signing_key",
+];
 
 /// Whether the `SPACERAFT_*` variable whose name (after the prefix, lower
 /// case, nested keys joined by `.`) is `key` sets a node config key.
@@ -389,7 +492,7 @@ impl NodeConfig {
         if self.space.dedup_window_len == 0 {
             return bad("space.dedup_window_len", "must be at least 1");
         }
-        Ok(())
+        self.security.check()
     }
 }
 
@@ -415,7 +518,18 @@ mod tests {
         path
     }
 
-    const MINIMAL: &str = "node_id = 1\nregion = \"us-east\"\nlisten_addr = \"127.0.0.1:7001\"\ndata_dir = \"d\"\n";
+    const MINIMAL: &str =
+        "node_id = 1\nregion = \"us-east\"\nlisten_addr = \"127.0.0.1:7001\"\ndata_dir = \"d\"\n[security]\ninsecure = true\n";
+
+    #[test]
+    fn a_node_without_certificates_or_insecure_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &MINIMAL.replace("insecure = true", ""));
+        let error = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap_err().to_string();
+        assert!(error.contains("security.ca_file") && error.contains("--insecure"), "{error}");
+        let flags = FlagOverrides { security: Some(SecurityFlags { insecure: Some(true) }), ..Default::default() };
+        assert!(NodeConfig::load(Some(&path), &flags).unwrap().security.insecure);
+    }
 
     #[test]
     fn flags_override_the_file() {
@@ -448,7 +562,8 @@ mod tests {
     fn the_env_config_keys_are_the_config_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), MINIMAL);
-        let config = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap();
+        let mut config = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap();
+        config.join_token = Some("a token".into());
         let value = serde_json::to_value(&config).unwrap();
         let mut fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         let mut listed = ENV_CONFIG_KEYS.to_vec();

@@ -8,6 +8,12 @@
 //! later runs on the same data directory reuse the configs and restart the
 //! same cluster with its data. Placement is sized for a laptop: a space of
 //! another org gets its own cluster ([`dev_placement`]).
+//!
+//! It runs secured like a real deployment: the first run makes a CA and the
+//! certificates of every node and gateway and of an operator
+//! (`<data-dir>/tls`, [`crate::security::certs`]), serves TLS on every port,
+//! and writes `<data-dir>/spacectl.env` for spacectl. `--insecure` runs it
+//! plaintext and without authentication instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -42,6 +48,10 @@ pub struct DevArgs {
     /// Gateways follow two replicas in different regions at once.
     #[arg(long)]
     pub redundant_upstream: bool,
+    /// No TLS and no authentication (first run only): every caller may do
+    /// anything. The default makes certificates and serves TLS.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,6 +59,10 @@ pub struct EndpointsFile {
     /// The id of the cluster (`--cluster-id` / `SPACERAFT_CLUSTER_ID` for spacectl).
     #[serde(default)]
     pub cluster_id: String,
+    /// The CA certificate every port's certificate is signed by (absent
+    /// when the cluster runs with `--insecure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
     pub nodes: Vec<NodeEndpoint>,
     #[serde(default)]
     pub gateways: Vec<GatewayEndpoint>,
@@ -82,6 +96,54 @@ pub fn dev_placement() -> PlacementConfig {
 
 fn config_path(data_dir: &Path, id: u64) -> PathBuf {
     data_dir.join(format!("node-{id}.toml"))
+}
+
+/// Where a secured dev cluster keeps its CA, certificates and token keys.
+pub fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+
+/// The operator identity `spaceraft dev` and its spacectl use.
+pub const DEV_OPERATOR: &str = "admin";
+
+/// Makes the certificates of `regions` nodes and gateways and of the
+/// operator, unless they exist; answers the cluster's id.
+fn make_certs(data_dir: &Path, regions: usize) -> anyhow::Result<String> {
+    let plan = crate::security::certs::CertsPlan {
+        dir: tls_dir(data_dir),
+        cluster: None,
+        nodes: (1..=regions as u64).collect(),
+        gateways: REGION_NAMES[..regions].iter().map(|name| name.to_string()).collect(),
+        operators: vec![DEV_OPERATOR.to_string()],
+        hosts: vec!["127.0.0.1".into(), "localhost".into(), "::1".into()],
+        days: 365,
+    };
+    Ok(crate::security::certs::make(&plan)?.cluster)
+}
+
+/// The security section of a process of a secured dev cluster.
+fn secured(data_dir: &Path, stem: &str) -> crate::config::SecurityConfig {
+    let tls = tls_dir(data_dir);
+    let (cert, key) = crate::security::certs::pair(&tls, stem);
+    crate::config::SecurityConfig {
+        insecure: false,
+        ca_file: Some(crate::security::certs::ca_pem(&tls)),
+        cert_file: Some(cert),
+        key_file: Some(key),
+        token_keys_dir: Some(crate::security::token::keys_dir(&tls)),
+        ..Default::default()
+    }
+}
+
+/// TLS for this command's own calls (as the dev operator); None when the
+/// cluster runs insecure.
+pub fn operator_tls(data_dir: &Path) -> anyhow::Result<Option<crate::security::tls::ClientTls>> {
+    let tls = tls_dir(data_dir);
+    if !tls.join("ca.pem").exists() {
+        return Ok(None);
+    }
+    let (cert, key) = crate::security::certs::pair(&tls, &crate::security::certs::operator_stem(DEV_OPERATOR));
+    Ok(Some(crate::security::tls::ClientTls::load(&crate::security::certs::ca_pem(&tls), Some((&cert, &key)))?))
 }
 
 /// Writes node configs for a new cluster, or reads those of an existing one.
@@ -118,8 +180,16 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, NodeConfig)>> {
             addr: format!("127.0.0.1:{}", args.base_port as usize + i),
         })
         .collect();
+    if !args.insecure {
+        make_certs(&data_dir, args.regions)?;
+    }
     let mut nodes = Vec::new();
     for peer in &peers {
+        let security = if args.insecure {
+            crate::config::SecurityConfig { insecure: true, ..Default::default() }
+        } else {
+            secured(&data_dir, &crate::security::certs::node_stem(peer.id))
+        };
         let config = NodeConfig {
             node_id: peer.id,
             region: peer.region.clone(),
@@ -135,6 +205,8 @@ pub fn prepare(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, NodeConfig)>> {
             groups: Default::default(),
             placement: dev_placement(),
             network: Default::default(),
+            security,
+            join_token: None,
         };
         let path = config_path(&data_dir, peer.id);
         std::fs::write(&path, toml::to_string_pretty(&config)?)?;
@@ -158,7 +230,9 @@ pub fn prepare_gateways(
             addr: node.advertise_addr().to_string(),
         })
         .collect();
-    let ws_url = |index: usize| format!("ws://127.0.0.1:{}/v1/ws", args.base_port as usize + 1000 + index);
+    let secure = !nodes.first().is_some_and(|(_, node)| node.security.insecure);
+    let ws_scheme = if secure { "wss" } else { "ws" };
+    let ws_url = |index: usize| format!("{ws_scheme}://127.0.0.1:{}/v1/ws", args.base_port as usize + 1000 + index);
     let mut gateways = Vec::new();
     for (index, (_, node)) in nodes.iter().enumerate() {
         let path = data_dir.join(format!("gateway-{}.toml", node.region));
@@ -186,7 +260,21 @@ pub fn prepare_gateways(
                 redundant: args.redundant_upstream,
                 ..Default::default()
             },
-            clients: Default::default(),
+            // The page fails over to the other gateways: their pages' origins.
+            clients: crate::gateway::config::ClientsConfig {
+                allowed_origins: (0..nodes.len())
+                    .filter(|other| *other != index)
+                    .map(|other| format!("https://127.0.0.1:{}", args.base_port as usize + 1000 + other))
+                    .collect(),
+                ..Default::default()
+            },
+            security: if secure {
+                secured(&data_dir, &crate::security::certs::gateway_stem(&node.region))
+            } else {
+                crate::config::SecurityConfig { insecure: true, ..Default::default() }
+            },
+            // The page logs in by name: this is a laptop's cluster.
+            dev_login_signing_key: secure.then(|| crate::security::certs::signing_key(&tls_dir(&data_dir))),
         };
         std::fs::write(&path, toml::to_string_pretty(&config)?)?;
         gateways.push((path, config));
@@ -223,8 +311,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (first_node, first_child) = (&nodes[0].1, &mut children[0].1);
     let cluster_id = wait_for_cluster_id(first_node, first_child, Duration::from_secs(30)).await?;
     let gateways = prepare_gateways(&args, &nodes, &cluster_id)?;
+    let data_dir = nodes[0].1.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let tls = operator_tls(&data_dir)?;
+    let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
     let endpoints = EndpointsFile {
         cluster_id: cluster_id.clone(),
+        ca: tls.is_some().then(|| crate::security::certs::ca_pem(&tls_dir(&data_dir))),
         nodes: nodes
             .iter()
             .map(|(_, c)| NodeEndpoint {
@@ -237,25 +329,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(_, gateway)| GatewayEndpoint {
                 region: gateway.region.clone(),
-                ws: format!("ws://{}/v1/ws", gateway.http_addr),
-                http: format!("http://{}", gateway.http_addr),
+                ws: format!("{ws}://{}/v1/ws", gateway.http_addr),
+                http: format!("{http}://{}", gateway.http_addr),
                 grpc: gateway.grpc_addr.to_string(),
             })
             .collect(),
     };
-    let data_dir = nodes[0].1.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     for (path, gateway) in &gateways {
         let log_path = data_dir.join(format!("gateway-{}.log", gateway.region));
         children.push((format!("gateway {}", gateway.region), spawn_process(&exe, "gateway", path, &log_path)?));
     }
     let endpoints_path = data_dir.join("endpoints.json");
     std::fs::write(&endpoints_path, serde_json::to_vec_pretty(&endpoints)?)?;
-
     let all: Vec<String> = endpoints.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let env_path = data_dir.join("spacectl.env");
+    std::fs::write(&env_path, spacectl_env(&all, &cluster_id, tls.is_some().then_some(data_dir.as_path())))?;
+
     let cluster = ClusterId::known(&cluster_id);
-    let leader = wait_for_leader(&all, &cluster, Duration::from_secs(30)).await?;
+    let dial = tls.as_ref().map(crate::security::tls::ClientTls::config);
+    let leader = wait_for_leader(&all, &cluster, dial.as_ref(), Duration::from_secs(30)).await?;
     let demo = match leader {
-        Some(_) => create_demo_space(&all, &cluster).await,
+        Some(_) => create_demo_space(&all, &cluster, dial.as_ref()).await,
         None => None,
     };
     println!("spaceraft dev: {} regions, cluster {cluster_id}, data in {}", nodes.len(), data_dir.display());
@@ -286,11 +380,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  {demo}");
     }
     println!("  endpoints: {}", endpoints_path.display());
+    match &endpoints.ca {
+        Some(ca) => println!(
+            "  TLS on every port; CA certificate {} (operator certificate and token keys beside it)",
+            ca.display()
+        ),
+        None => println!("  SECURITY IS OFF (--insecure): plaintext, no authentication"),
+    }
     println!("try:");
     if let (Some(first), Some(second)) = (endpoints.gateways.first(), endpoints.gateways.get(1)) {
         println!("  open {}/?user=alice and {}/?user=bob in two browser windows", first.http, second.http);
+        if endpoints.ca.is_some() {
+            println!("    (the browser does not know the dev CA: accept the warning, or import the CA certificate)");
+        }
     }
-    println!("  export SPACERAFT_ENDPOINTS={} SPACERAFT_CLUSTER_ID={cluster_id}", all.join(","));
+    println!("  . {}    # spacectl's endpoints, cluster id, CA and operator certificate", env_path.display());
     println!("  spacectl space create random --members alice,bob");
     println!("  spacectl post general 'hello' --as alice");
     println!("  spacectl tail general --from 1");
@@ -339,11 +443,33 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `. spacectl.env` sets: where the nodes are, which cluster, and (when
+/// secured) the CA, the operator's certificate and the token signing key.
+fn spacectl_env(endpoints: &[String], cluster_id: &str, secured: Option<&Path>) -> String {
+    let mut lines = vec![
+        format!("export SPACERAFT_ENDPOINTS={}", endpoints.join(",")),
+        format!("export SPACERAFT_CLUSTER_ID={cluster_id}"),
+    ];
+    if let Some(data_dir) = secured {
+        let tls = tls_dir(data_dir);
+        let (cert, key) = crate::security::certs::pair(&tls, &crate::security::certs::operator_stem(DEV_OPERATOR));
+        lines.push(format!("export SPACERAFT_CACERT={}", crate::security::certs::ca_pem(&tls).display()));
+        lines.push(format!("export SPACERAFT_CERT={}", cert.display()));
+        lines.push(format!("export SPACERAFT_KEY={}", key.display()));
+        lines.push(format!("export SPACERAFT_SIGNING_KEY={}", crate::security::certs::signing_key(&tls).display()));
+    }
+    lines.join("\n") + "\n"
+}
+
 /// Creates the demo space `general` unless it exists; says what happened.
-pub async fn create_demo_space(endpoints: &[String], cluster: &ClusterId) -> Option<String> {
+pub async fn create_demo_space(
+    endpoints: &[String],
+    cluster: &ClusterId,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Option<String> {
     let members: Vec<String> = ["alice", "bob", "carol"].iter().map(|m| m.to_string()).collect();
     for addr in endpoints {
-        let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
+        let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default(), tls) else { continue };
         let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await else { continue };
         let mut client = crate::pb::client_client::ClientClient::new(stamped(channel, cluster));
         let request = crate::pb::CreateSpaceRequest {
@@ -383,12 +509,13 @@ pub async fn shutdown_signal() {
 pub async fn wait_for_leader(
     endpoints: &[String],
     cluster: &ClusterId,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
     timeout: Duration,
 ) -> anyhow::Result<Option<u64>> {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         for addr in endpoints {
-            let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default()) else { continue };
+            let Ok(endpoint) = crate::raft::network::endpoint(addr, &Default::default(), tls) else { continue };
             let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_millis(500), endpoint.connect()).await else {
                 continue;
             };

@@ -393,6 +393,7 @@ impl From<MetaError> for ApiError {
             MetaError::UnknownSpace(_) => ErrorKind::NotFound,
             MetaError::Deleted(_) => ErrorKind::Deleted,
             MetaError::NoVoters | MetaError::AlreadyMoving { .. } => ErrorKind::Refused,
+            MetaError::JoinTokenRefused(_) => ErrorKind::PermissionDenied,
         };
         ApiError::new(kind, error.to_string())
     }

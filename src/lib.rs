@@ -47,6 +47,7 @@ pub mod node;
 pub mod pb;
 pub mod placement;
 pub mod raft;
+pub mod security;
 pub mod sim;
 pub mod space;
 pub mod storage;

@@ -78,7 +78,7 @@ impl ClusterId {
 
     /// An interceptor that stamps outgoing requests with this id.
     pub fn stamp(&self) -> ClusterStamp {
-        ClusterStamp { cluster: self.clone() }
+        ClusterStamp { cluster: self.clone(), bearer: None }
     }
 }
 
@@ -131,10 +131,27 @@ pub fn write_cluster_id(root: &Path, id: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Stamps outgoing requests with the cluster id, once known.
+/// Stamps outgoing requests with the cluster id, once known, and a
+/// client's bearer token, if it has one.
 #[derive(Clone, Debug)]
 pub struct ClusterStamp {
     cluster: ClusterId,
+    /// `Bearer TOKEN`, sent as `authorization`.
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl ClusterStamp {
+    /// Also sends `token` as the request's bearer token.
+    pub fn with_token(mut self, token: &str) -> Result<ClusterStamp, ApiError> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            ApiError::new(
+                crate::error::ErrorKind::Invalid { field: "token".into() },
+                "the token is not printable ASCII",
+            )
+        })?;
+        self.bearer = Some(value);
+        Ok(self)
+    }
 }
 
 impl tonic::service::Interceptor for ClusterStamp {
@@ -143,6 +160,9 @@ impl tonic::service::Interceptor for ClusterStamp {
             if let Ok(value) = id.parse() {
                 request.metadata_mut().insert(CLUSTER_METADATA, value);
             }
+        }
+        if let Some(bearer) = &self.bearer {
+            request.metadata_mut().insert("authorization", bearer.clone());
         }
         Ok(request)
     }

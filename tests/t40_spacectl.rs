@@ -45,7 +45,7 @@ async fn spacectl_outputs_and_exit_codes() {
     assert_eq!(ok(spacectl(&one, &["post", "general", "hello", "--as", "alice"])).trim(), "1");
     let posted: Value = serde_json::from_str(&ok(spacectl(
         &one,
-        &["post", "general", "again", "--as", "bob", "--key", "k-2", "-o", "json"],
+        &["post", "general", "again", "--as", "bob", "--idempotency-key", "k-2", "-o", "json"],
     )))
     .unwrap();
     assert_eq!(keys(&posted), ["duplicate", "seq", "space"]);
@@ -55,7 +55,7 @@ async fn spacectl_outputs_and_exit_codes() {
     );
     let retried: Value = serde_json::from_str(&ok(spacectl(
         &endpoints,
-        &["post", "general", "again", "--as", "bob", "--key", "k-2", "-o", "json"],
+        &["post", "general", "again", "--as", "bob", "--idempotency-key", "k-2", "-o", "json"],
     )))
     .unwrap();
     assert_eq!((retried["seq"].as_u64(), retried["duplicate"].as_bool()), (Some(2), Some(true)));
@@ -153,6 +153,7 @@ async fn spacectl_outputs_and_exit_codes() {
             "groups",
             "groups_led",
             "health",
+            "insecure",
             "node_id",
             "region",
             "roles",
@@ -383,15 +384,23 @@ fn shell_words_split_like_a_shell() {
 async fn the_readme_walkthrough_runs_as_written_on_a_dev_cluster() {
     // Placed as `spaceraft dev` places, with the demo space dev makes.
     let placement = spaceraft::dev::dev_placement();
-    let cluster = TestCluster::start_with(&format!(
-        "[placement]\nspaces_max = {}\nnew_affinity_fill = {}\n",
-        placement.spaces_max, placement.new_affinity_fill
-    ))
+    // Secured as `spaceraft dev` is: TLS, certificates, spacectl as the operator.
+    let cluster = TestCluster::start_secured(
+        &format!(
+            "[placement]\nspaces_max = {}\nnew_affinity_fill = {}\n",
+            placement.spaces_max, placement.new_affinity_fill
+        ),
+        "",
+    )
     .await;
     let endpoints = cluster.endpoints();
     let addrs: Vec<String> = cluster.nodes.iter().map(|node| node.addr.clone()).collect();
     let cluster_id = spaceraft::wire::ClusterId::known(&common::cluster_id(&cluster));
-    assert!(spaceraft::dev::create_demo_space(&addrs, &cluster_id).await.is_some(), "dev's demo space");
+    let tls = cluster.tls.clone().unwrap();
+    let operator = spaceraft::security::certs::operator_stem(common::OPERATOR);
+    let dial = common::client_tls(&tls, Some(&operator));
+    assert!(spaceraft::dev::create_demo_space(&addrs, &cluster_id, Some(&dial)).await.is_some(), "dev's demo space");
+    let (cert, key) = spaceraft::security::certs::pair(&tls, &operator);
     let workdir = tempfile::tempdir().unwrap();
 
     let commands = readme_walkthrough();
@@ -401,6 +410,9 @@ async fn the_readme_walkthrough_runs_as_written_on_a_dev_cluster() {
         command
             .current_dir(workdir.path())
             .env("SPACERAFT_ENDPOINTS", &endpoints)
+            .env("SPACERAFT_CACERT", spaceraft::security::certs::ca_pem(&tls))
+            .env("SPACERAFT_CERT", &cert)
+            .env("SPACERAFT_KEY", &key)
             .env_remove("SPACERAFT_USER")
             .env_remove("SPACERAFT_OUTPUT")
             .env_remove("SPACERAFT_YES")

@@ -136,7 +136,7 @@ async fn every_command_keeps_its_json_shape() {
     let created = ctl.json(&["space", "create", "general", "--members", "alice,bob", "--attr", "org=acme"]);
     assert_shape!("space_create", created);
     let _alice = Recorder::start("alice", &["general"], vec![urls[0].clone()]);
-    assert_shape!("post", ctl.json(&["post", "general", "hello", "--as", "alice", "--key", "k1"]));
+    assert_shape!("post", ctl.json(&["post", "general", "hello", "--as", "alice", "--idempotency-key", "k1"]));
     let history = ctl.json_lines(&["history", "general", "--as", "alice"]);
     assert_eq!(history.len(), 1);
     assert_shape!("history_line", history[0]);

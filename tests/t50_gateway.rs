@@ -39,6 +39,7 @@ async fn every_member_on_every_gateway_gets_every_message_in_order() {
             request: Some(pb::gateway_request::Request::Hello(pb::Hello {
                 user: "carol".into(),
                 cursors: [("s1".to_string(), 0u64)].into_iter().collect(),
+                token: String::new(),
             })),
         })
         .await

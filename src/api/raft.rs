@@ -4,6 +4,8 @@
 //! cluster; a node that does not know its cluster yet learns it from the
 //! first one), meant for another node id, or sent by a node that claims an
 //! id registered at another address (two processes configured with one id).
+//! With security on, only nodes may call it, and a message's claimed sender
+//! must be the node its certificate names.
 
 use std::pin::Pin;
 
@@ -16,10 +18,13 @@ use std::sync::Arc;
 
 use tonic::metadata::MetadataMap;
 
+use crate::api::authz::principal_of;
+use crate::error::{ApiError, ErrorKind};
 use crate::node::host::Host;
 use crate::pb;
 use crate::raft::group::Group;
 use crate::raft::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::security::Principal;
 use crate::storage::SnapshotFile;
 
 pub struct RaftApi {
@@ -41,7 +46,25 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb:
 }
 
 impl RaftApi {
-    async fn route(&self, metadata: &MetadataMap, request: &pb::RaftRequest) -> Result<Arc<Group>, Status> {
+    /// Checks that a Raft message (from a caller admitted as a node) claims
+    /// the sender its certificate names; then finds its group.
+    async fn route(
+        &self,
+        principal: &Principal,
+        metadata: &MetadataMap,
+        request: &pb::RaftRequest,
+    ) -> Result<Arc<Group>, Status> {
+        if let Principal::Node(certified) = principal {
+            if *certified != request.from_node {
+                tracing::warn!(
+                    certified,
+                    claimed = request.from_node,
+                    "refusing a raft message whose sender is not its certificate's"
+                );
+                let why = format!("node {certified}'s certificate cannot send for node {}", request.from_node);
+                return Err(ApiError::new(ErrorKind::PermissionDenied, why).to_status());
+            }
+        }
         self.host.admit_peer(metadata).await.map_err(|error| error.to_status())?;
         let node_id = self.host.config.node_id;
         if request.to_node != node_id {
@@ -73,25 +96,28 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Se
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftApi {
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let metadata = request.metadata().clone();
+        crate::api::admit(&request, "spaceraft.v1.Raft/Vote")?;
+        let (principal, metadata) = (principal_of(&request), request.metadata().clone());
         let request = request.into_inner();
-        let group = self.route(&metadata, &request).await?;
+        let group = self.route(&principal, &metadata, &request).await?;
         let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.vote(vote).await)))
     }
 
     async fn pre_vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let metadata = request.metadata().clone();
+        crate::api::admit(&request, "spaceraft.v1.Raft/PreVote")?;
+        let (principal, metadata) = (principal_of(&request), request.metadata().clone());
         let request = request.into_inner();
-        let group = self.route(&metadata, &request).await?;
+        let group = self.route(&principal, &metadata, &request).await?;
         let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.pre_vote(vote).await)))
     }
 
     async fn append(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let metadata = request.metadata().clone();
+        crate::api::admit(&request, "spaceraft.v1.Raft/Append")?;
+        let (principal, metadata) = (principal_of(&request), request.metadata().clone());
         let request = request.into_inner();
-        let group = self.route(&metadata, &request).await?;
+        let group = self.route(&principal, &metadata, &request).await?;
         let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.append_entries(append).await)))
     }
@@ -102,12 +128,13 @@ impl pb::raft_server::Raft for RaftApi {
         &self,
         request: Request<Streaming<pb::RaftRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let metadata = request.metadata().clone();
+        crate::api::admit(&request, "spaceraft.v1.Raft/AppendStream")?;
+        let (principal, metadata) = (principal_of(&request), request.metadata().clone());
         let mut incoming = request.into_inner();
         let Some(first) = incoming.message().await? else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
-        let group = self.route(&metadata, &first).await?;
+        let group = self.route(&principal, &metadata, &first).await?;
         let first_append: AppendEntriesRequest<TypeConfig> = decode(&first.payload)?;
         let (group_id, from_node) = (first.group_id, first.from_node);
         // Later messages must stay on the same group and sender; anything
@@ -135,16 +162,18 @@ impl pb::raft_server::Raft for RaftApi {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let metadata = request.metadata().clone();
+        crate::api::admit(&request, "spaceraft.v1.Raft/InstallSnapshot")?;
+        let (principal, metadata) = (principal_of(&request), request.metadata().clone());
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header =
             first.header.clone().ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
-        let group = self.route(&metadata, &header).await?;
+        let group = self.route(&principal, &metadata, &header).await?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header.payload)?;
         tokio::fs::create_dir_all(&group.snapshot_dir).await.map_err(|e| Status::internal(e.to_string()))?;
         let path = group.snapshot_dir.join(format!("incoming-{}.recv", rand::random::<u64>()));
-        let result = receive_file(&path, first.data, &mut chunks).await;
+        let bytes_max = self.host.config.security.snapshot_bytes_max;
+        let result = receive_file(&path, first.data, &mut chunks, bytes_max).await;
         if let Err(status) = result {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(status);
@@ -169,24 +198,40 @@ impl pb::raft_server::Raft for RaftApi {
     }
 
     async fn transfer_leader(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let metadata = request.metadata().clone();
+        crate::api::admit(&request, "spaceraft.v1.Raft/TransferLeader")?;
+        let (principal, metadata) = (principal_of(&request), request.metadata().clone());
         let request = request.into_inner();
-        let group = self.route(&metadata, &request).await?;
+        let group = self.route(&principal, &metadata, &request).await?;
         let transfer: TransferLeaderRequest<TypeConfig> = decode(&request.payload)?;
         Ok(Response::new(reply(group.raft.handle_transfer_leader(transfer).await)))
     }
 }
 
+/// Writes a received snapshot to `path`, refusing it once it grows past
+/// `bytes_max` (before the excess is written).
 async fn receive_file(
     path: &std::path::Path,
     first_data: Vec<u8>,
     chunks: &mut Streaming<pb::SnapshotChunk>,
+    bytes_max: u64,
 ) -> Result<(), Status> {
     use tokio::io::AsyncWriteExt;
     let internal = |e: std::io::Error| Status::internal(format!("writing received snapshot: {e}"));
+    let too_large = || {
+        let why = format!("the snapshot is larger than security.snapshot_bytes_max ({bytes_max} bytes)");
+        ApiError::new(ErrorKind::TooLarge { field: "snapshot".into() }, why).to_status()
+    };
+    let mut received = first_data.len() as u64;
+    if received > bytes_max {
+        return Err(too_large());
+    }
     let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
     file.write_all(&first_data).await.map_err(internal)?;
     while let Some(chunk) = chunks.message().await? {
+        received += chunk.data.len() as u64;
+        if received > bytes_max {
+            return Err(too_large());
+        }
         file.write_all(&chunk.data).await.map_err(internal)?;
     }
     file.sync_all().await.map_err(internal)?;

@@ -13,10 +13,14 @@ use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 use crate::meta::directory::{Directory, MetaCommand, NodeEntry, META_GROUP_ID};
-use crate::node::host::Host;
+use crate::node::host::{Host, HostSecurity};
 use crate::node::{leaders, quiesce};
 use crate::pb;
 use crate::raft::types::{NodeAddr, Raft};
+use crate::security::gate::Gate;
+use crate::security::identity::CertRole;
+use crate::security::tls::TlsIdentity;
+use crate::security::token::TokenKeys;
 use crate::storage::data_dir::DataDir;
 use crate::storage::{flusher, LogEngine};
 use crate::wire::ClusterId;
@@ -120,14 +124,28 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let engine = LogEngine::open(&data_dir.raft_log_dir(), config.storage.log_sync_batch_len_max)
         .with_context(|| format!("cannot open the raft log store in {}", data_dir.raft_log_dir().display()))?;
 
-    check_id_is_unique(&config).await?;
+    let tls = node_tls(&config)?;
+    let dial = tls.as_ref().map(TlsIdentity::client);
+    check_id_is_unique(&config, dial.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
 
-    let cluster = cluster_identity(&data_dir.root, config.bootstrap).await?;
+    let certified = tls.as_ref().map(|tls| tls.identity.cluster.clone());
+    let cluster = cluster_identity(&data_dir.root, config.bootstrap, certified).await?;
+    let gate = Gate {
+        insecure: config.security.insecure,
+        cluster: cluster.clone(),
+        tokens: match &config.security.token_keys_dir {
+            Some(dir) if !config.security.insecure => {
+                Some(Arc::new(TokenKeys::load_dir(dir).map_err(anyhow::Error::msg)?))
+            }
+            _ => None,
+        },
+    };
     let raft_config = Arc::new(openraft_config(&config.raft)?);
-    let host = Arc::new(Host::new(config.clone(), db.clone(), engine, data_dir, raft_config, cluster));
+    let security = HostSecurity { gate, dial };
+    let host = Arc::new(Host::new(config.clone(), db.clone(), engine, data_dir, raft_config, cluster, security));
     let meta = host.start_group(META_GROUP_ID).await?;
     if config.bootstrap {
         bootstrap(&meta.raft, &config).await?;
@@ -170,7 +188,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     health_reporter.set_serving::<pb::client_server::ClientServer<crate::api::client::ClientApi>>().await;
     let message_bytes_max = config.limits.body_bytes_max * 4 + 64 * 1024;
     let services = crate::api::services(&host, message_bytes_max, RAFT_MESSAGE_BYTES_MAX);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        let handshake_timeout = Duration::from_millis(config.security.handshake_timeout_ms.max(1));
+        builder = builder.tls_config(tls.server(handshake_timeout)).context("TLS configuration")?;
+    }
+    let router = builder
         .tcp_nodelay(true)
         .initial_stream_window_size(config.network.http2_stream_window_bytes)
         .initial_connection_window_size(config.network.http2_connection_window_bytes)
@@ -193,14 +216,39 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .await
             .context("grpc server")
     });
-    tracing::info!(node_id = config.node_id, region = %config.region, addr = %config.advertise_addr(), "node started");
+    tracing::info!(node_id = config.node_id, region = %config.region, addr = %config.advertise_addr(), tls = tls.is_some(), "node started");
     Ok(RunningNode { host, shutdown, server, flusher })
+}
+
+/// This node's TLS identity; None when security is off (announced loudly).
+/// Its certificate must name this node's id.
+fn node_tls(config: &NodeConfig) -> anyhow::Result<Option<TlsIdentity>> {
+    if config.security.insecure {
+        tracing::warn!(
+            node_id = config.node_id,
+            "SECURITY IS OFF (--insecure): plaintext on every port, no authentication, every caller may do anything"
+        );
+        return Ok(None);
+    }
+    let tls = TlsIdentity::from_config(&config.security)?;
+    if tls.identity.role != CertRole::Node(config.node_id) {
+        anyhow::bail!(
+            "the certificate {} names {}, not node {}",
+            config.security.cert_file.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            tls.identity.uri(),
+            config.node_id
+        );
+    }
+    Ok(Some(tls))
 }
 
 /// Refuses to start a second process with an id that is already in use: a
 /// peer list that puts this id at another address, or a reachable peer that
 /// answers with this id.
-async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
+async fn check_id_is_unique(
+    config: &NodeConfig,
+    dial: Option<&tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<()> {
     let advertise = config.advertise_addr().to_string();
     for peer in &config.peers {
         if peer.id == config.node_id && peer.addr != advertise {
@@ -214,7 +262,7 @@ async fn check_id_is_unique(config: &NodeConfig) -> anyhow::Result<()> {
     }
     let advertise = advertise.as_str();
     let asks = config.peers.iter().filter(|peer| peer.addr != advertise).map(|peer| async move {
-        let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network).ok()?;
+        let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network, dial).ok()?;
         let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
         let mut admin = pb::admin_client::AdminClient::new(channel);
         let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()))
@@ -275,8 +323,12 @@ async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     loop {
         for addr in &targets {
             let Ok(mut client) = host.admin_stub(addr) else { continue };
-            let request =
-                pb::JoinRequest { node_id: config.node_id, region: config.region.clone(), grpc_addr: me.clone() };
+            let request = pb::JoinRequest {
+                node_id: config.node_id,
+                region: config.region.clone(),
+                grpc_addr: me.clone(),
+                join_token: config.join_token.clone().unwrap_or_default(),
+            };
             match client.join(request).await {
                 Ok(reply) => {
                     let cluster_id = reply.into_inner().cluster_id;
@@ -334,13 +386,32 @@ async fn learn_cluster_id(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
-/// The cluster this node belongs to: kept in its data directory; made now
-/// by a bootstrap node that has none; unknown (learned from its peers) for
-/// any other node started without one.
-async fn cluster_identity(root: &std::path::Path, bootstrap: bool) -> anyhow::Result<ClusterId> {
+/// The cluster this node belongs to: the one its certificate names (which
+/// its data directory, if it names one, must agree with); else kept in its
+/// data directory; made now by a bootstrap node that has none; unknown
+/// (learned from its peers) for any other node started without one.
+async fn cluster_identity(
+    root: &std::path::Path,
+    bootstrap: bool,
+    certified: Option<String>,
+) -> anyhow::Result<ClusterId> {
     let root = root.to_path_buf();
     crate::storage::blocking::run(move || -> anyhow::Result<ClusterId> {
-        if let Some(id) = crate::wire::read_cluster_id(&root)? {
+        let kept = crate::wire::read_cluster_id(&root)?;
+        if let Some(certified) = certified {
+            match kept {
+                Some(kept) if kept != certified => anyhow::bail!(
+                    "this data directory belongs to cluster {kept}, but the node's certificate is for cluster {certified}"
+                ),
+                Some(_) => {}
+                None => {
+                    crate::wire::write_cluster_id(&root, &certified)
+                        .with_context(|| format!("cannot keep the cluster id in {}", root.display()))?;
+                }
+            }
+            return Ok(ClusterId::known(&certified));
+        }
+        if let Some(id) = kept {
             return Ok(ClusterId::known(&id));
         }
         if !bootstrap {

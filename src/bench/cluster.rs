@@ -30,7 +30,14 @@ impl BenchCluster {
     /// Starts with each node's configuration changed by `tweak` first.
     pub async fn start_with(base_port: u16, tweak: impl Fn(&mut NodeConfig)) -> anyhow::Result<BenchCluster> {
         let dir = tempfile::tempdir().context("temp dir")?;
-        let dev_args = DevArgs { regions: 3, data_dir: dir.path().to_path_buf(), base_port, redundant_upstream: false };
+        // Plaintext: these benchmarks measure the core, not TLS.
+        let dev_args = DevArgs {
+            regions: 3,
+            data_dir: dir.path().to_path_buf(),
+            base_port,
+            redundant_upstream: false,
+            insecure: true,
+        };
         let mut prepared = dev::prepare(&dev_args)?;
         for (path, config) in prepared.iter_mut() {
             tweak(config);
@@ -44,11 +51,12 @@ impl BenchCluster {
         }
         let nodes: Vec<NodeConfig> = prepared.into_iter().map(|(_, config)| config).collect();
         let addrs: Vec<String> = nodes.iter().map(|c| c.advertise_addr().to_string()).collect();
-        let leader = dev::wait_for_leader(&addrs, &crate::wire::ClusterId::unknown(), Duration::from_secs(30))
+        let leader = dev::wait_for_leader(&addrs, &crate::wire::ClusterId::unknown(), None, Duration::from_secs(30))
             .await?
             .context("no leader")?;
         let leader_addr = nodes.iter().find(|c| c.node_id == leader).context("leader address")?.advertise_addr();
-        let channel = crate::raft::network::endpoint(&leader_addr.to_string(), &Default::default())?.connect().await?;
+        let channel =
+            crate::raft::network::endpoint(&leader_addr.to_string(), &Default::default(), None)?.connect().await?;
         let client = pb::client_client::ClientClient::new(channel);
         Ok(BenchCluster { _dir: dir, nodes, processes, leader, client })
     }
@@ -124,6 +132,8 @@ impl BenchCluster {
             cluster_id: None,
             upstream,
             clients: Default::default(),
+            security: crate::config::SecurityConfig { insecure: true, ..Default::default() },
+            dev_login_signing_key: None,
         }
     }
 

@@ -105,7 +105,8 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
     let channels = {
         let mut channels = Vec::new();
         for _ in 0..4 {
-            let endpoint = crate::raft::network::endpoint(&follower.advertise_addr().to_string(), &Default::default())?;
+            let endpoint =
+                crate::raft::network::endpoint(&follower.advertise_addr().to_string(), &Default::default(), None)?;
             channels.push(endpoint.connect().await?);
         }
         channels

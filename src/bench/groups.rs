@@ -163,7 +163,7 @@ async fn led_clusters(
     leader_ok: impl Fn(u64) -> bool,
 ) -> anyhow::Result<(usize, usize)> {
     let addr = cluster.node(node).advertise_addr().to_string();
-    let channel = crate::raft::network::endpoint(&addr, &Default::default())?.connect().await?;
+    let channel = crate::raft::network::endpoint(&addr, &Default::default(), None)?.connect().await?;
     let mut admin = pb::admin_client::AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let status = admin.node_status(pb::NodeStatusRequest::default()).await?.into_inner();
     let spaces: Vec<&pb::ReplicaStatus> = status.replicas.iter().filter(|r| r.cluster_id != META_GROUP_ID).collect();
@@ -201,7 +201,7 @@ async fn wait_for_leaders(
 /// (leader placement has spread the leaders); returns how many are.
 async fn wait_for_preferred_leaders(cluster: &BenchCluster, timeout: Duration) -> anyhow::Result<usize> {
     let addr = cluster.node(1).advertise_addr().to_string();
-    let channel = crate::raft::network::endpoint(&addr, &Default::default())?.connect().await?;
+    let channel = crate::raft::network::endpoint(&addr, &Default::default(), None)?.connect().await?;
     let mut admin = pb::admin_client::AdminClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let directory = admin.directory(pb::DirectoryRequest {}).await?.into_inner();
     let region_of: std::collections::HashMap<u64, String> =
@@ -299,7 +299,7 @@ async fn throughput(args: &GroupsBenchArgs, clusters: usize) -> anyhow::Result<T
     let endpoints: Vec<String> = cluster.nodes.iter().map(|c| c.advertise_addr().to_string()).collect();
     let mut channels = Vec::new();
     for addr in &endpoints {
-        channels.push(crate::raft::network::endpoint(addr, &Default::default())?.connect().await?);
+        channels.push(crate::raft::network::endpoint(addr, &Default::default(), None)?.connect().await?);
     }
     let (acked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let deadline = Instant::now() + Duration::from_secs(args.post_secs);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use spaceraft::config::{parse_peer, FlagOverrides, NodeConfig, PeerConfig};
+use spaceraft::config::{parse_peer, FlagOverrides, NodeConfig, PeerConfig, SecurityFlags};
 
 #[derive(Parser, Debug)]
 #[command(name = "spaceraft", version, about = "Geo-replicated, strongly consistent message store for chat spaces")]
@@ -26,6 +26,9 @@ enum Command {
     Gateway(GatewayArgs),
     /// Run a local multi-region cluster (one process per node).
     Dev(spaceraft::dev::DevArgs),
+    /// Make a cluster's CA, certificates and token signing key (files that
+    /// exist are kept: run it again to add a node's certificate).
+    Certs(CertsArgs),
     /// A chaos run: a real cluster, a workload, seeded faults, a checker and a report.
     Chaos(spaceraft::chaos::run::ChaosArgs),
     /// Seeded, deterministic fault runs of in-process Raft groups under a
@@ -114,6 +117,40 @@ struct NodeArgs {
     /// A voter of the space cluster, as ID=REGION@HOST:PORT; repeatable.
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<PeerConfig>,
+    /// No TLS and no authentication (security.insecure): every caller may
+    /// do anything. Announced in the log and by `spacectl cluster status`.
+    #[arg(long)]
+    insecure: bool,
+    /// A one-time token from `spacectl node join-token` (join_token), for a
+    /// node joining a running cluster.
+    #[arg(long, env = "SPACERAFT_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CertsArgs {
+    /// Where the files go (created; existing files are kept).
+    #[arg(long, default_value = "./certs")]
+    dir: PathBuf,
+    /// The cluster's id (16 hex digits); made when the directory has none.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// A node id to make a certificate for; repeatable.
+    #[arg(long = "node")]
+    nodes: Vec<u64>,
+    /// A gateway name (its region) to make a certificate for; repeatable.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// An operator name to make a client certificate for; repeatable.
+    #[arg(long = "operator")]
+    operators: Vec<String>,
+    /// A host name or IP address the nodes and gateways are reached at
+    /// (put in their certificates); repeatable.
+    #[arg(long = "host", default_values = ["127.0.0.1", "localhost"])]
+    hosts: Vec<String>,
+    /// Validity of the certificates.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +171,9 @@ struct GatewayArgs {
     /// A node to follow and forward to, as REGION@HOST:PORT; repeatable.
     #[arg(long = "node", value_parser = spaceraft::gateway::config::parse_node)]
     nodes: Vec<spaceraft::gateway::config::NodeEndpoint>,
+    /// No TLS, and a client's claimed name is believed (security.insecure).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A benchmark's report as JSON, or as the benchmark prints it.
@@ -183,6 +223,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => run_gateway(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Dev(args) => spaceraft::dev::run(args).await,
+            Command::Certs(args) => make_certs(args),
             Command::Sim(_) => unreachable!("runs without the shared runtime"),
             Command::Bench(BenchCommand::Fanout { args, json }) => print_report(
                 &spaceraft::bench::fanout::fanout(args).await?,
@@ -227,6 +268,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         bootstrap: args.bootstrap.then_some(true),
         peers: (!args.peers.is_empty()).then_some(args.peers),
+        security: args.insecure.then_some(SecurityFlags { insecure: Some(true) }),
+        join_token: args.join_token,
     };
     let config = NodeConfig::load(args.config.as_deref(), &flags)?;
     let node = spaceraft::api::server::start(config).await?;
@@ -235,12 +278,34 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     node.stop().await
 }
 
+fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
+    let plan = spaceraft::security::certs::CertsPlan {
+        dir: args.dir.clone(),
+        cluster: args.cluster_id,
+        nodes: args.nodes,
+        gateways: args.gateways,
+        operators: args.operators,
+        hosts: args.hosts,
+        days: args.days,
+    };
+    let made = spaceraft::security::certs::make(&plan)?;
+    println!("cluster {} in {}", made.cluster, args.dir.display());
+    for path in &made.written {
+        println!("  wrote {}", path.display());
+    }
+    if made.written.is_empty() {
+        println!("  nothing new: every file asked for exists");
+    }
+    Ok(())
+}
+
 async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let flags = spaceraft::gateway::config::GatewayFlags {
         region: args.region,
         http_addr: args.http,
         grpc_addr: args.grpc,
         nodes: (!args.nodes.is_empty()).then_some(args.nodes),
+        security: args.insecure.then_some(SecurityFlags { insecure: Some(true) }),
     };
     let config = spaceraft::gateway::config::GatewayConfig::load(args.config.as_deref(), &flags)?;
     let gateway = spaceraft::gateway::server::start(config).await?;

@@ -129,6 +129,10 @@ impl ChaosCluster {
                     ..Default::default()
                 },
                 network: crate::config::NetworkConfig { source_ip: Some(node.listen.ip()), ..Default::default() },
+                // The chaos run checks ordering and durability on loopback,
+                // behind its own fault-injecting proxy: plaintext.
+                security: crate::config::SecurityConfig { insecure: true, ..Default::default() },
+                join_token: None,
             };
             std::fs::write(&node.config_path, toml::to_string_pretty(&config)?)?;
             proxy
@@ -160,6 +164,8 @@ impl ChaosCluster {
                 cluster_id: None,
                 upstream: UpstreamConfig { source_ip: Some(ip(region, 2)), ..Default::default() },
                 clients: Default::default(),
+                security: crate::config::SecurityConfig { insecure: true, ..Default::default() },
+                dev_login_signing_key: None,
             };
             let config_path = dir.join(format!("gateway-{name}.toml"));
             std::fs::write(&config_path, toml::to_string_pretty(&config)?)?;
@@ -266,7 +272,7 @@ impl ChaosCluster {
         if node.process.is_none() || node.paused {
             return None;
         }
-        let endpoint = crate::raft::network::endpoint(&node.listen.to_string(), &Default::default()).ok()?;
+        let endpoint = crate::raft::network::endpoint(&node.listen.to_string(), &Default::default(), None).ok()?;
         let channel = tokio::time::timeout(Duration::from_millis(500), endpoint.connect()).await.ok()?.ok()?;
         Some(pb::admin_client::AdminClient::new(channel))
     }
@@ -322,7 +328,8 @@ impl ChaosCluster {
     /// A replica's whole history of a space (operator read on the node).
     pub async fn final_history(&self, id: u64, space: &str) -> anyhow::Result<Vec<FinalMessage>> {
         let node = &self.nodes[id as usize - 1];
-        let channel = crate::raft::network::endpoint(&node.listen.to_string(), &Default::default())?.connect().await?;
+        let channel =
+            crate::raft::network::endpoint(&node.listen.to_string(), &Default::default(), None)?.connect().await?;
         let mut client = pb::client_client::ClientClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
         let mut messages = Vec::new();
         let mut from_seq = 0;
@@ -351,7 +358,8 @@ impl ChaosCluster {
             if node.process.is_none() || node.paused {
                 continue;
             }
-            let Ok(endpoint) = crate::raft::network::endpoint(&node.listen.to_string(), &Default::default()) else {
+            let Ok(endpoint) = crate::raft::network::endpoint(&node.listen.to_string(), &Default::default(), None)
+            else {
                 continue;
             };
             if let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await {

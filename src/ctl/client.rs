@@ -93,6 +93,10 @@ pub struct Endpoints {
     addrs: Vec<String>,
     /// Stamped on every request when given: a node of another cluster refuses it.
     cluster: crate::wire::ClusterId,
+    /// TLS to the nodes (with `--cacert`), presenting `--cert` when given.
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    /// `--token`: sent as `authorization: Bearer` on every request.
+    token: Option<String>,
     dial_timeout: Duration,
     command_timeout: Duration,
 }
@@ -111,7 +115,38 @@ impl Endpoints {
             }
             None => crate::wire::ClusterId::unknown(),
         };
-        Ok(Endpoints { addrs, cluster, dial_timeout: global.dial_timeout, command_timeout: global.command_timeout })
+        let identity = match (&global.cert, &global.key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(CtlError::Usage("--cert and --key go together".into())),
+        };
+        let tls = match &global.cacert {
+            Some(ca) => Some(
+                crate::security::tls::ClientTls::load(ca, identity)
+                    .map_err(|error| CtlError::Usage(format!("{error:#}")))?
+                    .config(),
+            ),
+            None if identity.is_some() => return Err(CtlError::Usage("--cert needs --cacert".into())),
+            None => None,
+        };
+        let token = global.token.as_deref().map(str::trim).filter(|token| !token.is_empty()).map(str::to_string);
+        Ok(Endpoints {
+            addrs,
+            cluster,
+            tls,
+            token,
+            dial_timeout: global.dial_timeout,
+            command_timeout: global.command_timeout,
+        })
+    }
+
+    /// `channel` with this command's cluster id and token on every request.
+    fn stamped(&self, channel: Channel) -> Result<crate::wire::Stamped, CtlError> {
+        let mut stamp = self.cluster.stamp();
+        if let Some(token) = &self.token {
+            stamp = stamp.with_token(token).map_err(|error| CtlError::Usage(error.message))?;
+        }
+        Ok(tonic::service::interceptor::InterceptedService::new(channel, stamp))
     }
 
     /// Connects to `addr` and checks, all within the dial timeout, that a
@@ -121,7 +156,7 @@ impl Endpoints {
     /// node, or a peer that accepts and then says nothing.
     async fn connect(&self, addr: &str) -> Result<Channel, CtlError> {
         let config = NetworkConfig { connect_timeout_ms: self.dial_timeout.as_millis() as u64, ..Default::default() };
-        let endpoint = crate::raft::network::endpoint(addr, &config)
+        let endpoint = crate::raft::network::endpoint(addr, &config, self.tls.as_ref())
             .map_err(|e| CtlError::Usage(format!("bad endpoint {addr:?}: {e}")))?
             .timeout(self.command_timeout);
         let Some(authority) = endpoint.uri().authority().map(|authority| authority.to_string()) else {
@@ -182,7 +217,7 @@ impl Endpoints {
                         continue;
                     }
                 };
-                match tokio::time::timeout_at(deadline, call(crate::wire::stamped(channel, &self.cluster))).await {
+                match tokio::time::timeout_at(deadline, call(self.stamped(channel)?)).await {
                     Ok(Ok(value)) => return Ok(value),
                     Ok(Err(status)) => {
                         let error = CtlError::from_status(addr, &status);
@@ -347,6 +382,15 @@ impl Endpoints {
         .await
     }
 
+    /// Mints a one-time join token valid for `ttl`.
+    pub async fn join_token(&self, ttl: Duration) -> Result<pb::JoinTokenReply, CtlError> {
+        let request = pb::JoinTokenRequest { ttl_secs: ttl.as_secs().max(1) };
+        self.each(|channel| async move {
+            Ok(pb::admin_client::AdminClient::new(channel).join_token(request).await?.into_inner())
+        })
+        .await
+    }
+
     pub async fn set_drained(&self, node: u64, drained: bool) -> Result<(), CtlError> {
         let request = pb::SetDrainedRequest { node_id: node, drained };
         self.each(|channel| async move {
@@ -447,7 +491,7 @@ impl Endpoints {
                         continue;
                     }
                 };
-                let mut client = pb::client_client::ClientClient::new(channel);
+                let mut client = pb::client_client::ClientClient::new(self.stamped(channel)?);
                 let request = pb::SubscribeRequest { space: space.clone(), user: user.clone(), from_seq: next_seq };
                 // A stream has no overall deadline.
                 let mut stream = match client.subscribe(tonic::Request::new(request)).await {

@@ -49,6 +49,20 @@ pub struct GlobalArgs {
     /// Give up on a command after this long.
     #[arg(long, global = true, env = "SPACERAFT_COMMAND_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// The cluster's CA certificate (PEM): talk TLS to the nodes and trust
+    /// only certificates it signed. Without it, plaintext (a cluster run
+    /// with --insecure).
+    #[arg(long, global = true, env = "SPACERAFT_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// A client certificate to present (an operator's, from `spaceraft certs`).
+    #[arg(long, global = true, env = "SPACERAFT_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of --cert.
+    #[arg(long, global = true, env = "SPACERAFT_KEY")]
+    pub key: Option<std::path::PathBuf>,
+    /// A bearer token (a user's, or one with the operator role).
+    #[arg(long, global = true, env = "SPACERAFT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +80,14 @@ pub enum Command {
     Post {
         space: String,
         text: String,
-        /// The posting user (must be a member).
+        /// The posting user (must be a member). With a user's --token, the
+        /// token's user (and may be left out).
         #[arg(long = "as", env = "SPACERAFT_USER")]
-        user: String,
+        user: Option<String>,
         /// Idempotency key; a retry with the same key commits once. One is
         /// generated when not given, so spacectl's own retries are safe.
         #[arg(long)]
-        key: Option<String>,
+        idempotency_key: Option<String>,
     },
     /// Print committed messages of a space.
     History {
@@ -123,6 +138,9 @@ pub enum Command {
     /// critical, 3 unknown).
     #[command(subcommand)]
     Check(CheckCommand),
+    /// Users' tokens.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print spacectl's version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -199,6 +217,14 @@ pub enum NodeCommand {
     },
     /// Return a drained node to service.
     Recommission { node: u64 },
+    /// Mint a one-time token a new node presents to join (`join_token` in
+    /// its config, or `--join-token`). Printed once; the cluster keeps only
+    /// its hash.
+    JoinToken {
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
     /// Drain the node, then remove it from every space cluster (destructive:
     /// needs --yes; --force as for `member remove`).
     Decommission {
@@ -207,6 +233,24 @@ pub enum NodeCommand {
         yes: bool,
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Mint a token for USER, signed with the issuer's key (offline: no
+    /// node is asked). Prints the token.
+    Token {
+        user: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The token grants the operator role.
+        #[arg(long)]
+        operator: bool,
+        /// The issuer's signing key: KID.pem (Ed25519) or KID.hs256.
+        #[arg(long, env = "SPACERAFT_SIGNING_KEY")]
+        signing_key: std::path::PathBuf,
     },
 }
 
@@ -375,9 +419,17 @@ pub fn main() -> ExitCode {
 }
 
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
-    let endpoints = Endpoints::new(&cli.global)?;
     let out = Output::new(cli.global.output);
+    // Offline: minted here with the issuer's key.
+    if let Command::User(UserCommand::Token { user, ttl, operator, signing_key }) = &cli.command {
+        let signer = crate::security::token::Signer::load(signing_key).map_err(CtlError::Usage)?;
+        let token = signer.mint(user, *ttl, *operator, cli.global.cluster_id.as_deref()).map_err(CtlError::Usage)?;
+        out.token(user, &token, *ttl);
+        return Ok(());
+    }
+    let endpoints = Endpoints::new(&cli.global)?;
     match cli.command {
+        Command::User(_) => unreachable!("minted above"),
         Command::Space(SpaceCommand::Create { name, members, attrs }) => {
             let attrs: HashMap<String, String> = attrs.into_iter().collect();
             let response = endpoints.create_space(name, members, attrs).await?;
@@ -404,9 +456,12 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             let deleted = endpoints.delete_space(name).await?;
             out.space_deleted(&deleted);
         }
-        Command::Post { space, text, user, key } => {
-            let key = key.unwrap_or_else(|| format!("spacectl-{:032x}", rand::random::<u128>()));
-            let response = endpoints.post(space, user, text, key).await?;
+        Command::Post { space, text, user, idempotency_key } => {
+            if user.is_none() && cli.global.token.is_none() {
+                return Err(CtlError::Usage("post needs the posting user: --as USER (or a user's --token)".into()));
+            }
+            let key = idempotency_key.unwrap_or_else(|| format!("spacectl-{:032x}", rand::random::<u128>()));
+            let response = endpoints.post(space, user.unwrap_or_default(), text, key).await?;
             out.posted(&response);
         }
         Command::History { space, from, limit, user, linearizable } => {
@@ -462,6 +517,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 return Err(CtlError::Failed(format!("no node is registered in region {region:?}")));
             }
             drain(&endpoints, &out, &nodes, wait).await?;
+        }
+        Command::Node(NodeCommand::JoinToken { ttl }) => {
+            let reply = endpoints.join_token(ttl).await?;
+            out.join_token(&reply);
         }
         Command::Node(NodeCommand::Recommission { node }) => {
             endpoints.set_drained(node, false).await?;

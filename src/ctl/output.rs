@@ -502,7 +502,30 @@ impl Output {
     }
 
     /// One row per node.
+    /// A minted user token: the token alone in a table (for `$(...)`).
+    pub fn token(&self, user: &str, token: &str, ttl: std::time::Duration) {
+        match self.format {
+            Format::Json => emit!("{}", json!({ "user": user, "token": token, "ttl_secs": ttl.as_secs() })),
+            Format::Table => emit!("{token}"),
+        }
+    }
+
+    /// A minted join token: shown once.
+    pub fn join_token(&self, reply: &pb::JoinTokenReply) {
+        match self.format {
+            Format::Json => emit!("{}", json!({ "token": reply.token, "expires_unix_ms": reply.expires_unix_ms })),
+            Format::Table => emit!("{}", reply.token),
+        }
+    }
+
     pub fn node_status(&self, nodes: &[pb::NodeSummary]) {
+        let insecure: Vec<u64> = nodes.iter().filter(|n| n.insecure).map(|n| n.node_id).collect();
+        if !insecure.is_empty() {
+            eprintln!(
+                "warning: security is off (--insecure) on {}: plaintext, no authentication",
+                human::nodes(&insecure)
+            );
+        }
         match self.format {
             Format::Json => {
                 let rows: Vec<serde_json::Value> = nodes
@@ -521,6 +544,7 @@ impl Output {
                             "roles": roles,
                             "db_size_bytes": n.db_size_bytes,
                             "drained": n.drained,
+                            "insecure": n.insecure,
                             "errors": n.errors,
                         })
                     })

@@ -43,6 +43,16 @@ pub struct GatewayConfig {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub clients: ClientsConfig,
+    /// TLS on both listeners and to the nodes (the gateway's certificate
+    /// names `spaceraft://CLUSTER/gateway/NAME`), and the keys users' tokens
+    /// are checked against (docs/security.md).
+    #[serde(default)]
+    pub security: crate::config::SecurityConfig,
+    /// For a development cluster only: a token signing key with which
+    /// `POST /v1/login` hands the web page a token for any user name it
+    /// asks for. Never set it where users are real.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_login_signing_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -124,6 +134,16 @@ pub struct ClientsConfig {
     /// Connected clients at most; more are refused (HTTP 503 on WebSocket,
     /// UNAVAILABLE on gRPC) and should try another gateway.
     pub connections_max: usize,
+    /// Open HTTP connections from one IP address at most; more are closed
+    /// at once.
+    pub connections_per_ip_max: usize,
+    /// A connection that has not sent a request's headers by then is
+    /// closed (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Origins (`https://chat.example.com`) whose pages may open the
+    /// WebSocket. Empty: only the gateway's own page. A request without an
+    /// Origin (not a browser) is not checked.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ClientsConfig {
@@ -138,6 +158,9 @@ impl Default for ClientsConfig {
             subscriptions_len_max: 1_000,
             posts_inflight_max: 64,
             connections_max: 100_000,
+            connections_per_ip_max: 256,
+            header_read_timeout_ms: 10_000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -153,6 +176,8 @@ pub struct GatewayFlags {
     pub grpc_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<NodeEndpoint>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::config::SecurityFlags>,
 }
 
 impl GatewayConfig {
@@ -187,7 +212,10 @@ impl GatewayConfig {
         if self.upstream.silence_ms_max == 0 || self.upstream.probe_interval_ms == 0 {
             return bad("upstream.silence_ms_max", "intervals must be above 0");
         }
-        Ok(())
+        if self.clients.connections_per_ip_max == 0 || self.clients.header_read_timeout_ms == 0 {
+            return bad("clients.connections_per_ip_max", "connection bounds must be above 0");
+        }
+        self.security.check()
     }
 }
 
@@ -211,7 +239,8 @@ mod tests {
         std::fs::write(
             &path,
             "region = \"us-east\"\nhttp_addr = \"127.0.0.1:8001\"\ngrpc_addr = \"127.0.0.1:8101\"\n\
-             [[nodes]]\nregion = \"us-east\"\naddr = \"127.0.0.1:7001\"\n[upstream]\nredundant = true\n",
+             [[nodes]]\nregion = \"us-east\"\naddr = \"127.0.0.1:7001\"\n[upstream]\nredundant = true\n\
+             [security]\ninsecure = true\n",
         )
         .unwrap();
         let flags = GatewayFlags { region: Some("eu-west".into()), ..Default::default() };

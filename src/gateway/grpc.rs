@@ -19,7 +19,6 @@ use crate::gateway::session::Session;
 use crate::pb;
 use crate::pb::gateway_event::Event;
 use crate::pb::gateway_request::Request as Req;
-use crate::space::validate;
 
 pub struct GatewayGrpc {
     pub state: Arc<GatewayState>,
@@ -29,7 +28,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GatewayEvent, Status>> +
 
 pub fn request_from_pb(request: pb::GatewayRequest) -> Result<ClientRequest, String> {
     Ok(match request.request.ok_or("empty request")? {
-        Req::Hello(hello) => ClientRequest::Hello { user: hello.user, cursors: hello.cursors.into_iter().collect() },
+        Req::Hello(hello) => ClientRequest::Hello {
+            user: hello.user,
+            cursors: hello.cursors.into_iter().collect(),
+            token: Some(hello.token).filter(|token| !token.is_empty()),
+        },
         Req::Subscribe(subscribe) => ClientRequest::Subscribe { space: subscribe.space, after: subscribe.after },
         Req::Unsubscribe(unsubscribe) => ClientRequest::Unsubscribe { space: unsubscribe.space },
         Req::Post(post) => {
@@ -97,6 +100,7 @@ fn close_status(reason: &CloseReason) -> Status {
         CloseReason::Protocol(_) | CloseReason::TooBig => Status::invalid_argument(reason.text()),
         CloseReason::SlowConsumer => Status::resource_exhausted(reason.text()),
         CloseReason::GoingAway | CloseReason::Full => Status::unavailable(reason.text()),
+        CloseReason::Unauthenticated(_) => Status::unauthenticated(reason.text()),
     }
 }
 
@@ -152,16 +156,20 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
 
     async fn session(&self, request: Request<Streaming<pb::GatewayRequest>>) -> Result<Response<EventStream>, Status> {
         let clients = &self.state.shared.config.clients;
+        let bearer = crate::security::gate::bearer(request.metadata()).map(str::to_string);
         let mut incoming = request.into_inner();
         let first = tokio::time::timeout(Duration::from_millis(clients.hello_wait_ms_max), incoming.next())
             .await
             .map_err(|_| Status::invalid_argument("protocol error: no hello in time"))?
             .ok_or_else(|| Status::invalid_argument("protocol error: stream ended before hello"))??;
-        let Ok(ClientRequest::Hello { user, cursors }) = request_from_pb(first) else {
+        let Ok(ClientRequest::Hello { user, cursors, token }) = request_from_pb(first) else {
             return Err(Status::invalid_argument("protocol error: the first request must be hello"));
         };
-        validate::check_name("user name", &user, &validate::Limits::default())
-            .map_err(|error| Status::invalid_argument(format!("protocol error: {error}")))?;
+        let user = self
+            .state
+            .auth
+            .user(&user, token.as_deref().or(bearer.as_deref()))
+            .map_err(|refusal| close_status(&refusal))?;
         let (client, ends) = self.state.admit(user).ok_or_else(|| Status::unavailable("gateway is full"))?;
         let (requests, requests_receiver) = mpsc::channel(64);
         let state = self.state.clone();
@@ -185,7 +193,12 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
                                 break;
                             }
                         },
-                        _ => break,
+                        Some(Err(status)) => {
+                            let why = format!("undecodable request ({:?})", status.code());
+                            session_client.close(CloseReason::Protocol(why));
+                            break;
+                        }
+                        None => break,
                     },
                     _ = crate::gateway::fanout::close_decided(&mut close_requested) => break,
                 }

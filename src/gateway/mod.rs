@@ -11,11 +11,14 @@
 //! - [`session`]: one client's requests and the catch-up of its
 //!   subscriptions from history to live; [`node_api`] makes its calls.
 //! - [`ws`] and [`grpc`]: the two transports; [`protocol`] their messages.
-//! - [`server`]: wires it all and serves; [`config`]: its configuration.
+//! - [`server`]: wires it all and serves ([`listener`]: the bounded HTTP
+//!   listener); [`auth`]: who a client is; [`config`]: its configuration.
 
+pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod grpc;
+pub mod listener;
 pub mod node_api;
 pub mod nodes;
 pub mod protocol;

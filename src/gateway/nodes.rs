@@ -54,7 +54,8 @@ pub struct NodePool {
 }
 
 impl NodePool {
-    pub fn new(config: &GatewayConfig) -> Result<NodePool, String> {
+    /// The pool of `config`'s nodes, dialed over TLS when `tls` is given.
+    pub fn new(config: &GatewayConfig, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<NodePool, String> {
         let mut order: Vec<String> = vec![config.region.clone()];
         for region in config.regions_by_distance.iter().chain(config.nodes.iter().map(|node| &node.region)) {
             if !order.contains(region) {
@@ -68,8 +69,13 @@ impl NodePool {
         };
         let mut nodes = Vec::new();
         for endpoint in &config.nodes {
-            let channel = Endpoint::from_shared(format!("http://{}", endpoint.addr))
-                .map_err(|e| format!("bad node address {}: {e}", endpoint.addr))?
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut dial = Endpoint::from_shared(format!("{scheme}://{}", endpoint.addr))
+                .map_err(|e| format!("bad node address {}: {e}", endpoint.addr))?;
+            if let Some(tls) = &tls {
+                dial = dial.tls_config(tls.clone()).map_err(|e| format!("TLS to {}: {e}", endpoint.addr))?;
+            }
+            let channel = dial
                 .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
@@ -235,8 +241,10 @@ pub fn test_pool() -> NodePool {
         cluster_id: None,
         upstream: Default::default(),
         clients: Default::default(),
+        security: crate::config::SecurityConfig { insecure: true, ..Default::default() },
+        dev_login_signing_key: None,
     };
-    NodePool::new(&config).expect("test pool")
+    NodePool::new(&config, None).expect("test pool")
 }
 
 #[cfg(test)]

@@ -14,10 +14,16 @@ use crate::pb;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientRequest {
     Hello {
+        /// The user; with security on, the token's subject (and may be left
+        /// out).
+        #[serde(default)]
         user: String,
         /// Last seq seen per space; each is subscribed to resume after it.
         #[serde(default)]
         cursors: BTreeMap<String, u64>,
+        /// The user's token (security on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     Subscribe {
         space: String,
@@ -258,9 +264,12 @@ pub enum CloseReason {
     Full,
     /// A frame over the size limit.
     TooBig,
+    /// No valid token (security on): get one and reconnect.
+    Unauthenticated(String),
 }
 
 pub const CLOSE_PROTOCOL: u16 = 4000;
+pub const CLOSE_UNAUTHENTICATED: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -270,6 +279,7 @@ impl CloseReason {
     pub fn code(&self) -> u16 {
         match self {
             CloseReason::Protocol(_) => CLOSE_PROTOCOL,
+            CloseReason::Unauthenticated(_) => CLOSE_UNAUTHENTICATED,
             CloseReason::SlowConsumer => CLOSE_SLOW_CONSUMER,
             CloseReason::GoingAway => CLOSE_GOING_AWAY,
             CloseReason::TooBig => CLOSE_TOO_BIG,
@@ -285,6 +295,7 @@ impl CloseReason {
             CloseReason::GoingAway => "gateway shutting down; reconnect and resume".to_string(),
             CloseReason::TooBig => "frame too big".to_string(),
             CloseReason::Full => "gateway is full; try another".to_string(),
+            CloseReason::Unauthenticated(why) => format!("unauthenticated: {why}"),
         };
         truncate_utf8(text, 123)
     }
@@ -316,7 +327,11 @@ mod tests {
         let hello = parse_request(r#"{"type":"hello","user":"alice","cursors":{"general":41}}"#).unwrap();
         assert_eq!(
             hello,
-            ClientRequest::Hello { user: "alice".into(), cursors: BTreeMap::from([("general".into(), 41)]) }
+            ClientRequest::Hello {
+                user: "alice".into(),
+                cursors: BTreeMap::from([("general".into(), 41)]),
+                token: None
+            }
         );
         let post = parse_request(r#"{"type":"post","ref":"p1","space":"general","body":"hi","key":"k"}"#).unwrap();
         assert_eq!(

@@ -13,19 +13,25 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::gateway::auth::ClientAuth;
 use crate::gateway::config::GatewayConfig;
 use crate::gateway::fanout::{ClientHandle, Fanout};
+use crate::gateway::listener::Bounds;
 use crate::gateway::node_api::NodeApi;
 use crate::gateway::nodes::NodePool;
 use crate::gateway::protocol::CloseReason;
 use crate::gateway::session::Shared;
 use crate::gateway::upstream::{self, SlotStatus, UpstreamStatus};
 use crate::pb;
+use crate::security::identity::CertRole;
+use crate::security::tls::TlsIdentity;
 
 /// What the transports share: the sessions' context, the connected clients
 /// and the counters the status page shows.
 pub struct GatewayState {
     pub shared: Arc<Shared>,
+    /// Who a client is (its token's subject).
+    pub auth: ClientAuth,
     pub pool: NodePool,
     pub upstream: UpstreamStatus,
     next_client_id: AtomicU64,
@@ -179,15 +185,42 @@ impl RunningGateway {
     }
 }
 
-pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
+/// The gateway's TLS identity (None: security off, announced). Its
+/// certificate must be a gateway's, and names the cluster it serves.
+fn gateway_tls(config: &mut GatewayConfig) -> anyhow::Result<Option<TlsIdentity>> {
+    if config.security.insecure {
+        tracing::warn!(
+            region = %config.region,
+            "SECURITY IS OFF (--insecure): plaintext, and every client is believed to be who it claims"
+        );
+        return Ok(None);
+    }
+    let tls = TlsIdentity::from_config(&config.security)?;
+    let CertRole::Gateway(_) = &tls.identity.role else {
+        anyhow::bail!("the certificate names {}, not a gateway", tls.identity.uri());
+    };
+    match &config.cluster_id {
+        Some(configured) if *configured != tls.identity.cluster => anyhow::bail!(
+            "cluster_id is {configured}, but the gateway's certificate is for cluster {}",
+            tls.identity.cluster
+        ),
+        _ => config.cluster_id = Some(tls.identity.cluster.clone()),
+    }
+    Ok(Some(tls))
+}
+
+pub async fn start(mut config: GatewayConfig) -> anyhow::Result<RunningGateway> {
+    let tls = gateway_tls(&mut config)?;
     let config = Arc::new(config);
-    let pool = NodePool::new(&config).map_err(anyhow::Error::msg)?;
+    let pool = NodePool::new(&config, tls.as_ref().map(TlsIdentity::client)).map_err(anyhow::Error::msg)?;
+    let auth = ClientAuth::from_config(&config, pool.cluster.clone())?;
     let fanout = Fanout::new(config.clients.space_buffer_len_max);
     let api = NodeApi { pool: pool.clone(), timeout: Duration::from_millis(config.upstream.request_timeout_ms) };
     let shared =
         Arc::new(Shared { region: config.region.clone(), api, fanout: fanout.clone(), config: config.clone() });
     let state = Arc::new(GatewayState {
         shared,
+        auth,
         pool: pool.clone(),
         upstream: UpstreamStatus::default(),
         next_client_id: AtomicU64::new(1),
@@ -229,23 +262,35 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
 
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let router = crate::gateway::ws::router(state.clone());
-    let mut http_shutdown = shutdown_receiver.clone();
-    servers.push(tokio::spawn(async move {
-        let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        });
-        if let Err(error) = serve.await {
-            tracing::error!(%error, "http server failed");
-        }
-    }));
+    let handshake_timeout = Duration::from_millis(config.security.handshake_timeout_ms.max(1));
+    let bounds = Bounds {
+        connections_per_ip_max: config.clients.connections_per_ip_max,
+        handshake_timeout,
+        header_read_timeout: Duration::from_millis(config.clients.header_read_timeout_ms),
+    };
+    let acceptor = match &tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls.rustls_server()?)),
+        None => None,
+    };
+    servers.push(tokio::spawn(crate::gateway::listener::serve(
+        http_listener,
+        router,
+        acceptor,
+        bounds,
+        shutdown_receiver.clone(),
+    )));
     let grpc_service = crate::gateway::grpc::GatewayGrpc { state: state.clone() };
     let grpc_frame_bytes_max = config.clients.frame_bytes_max;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<crate::pb::gateway_server::GatewayServer<crate::gateway::grpc::GatewayGrpc>>().await;
     let mut grpc_shutdown = shutdown_receiver;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server(handshake_timeout)).context("TLS configuration")?;
+    }
     servers.push(tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let serve = tonic::transport::Server::builder()
+        let serve = builder
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(
@@ -259,6 +304,6 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
             tracing::error!(%error, "grpc server failed");
         }
     }));
-    tracing::info!(region = %config.region, %http_addr, %grpc_addr, nodes = config.nodes.len(), redundant = config.upstream.redundant, "gateway serving");
+    tracing::info!(region = %config.region, %http_addr, %grpc_addr, nodes = config.nodes.len(), redundant = config.upstream.redundant, tls = tls.is_some(), "gateway serving");
     Ok(RunningGateway { http_addr, grpc_addr, state, shutdown, servers })
 }

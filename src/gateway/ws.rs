@@ -1,6 +1,7 @@
 //! The gateway's HTTP side (axum): the chat page, the WebSocket endpoint
-//! `/v1/ws` speaking the JSON protocol of docs/protocol.md, `/v1/status`
-//! and `/healthz`.
+//! `/v1/ws` speaking the JSON protocol of docs/protocol.md (browsers only
+//! from allowed origins), `/v1/status`, `/healthz`, and on a development
+//! cluster `/v1/login`.
 //!
 //! Each connection has a reader (this task: frames in, requests to the
 //! session), a session task, and a writer task that drains the client's
@@ -25,7 +26,6 @@ use crate::gateway::fanout::{ClientEnds, Outbound};
 use crate::gateway::protocol::{parse_request, ClientRequest, CloseReason};
 use crate::gateway::server::GatewayState;
 use crate::gateway::session::Session;
-use crate::space::validate;
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
@@ -45,14 +45,53 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
         .route("/v1/ws", get(upgrade))
+        .route("/v1/login", axum::routing::post(dev_login))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct LoginRequest {
+    user: String,
+}
+
+/// `POST /v1/login {"user": NAME}`: a token for NAME, on a development
+/// cluster only (`dev_login_signing_key`); 404 elsewhere.
+async fn dev_login(State(state): State<Arc<GatewayState>>, Json(login): Json<LoginRequest>) -> Response {
+    match state.auth.dev_login(&login.user) {
+        None => (StatusCode::NOT_FOUND, "no login here: present a token from your identity provider\n").into_response(),
+        Some(Ok(token)) => Json(serde_json::json!({ "user": login.user, "token": token })).into_response(),
+        Some(Err(why)) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    }
+}
+
+/// Whether a browser page of `origin` may open the WebSocket: the
+/// gateway's own page (same host), or one of `allowed_origins`. A request
+/// without an Origin is not a browser's and is not checked.
+fn origin_allowed(headers: &axum::http::HeaderMap, allowed_origins: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    if allowed_origins.iter().any(|allowed| allowed == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default();
+    let own = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+    !host.is_empty() && own == Some(host)
 }
 
 async fn status(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
     Json(state.status())
 }
 
-async fn upgrade(State(state): State<Arc<GatewayState>>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(state): State<Arc<GatewayState>>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // With security off names are believed anyway: no origin to protect.
+    if !state.auth.is_insecure() && !origin_allowed(&headers, &state.shared.config.clients.allowed_origins) {
+        return (StatusCode::FORBIDDEN, "this page's origin may not open the WebSocket (clients.allowed_origins)\n")
+            .into_response();
+    }
     if state.is_full() {
         return (StatusCode::SERVICE_UNAVAILABLE, "gateway is full; try another\n").into_response();
     }
@@ -93,11 +132,14 @@ async fn serve_socket(state: Arc<GatewayState>, mut socket: WebSocket) {
             return;
         }
     };
-    let ClientRequest::Hello { user, cursors } = hello else { unreachable!("read_hello returns a hello") };
-    if let Err(error) = validate::check_name("user name", &user, &validate::Limits::default()) {
-        let _ = socket.send(close_message(&CloseReason::Protocol(error.to_string()))).await;
-        return;
-    }
+    let ClientRequest::Hello { user, cursors, token } = hello else { unreachable!("read_hello returns a hello") };
+    let user = match state.auth.user(&user, token.as_deref()) {
+        Ok(user) => user,
+        Err(refusal) => {
+            let _ = socket.send(close_message(&refusal)).await;
+            return;
+        }
+    };
     let Some((client, ends)) = state.admit(user) else {
         let _ = socket.send(close_message(&CloseReason::Full)).await;
         return;

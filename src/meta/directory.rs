@@ -33,6 +33,7 @@ const LOAD_PREFIX: u8 = b'L';
 const PLACEMENT_PREFIX: u8 = b'P';
 const DELETED_PREFIX: u8 = b'D';
 const MEMBERS_AS_OF_PREFIX: u8 = b'M';
+const JOIN_TOKEN_PREFIX: u8 = b'J';
 const LAST_CLUSTER_KEY: &[u8] = b"K";
 
 /// A node as the directory knows it.
@@ -132,12 +133,27 @@ pub enum MetaCommand {
     DeleteSpace {
         space: String,
     },
+    /// Keeps a one-time join token's digest, valid until `expires_ms` (by
+    /// the proposer's clock, as `now_ms` below: apply stays deterministic).
+    AddJoinToken {
+        digest: String,
+        expires_ms: u64,
+    },
+    /// Registers a node that presents a join token: the token, unexpired at
+    /// `now_ms`, is spent and the node registered in one step. A node
+    /// registered already at that address needs no token (a restart).
+    AdmitNode {
+        node: NodeEntry,
+        digest: String,
+        now_ms: u64,
+    },
 }
 
 /// What applying a [`MetaCommand`] answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaOutcome {
     NodeRegistered,
+    JoinTokenAdded,
     ClusterCreated { id: u64, created: bool },
     SpacePlaced { placement: SpacePlacement, existed: bool },
     PreferenceSet,
@@ -163,6 +179,10 @@ pub enum MetaError {
     AlreadyMoving { space: String, to: u64 },
     #[error("space {0:?} was deleted; the names of deleted spaces are not taken again")]
     Deleted(String),
+    #[error(
+        "node {0} presented no valid join token (unknown, used or expired): mint one with `spacectl node join-token`"
+    )]
+    JoinTokenRefused(u64),
 }
 
 fn id_key(prefix: u8, id: u64) -> Vec<u8> {
@@ -210,6 +230,23 @@ pub fn apply<S: Staging>(overlay: &mut S, command: &MetaCommand) -> Result<MetaO
             let drained =
                 read_overlay::<S, NodeEntry>(overlay, &id_key(NODE_PREFIX, node.id)).is_some_and(|n| n.drained);
             overlay.insert(id_key(NODE_PREFIX, node.id), encode(&NodeEntry { drained, ..node.clone() }));
+            Ok(MetaOutcome::NodeRegistered)
+        }
+        MetaCommand::AddJoinToken { digest, expires_ms } => {
+            overlay.insert(name_key(JOIN_TOKEN_PREFIX, digest), encode(expires_ms));
+            Ok(MetaOutcome::JoinTokenAdded)
+        }
+        MetaCommand::AdmitNode { node, digest, now_ms } => {
+            let registered = read_overlay::<S, NodeEntry>(overlay, &id_key(NODE_PREFIX, node.id));
+            if registered.is_some_and(|known| known.addr == node.addr) {
+                return Ok(MetaOutcome::NodeRegistered);
+            }
+            let key = name_key(JOIN_TOKEN_PREFIX, digest);
+            if read_overlay::<S, u64>(overlay, &key).is_none_or(|expires| expires <= *now_ms) {
+                return Err(MetaError::JoinTokenRefused(node.id));
+            }
+            overlay.remove(key);
+            overlay.insert(id_key(NODE_PREFIX, node.id), encode(&NodeEntry { drained: false, ..node.clone() }));
             Ok(MetaOutcome::NodeRegistered)
         }
         MetaCommand::CreateCluster { voters, preferred_region, only_if_none } => {

@@ -31,6 +31,8 @@ use crate::node::detector::Detector;
 use crate::pb;
 use crate::raft::group::{Group, Groups};
 use crate::raft::network::PeerChannels;
+use crate::security::gate::Gate;
+use crate::security::rate::PostRates;
 use crate::storage::data_dir::DataDir;
 use crate::storage::LogEngine;
 use crate::wire::{ClusterId, Hop, Stamped};
@@ -39,6 +41,13 @@ use crate::wire::{ClusterId, Hop, Stamped};
 pub type ClientStub = pb::client_client::ClientClient<Stamped>;
 /// A client of a peer's `Admin` service; its requests carry the cluster id.
 pub type AdminStub = pb::admin_client::AdminClient<Stamped>;
+
+/// How a node checks its callers and dials its peers.
+pub struct HostSecurity {
+    pub gate: Gate,
+    /// TLS to peers (None: plaintext, security off).
+    pub dial: Option<tonic::transport::ClientTlsConfig>,
+}
 
 /// Everything a node's groups share.
 pub struct Host {
@@ -74,6 +83,10 @@ pub struct Host {
     pub started: std::time::Instant,
     /// The latest report of each gateway that follows this node, by id.
     pub(crate) gateways: Mutex<BTreeMap<String, (pb::GatewayReport, std::time::Instant)>>,
+    /// Establishes who calls this node.
+    pub gate: Gate,
+    /// Each user's post allowance on this node.
+    pub post_rates: PostRates,
 }
 
 impl Host {
@@ -84,8 +97,10 @@ impl Host {
         data_dir: DataDir,
         raft_config: Arc<openraft::Config>,
         cluster: ClusterId,
+        security: HostSecurity,
     ) -> Host {
-        let peers = PeerChannels::new(config.network.clone(), cluster.clone());
+        let peers = PeerChannels::new(config.network.clone(), cluster.clone(), security.dial);
+        let post_rates = PostRates::new(config.security.posts_per_user_per_sec);
         let detector = Detector::new(config.node_id, Duration::from_millis(config.groups.down_after_ms));
         Host {
             cluster,
@@ -106,6 +121,8 @@ impl Host {
             drained: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
             gateways: Mutex::new(BTreeMap::new()),
+            gate: security.gate,
+            post_rates,
         }
     }
 

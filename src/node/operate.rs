@@ -189,6 +189,17 @@ impl Host {
         self.read_index(cluster, hop).await
     }
 
+    /// Mints a one-time join token valid for `ttl_secs`: only its digest is
+    /// written to the directory.
+    pub async fn join_token(&self, ttl_secs: u64) -> Result<pb::JoinTokenReply, ApiError> {
+        let token = crate::security::join::new_token();
+        let ttl_ms = if ttl_secs == 0 { 3_600_000 } else { ttl_secs.saturating_mul(1000) };
+        let expires_unix_ms = crate::security::join::now_ms().saturating_add(ttl_ms);
+        let digest = crate::security::join::digest(&token);
+        self.meta_write(MetaCommand::AddJoinToken { digest, expires_ms: expires_unix_ms }).await?;
+        Ok(pb::JoinTokenReply { token, expires_unix_ms })
+    }
+
     /// Registers a node started after bootstrap and makes it a learner of
     /// the meta cluster, on the meta leader. Answers the cluster's id.
     pub async fn join(&self, request: pb::JoinRequest, hop: Hop) -> Result<pb::JoinReply, ApiError> {
@@ -210,7 +221,18 @@ impl Host {
                         addr: request.grpc_addr.clone(),
                         drained: false,
                     };
-                    let registered = write_here(&meta, Command::Meta(MetaCommand::RegisterNode(entry))).await?;
+                    // With security on, a node not registered yet spends a
+                    // join token; with it off, anyone may register.
+                    let command = if self.gate.insecure {
+                        MetaCommand::RegisterNode(entry)
+                    } else {
+                        MetaCommand::AdmitNode {
+                            node: entry,
+                            digest: crate::security::join::digest(&request.join_token),
+                            now_ms: crate::security::join::now_ms(),
+                        }
+                    };
+                    let registered = write_here(&meta, Command::Meta(command)).await?;
                     if let crate::space::CommandResult::Meta(Err(refused)) = registered {
                         return Err(refused.into());
                     }

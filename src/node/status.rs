@@ -63,6 +63,7 @@ impl Host {
                 members,
                 nodes_down,
                 cluster_id: self.cluster_id(),
+                insecure: self.gate.insecure,
                 ..Default::default()
             };
         }
@@ -82,6 +83,7 @@ impl Host {
             db_size_bytes,
             drained: self.is_drained(),
             errors,
+            insecure: self.gate.insecure,
         };
         let last_seen_ms =
             self.detector.last_seen().into_iter().map(|(node, ago)| (node, ago.as_millis() as u64)).collect();
@@ -92,6 +94,7 @@ impl Host {
             node: Some(node),
             last_seen_ms,
             cluster_id: self.cluster_id(),
+            insecure: self.gate.insecure,
         }
     }
 

@@ -17,7 +17,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tokio::io::AsyncReadExt;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::config::{NetworkConfig, NodeId};
 use crate::pb;
@@ -41,6 +41,8 @@ pub struct PeerChannels {
     config: NetworkConfig,
     /// Stamped on every request sent: peers refuse another cluster's.
     cluster: ClusterId,
+    /// TLS to peers, presenting this node's certificate (None: plaintext).
+    tls: Option<ClientTlsConfig>,
 }
 
 /// The first and the longest pause before a replication call to a peer
@@ -49,8 +51,13 @@ const PEER_RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
 const PEER_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl PeerChannels {
-    pub fn new(config: NetworkConfig, cluster: ClusterId) -> PeerChannels {
-        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), failures: Arc::default(), config, cluster }
+    pub fn new(config: NetworkConfig, cluster: ClusterId, tls: Option<ClientTlsConfig>) -> PeerChannels {
+        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), failures: Arc::default(), config, cluster, tls }
+    }
+
+    /// The TLS peers are dialed with (None: plaintext).
+    pub fn tls(&self) -> Option<&ClientTlsConfig> {
+        self.tls.as_ref()
     }
 
     /// Waits before calling a peer whose last calls failed: the pause doubles
@@ -84,7 +91,7 @@ impl PeerChannels {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = endpoint(addr, &self.config)?.connect_lazy();
+                let channel = endpoint(addr, &self.config, self.tls.as_ref())?.connect_lazy();
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }
@@ -93,14 +100,20 @@ impl PeerChannels {
     }
 }
 
-/// An endpoint with the windows and timeouts suited to links across regions.
-pub fn endpoint(addr: &str, config: &NetworkConfig) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+/// An endpoint with the windows and timeouts suited to links across
+/// regions; over TLS when `tls` is given.
+pub fn endpoint(
+    addr: &str,
+    config: &NetworkConfig,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let bare = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(addr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{bare}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -59,6 +59,13 @@ impl TestCluster {
                     node.addr
                 ));
             }
+            // Plaintext unless the cluster is secured.
+            match &self.tls {
+                Some(tls) => {
+                    text.push_str(&super::security_section(tls, &spaceraft::security::certs::gateway_stem(&region)))
+                }
+                None => text.push_str("[security]\ninsecure = true\n"),
+            }
             text.push_str(extra_config);
             std::fs::write(&config_path, text).expect("write gateway config");
             self.gateways.push(TestGateway {
@@ -106,8 +113,10 @@ impl TestCluster {
 
     /// The gateway's `/v1/status`, or None while it does not answer.
     pub async fn gateway_status(&self, index: usize) -> Option<Value> {
-        let url = format!("http://{}/v1/status", self.gateways[index].http);
-        http_get_json(&url).await
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/v1/status", self.gateways[index].http);
+        let body = http_get_with(&url, self.tls.as_deref().map(spaceraft::security::certs::ca_pem).as_deref()).await?;
+        serde_json::from_str(&body).ok()
     }
 
     pub async fn wait_gateway_connected(&self, index: usize, timeout: Duration) {
@@ -136,15 +145,58 @@ pub async fn http_get_json(url: &str) -> Option<Value> {
 }
 
 pub async fn http_get(url: &str) -> Option<String> {
+    http_get_with(url, None).await
+}
+
+/// A TLS client trusting only the CA in `ca` (PEM).
+pub fn tls_connector(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(certificate.expect("CA certificate")).expect("CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A TLS connection to `addr` (host:port) trusting `ca`.
+pub async fn tls_connect(
+    addr: &str,
+    ca: &std::path::Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr).to_string();
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tls_connector(ca).connect(name, tcp).await
+}
+
+/// GET over HTTP/1.1 (`https://` when `ca` is given): the body of a 200.
+pub async fn http_get_with(url: &str, ca: Option<&std::path::Path>) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host)).await.ok()?.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    match ca {
+        None => {
+            let mut stream =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host)).await.ok()?.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+        }
+        Some(ca) => {
+            let mut stream = tokio::time::timeout(Duration::from_secs(2), tls_connect(host, ca)).await.ok()?.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            // A server may end TLS without close_notify: what was read counts.
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.ok()?;
+        }
+    }
     let text = String::from_utf8_lossy(&response).to_string();
     let (head, body) = text.split_once("\r\n\r\n")?;
     if !head.starts_with("HTTP/1.1 200") {

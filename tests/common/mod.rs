@@ -48,6 +48,57 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
     pub gateways: Vec<gateway::TestGateway>,
+    /// The certificates of a secured cluster ([`TestCluster::start_secured`]).
+    pub tls: Option<PathBuf>,
+}
+
+/// The operator of secured test clusters.
+pub const OPERATOR: &str = "admin";
+
+/// TLS (as the operator) to the nodes of secured clusters, by address:
+/// [`try_connect`] dials them over TLS.
+static TLS_BY_ADDR: std::sync::Mutex<Vec<(String, tonic::transport::ClientTlsConfig)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes the certificates of `nodes` and `gateways` (and the operator's)
+/// in `tls`; answers the cluster id.
+pub fn make_certs(tls: &Path, nodes: &[u64]) -> String {
+    let plan = spaceraft::security::certs::CertsPlan {
+        dir: tls.to_path_buf(),
+        cluster: None,
+        nodes: nodes.to_vec(),
+        gateways: REGIONS.iter().map(|region| region.to_string()).collect(),
+        operators: vec![OPERATOR.into(), "intruder".into()],
+        hosts: vec!["127.0.0.1".into(), "localhost".into()],
+        days: 1,
+    };
+    spaceraft::security::certs::make(&plan).expect("make certificates").cluster
+}
+
+/// The `[security]` section of a secured process whose files are `stem`.
+pub fn security_section(tls: &Path, stem: &str) -> String {
+    use spaceraft::security::{certs, token};
+    let (cert, key) = certs::pair(tls, stem);
+    format!(
+        "[security]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\ntoken_keys_dir = {:?}\n",
+        certs::ca_pem(tls),
+        cert,
+        key,
+        token::keys_dir(tls)
+    )
+}
+
+/// TLS trusting the cluster in `tls`, presenting the certificate `stem`
+/// (or none).
+pub fn client_tls(tls: &Path, stem: Option<&str>) -> tonic::transport::ClientTlsConfig {
+    use spaceraft::security::certs;
+    let pair = stem.map(|stem| certs::pair(tls, stem));
+    spaceraft::security::tls::ClientTls::load(
+        &certs::ca_pem(tls),
+        pair.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
+    )
+    .expect("client TLS")
+    .config()
 }
 
 pub fn spaceraft_bin() -> &'static str {
@@ -80,14 +131,29 @@ pub fn write_config(path: &Path, id: u64, addr: &str, data_dir: &Path, peers: &[
         data_dir.display(),
         id == 1
     );
+    // `join_token = ...` in `extra` is a top-level key.
+    let (top_level, extra): (Vec<&str>, Vec<&str>) = extra.lines().partition(|line| line.starts_with("join_token"));
+    for line in top_level {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let extra = extra.join("\n") + "\n";
     for (peer_id, peer_addr) in peers {
         text.push_str(&format!(
             "[[peers]]\nid = {peer_id}\nregion = \"{}\"\naddr = \"{peer_addr}\"\n",
             REGIONS[(*peer_id as usize - 1) % 3]
         ));
     }
+    // Plaintext, unless `extra` has a [security] section (t80's secured
+    // clusters); every other test is about something else.
+    let (security_extra, extra) = split_section(&extra, "[security]");
+    if security_extra.is_empty() {
+        text.push_str("[security]\ninsecure = true\n");
+    } else {
+        text.push_str(&format!("[security]\n{security_extra}"));
+    }
     // A [groups] section in `extra` adds its keys to the test defaults.
-    let (groups_extra, extra) = split_section(extra, "[groups]");
+    let (groups_extra, extra) = split_section(&extra, "[groups]");
     text.push_str(&format!(
         "[groups]\nping_interval_ms = 100\ndown_after_ms = 1000\nquiesce_after_ms = 1000\n\
          leader_check_interval_ms = 200\nleader_settle_ms = 1500\n{groups_extra}"
@@ -124,18 +190,42 @@ impl TestCluster {
     }
 
     pub async fn start_with(extra_config: &str) -> TestCluster {
+        Self::start_as(extra_config, None).await
+    }
+
+    /// Three nodes with TLS on every port, certificates, token keys and
+    /// security on, as a deployment runs (`security_extra`: more keys of
+    /// their `[security]`); the test's own calls go as the operator.
+    pub async fn start_secured(extra_config: &str, security_extra: &str) -> TestCluster {
+        Self::start_as(extra_config, Some(security_extra)).await
+    }
+
+    async fn start_as(extra_config: &str, security_extra: Option<&str>) -> TestCluster {
+        let secured = security_extra.is_some();
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(3);
         let peers: Vec<(u64, String)> =
             ports.iter().enumerate().map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}"))).collect();
+        let tls = secured.then(|| dir.path().join("tls"));
+        if let Some(tls) = &tls {
+            make_certs(tls, &[1, 2, 3]);
+            let operator = client_tls(tls, Some(&spaceraft::security::certs::operator_stem(OPERATOR)));
+            let mut registry = TLS_BY_ADDR.lock().unwrap();
+            registry.extend(peers.iter().map(|(_, addr)| (addr.clone(), operator.clone())));
+        }
         let mut nodes = Vec::new();
         for (id, addr) in &peers {
             let config_path = dir.path().join(format!("node-{id}.toml"));
             let data_dir = dir.path().join(format!("node-{id}"));
-            write_config(&config_path, *id, addr, &data_dir, &peers, extra_config);
+            let mut extra = extra_config.to_string();
+            if let Some(tls) = &tls {
+                extra.push_str(&security_section(tls, &spaceraft::security::certs::node_stem(*id)));
+                extra.push_str(security_extra.unwrap_or_default());
+            }
+            write_config(&config_path, *id, addr, &data_dir, &peers, &extra);
             nodes.push(TestNode { id: *id, addr: addr.clone(), config_path, data_dir, process: None });
         }
-        let mut cluster = TestCluster { dir, nodes, gateways: Vec::new() };
+        let mut cluster = TestCluster { dir, nodes, gateways: Vec::new(), tls };
         for id in 1..=3 {
             cluster.start_node(id);
         }
@@ -152,7 +242,14 @@ impl TestCluster {
         peers.push((id, addr.clone()));
         let config_path = self.dir.path().join(format!("node-{id}.toml"));
         let data_dir = self.dir.path().join(format!("node-{id}"));
-        write_config(&config_path, id, &addr, &data_dir, &peers, extra_config);
+        let mut extra = extra_config.to_string();
+        if let Some(tls) = &self.tls {
+            make_certs(tls, &[id]);
+            extra.push_str(&security_section(tls, &spaceraft::security::certs::node_stem(id)));
+            let operator = client_tls(tls, Some(&spaceraft::security::certs::operator_stem(OPERATOR)));
+            TLS_BY_ADDR.lock().unwrap().push((addr.clone(), operator));
+        }
+        write_config(&config_path, id, &addr, &data_dir, &peers, &extra);
         self.nodes.push(TestNode { id, addr, config_path, data_dir, process: None });
         self.start_node(id);
         id
@@ -302,12 +399,12 @@ impl Drop for TestCluster {
 }
 
 pub async fn try_connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
+    let tls = TLS_BY_ADDR.lock().unwrap().iter().find(|(known, _)| known == addr).map(|(_, tls)| tls.clone());
+    let endpoint = match tls {
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls)?,
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+    };
+    endpoint.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(10)).connect().await
 }
 
 /// Connects, retrying while the node starts (up to 20 s).

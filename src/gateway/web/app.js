@@ -25,6 +25,8 @@
 
   const state = {
     user: null,
+    token: null, // the hello's token
+    tokenUser: null, // the name the token was minted for
     region: null,
     ws: null,
     welcomed: false,
@@ -107,11 +109,39 @@
     return true;
   }
 
-  function connect() {
+  // The token the hello carries: `?token=` (from an identity provider), or
+  // one from the gateway's development login for the chosen name; none when
+  // the gateway has no login (a cluster run with --insecure believes names).
+  async function ensureToken() {
+    const fromUrl = new URLSearchParams(location.search).get('token');
+    if (fromUrl) {
+      state.token = fromUrl;
+      return;
+    }
+    if (state.token && state.tokenUser === state.user) return;
+    state.token = null;
+    try {
+      const r = await fetch('/v1/login', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ user: state.user }),
+      });
+      if (r.ok) {
+        const j = await r.json();
+        state.token = j.token;
+        state.tokenUser = state.user;
+      }
+    } catch (e) {
+      // No login here: the hello goes without a token.
+    }
+  }
+
+  async function connect() {
     clearTimeout(timers.reconnect);
     clearInterval(timers.countdown);
     timers.reconnect = timers.countdown = null;
     setStatus('connecting', state.attempt ? 'reconnecting…' : 'connecting…');
+    await ensureToken();
 
     let ws;
     try {
@@ -128,6 +158,7 @@
       if (ws !== state.ws) return;
       state.lastFrameAt = Date.now();
       const hello = { type: 'hello', user: state.user };
+      if (state.token) hello.token = state.token;
       const cursors = {};
       for (const sp of state.spaces.values()) {
         if (sp.wanted && sp.cursor !== null) cursors[sp.name] = sp.cursor;
@@ -608,7 +639,19 @@
 
   // ---- start ---------------------------------------------------------------
 
-  const fromUrl = new URLSearchParams(location.search).get('user');
+  // The user a `?token=` names (its payload's `sub`), to fill in the name.
+  function tokenSubject() {
+    const token = new URLSearchParams(location.search).get('token');
+    if (!token) return null;
+    try {
+      const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(payload)).sub || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  const fromUrl = new URLSearchParams(location.search).get('user') || tokenSubject();
   ui.name.value = fromUrl || storageGet(localStorage, 'spaceraft.user') || '';
   renderMessages();
   if (fromUrl && NAME_RE.test(fromUrl)) ui.login.requestSubmit ? ui.login.requestSubmit() : ui.connect.click();
