@@ -46,6 +46,10 @@ impl Drop for Browser {
 
 impl Browser {
     async fn launch() -> Browser {
+        Self::launch_with(&[]).await
+    }
+
+    async fn launch_with(more_args: &[&str]) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut process = Command::new(find_chromium())
             .args([
@@ -56,6 +60,7 @@ impl Browser {
                 "--no-first-run",
                 "--remote-debugging-port=0",
             ])
+            .args(more_args)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -158,33 +163,7 @@ async fn two_pages_on_two_regions_see_each_others_messages_in_the_same_order() {
     // --- phase: alice on us-east's page, bob on eu-west's
     let alice = browser.open(&format!("http://{}/?user=alice", cluster.gateways[0].http)).await;
     let bob = browser.open(&format!("http://{}/?user=bob", cluster.gateways[1].http)).await;
-    for (session, who) in [(&alice, "alice"), (&bob, "bob")] {
-        browser
-            .wait_true(
-                session,
-                "document.querySelector('#spaces [data-space=\"general\"]') !== null",
-                &format!("{who} sees general"),
-            )
-            .await;
-    }
-
-    // --- phase: alice posts, bob's page shows it; then bob answers
-    post_from(&mut browser, &alice, "hello from us-east").await;
-    browser.wait_true(&bob, &page_shows("hello from us-east"), "bob sees alice's message").await;
-    post_from(&mut browser, &bob, "hi back from eu-west").await;
-    browser.wait_true(&alice, &page_shows("hi back from eu-west"), "alice sees bob's answer").await;
-    browser.wait_true(&bob, &page_shows("hi back from eu-west"), "bob sees his own message").await;
-
-    // --- phase: both pages list the same messages in the same order
-    let shown_by_alice = browser.eval(&alice, SHOWN_MESSAGES).await;
-    let shown_by_bob = browser.eval(&bob, SHOWN_MESSAGES).await;
-    let alice_list: Vec<(String, String)> = serde_json::from_str(shown_by_alice.as_str().unwrap()).unwrap();
-    let bob_list: Vec<(String, String)> = serde_json::from_str(shown_by_bob.as_str().unwrap()).unwrap();
-    assert_eq!(alice_list.len(), 2, "{alice_list:?}");
-    assert_eq!(alice_list, bob_list);
-    assert_eq!(alice_list[0].0, "1");
-    assert!(alice_list[0].1.contains("hello from us-east"));
-    assert_eq!(common::full_history(&cluster, 3, "general").await.len(), 2);
+    chat_both_ways(&mut browser, &alice, &bob, &cluster).await;
 
     // --- phase: alice's gateway dies; her page moves to another gateway and
     // carries on with no gap
@@ -199,4 +178,58 @@ async fn two_pages_on_two_regions_see_each_others_messages_in_the_same_order() {
     let alice_list: Vec<(String, String)> = serde_json::from_str(shown_by_alice.as_str().unwrap()).unwrap();
     let seqs: Vec<&str> = alice_list.iter().map(|(seq, _)| seq.as_str()).collect();
     assert_eq!(seqs, ["1", "2", "3"]);
+}
+
+/// Both pages list `general`; alice posts and bob's page shows it, bob
+/// answers and alice's shows it; both list the same messages in order.
+async fn chat_both_ways(browser: &mut Browser, alice: &str, bob: &str, cluster: &TestCluster) {
+    for (session, who) in [(alice, "alice"), (bob, "bob")] {
+        browser
+            .wait_true(
+                session,
+                "document.querySelector('#spaces [data-space=\"general\"]') !== null",
+                &format!("{who} sees general"),
+            )
+            .await;
+    }
+
+    // --- phase: alice posts, bob's page shows it; then bob answers
+    post_from(browser, alice, "hello from us-east").await;
+    browser.wait_true(bob, &page_shows("hello from us-east"), "bob sees alice's message").await;
+    post_from(browser, bob, "hi back from eu-west").await;
+    browser.wait_true(alice, &page_shows("hi back from eu-west"), "alice sees bob's answer").await;
+    browser.wait_true(bob, &page_shows("hi back from eu-west"), "bob sees his own message").await;
+
+    // --- phase: both pages list the same messages in the same order
+    let shown_by_alice = browser.eval(alice, SHOWN_MESSAGES).await;
+    let shown_by_bob = browser.eval(bob, SHOWN_MESSAGES).await;
+    let alice_list: Vec<(String, String)> = serde_json::from_str(shown_by_alice.as_str().unwrap()).unwrap();
+    let bob_list: Vec<(String, String)> = serde_json::from_str(shown_by_bob.as_str().unwrap()).unwrap();
+    assert_eq!(alice_list.len(), 2, "{alice_list:?}");
+    assert_eq!(alice_list, bob_list);
+    assert_eq!(alice_list[0].0, "1");
+    assert!(alice_list[0].1.contains("hello from us-east"));
+    assert_eq!(common::full_history(cluster, 3, "general").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pages_log_in_with_tokens_on_a_secured_cluster() {
+    let mut cluster = TestCluster::start_secured("", "").await;
+    cluster.start_gateways(TEST_UPSTREAM).await;
+    create_space(&cluster, 1, "general", &["alice", "bob"]).await;
+    let tls = cluster.tls.clone().unwrap();
+    let signer = spaceraft::security::token::Signer::load(&spaceraft::security::certs::signing_key(&tls)).unwrap();
+    let alice_token = signer.mint("alice", Duration::from_secs(600), false, None).unwrap();
+    // The test's gateways have a CA the browser does not know.
+    let mut browser = Browser::launch_with(&["--ignore-certificate-errors"]).await;
+
+    // --- phase: alice's page brings her token; bob's logs in by name (the development login)
+    let alice = browser.open(&format!("https://{}/?token={alice_token}", cluster.gateways[0].http)).await;
+    let bob = browser.open(&format!("https://{}/?user=bob", cluster.gateways[1].http)).await;
+    chat_both_ways(&mut browser, &alice, &bob, &cluster).await;
+    // Each page is the user its token names.
+    for (session, who) in [(&alice, "alice"), (&bob, "bob")] {
+        let status = browser.eval(session, "document.querySelector('#status').title").await;
+        assert_eq!(status, json!(format!("as {who}")));
+    }
 }

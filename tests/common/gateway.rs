@@ -52,6 +52,11 @@ impl TestCluster {
             let peers: Vec<String> =
                 (1..self.nodes.len()).map(|step| format!("{:?}", ws_url((index + step) % self.nodes.len()))).collect();
             text.push_str(&format!("peer_gateways = [{}]\n", peers.join(", ")));
+            if let Some(tls) = &self.tls {
+                // Pages may log in by name, as on `spaceraft dev`.
+                let key = spaceraft::security::certs::signing_key(tls);
+                text.push_str(&format!("dev_login_signing_key = {key:?}\n"));
+            }
             for (node_index, node) in self.nodes.iter().enumerate() {
                 text.push_str(&format!(
                     "[[nodes]]\nregion = \"{}\"\naddr = \"{}\"\n",
