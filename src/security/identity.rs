@@ -157,6 +157,17 @@ impl Principal {
         }
     }
 
+    /// Whether this caller's posts count against their user's rate: a
+    /// user's, and a gateway's (for its users); not a node passing a post
+    /// on, an operator, or anyone when security is off.
+    pub fn is_rate_limited(&self) -> bool {
+        match self {
+            Principal::User { operator, .. } => !operator,
+            Principal::Gateway(_) | Principal::Anonymous => true,
+            Principal::Insecure | Principal::Node(_) | Principal::Operator(_) => false,
+        }
+    }
+
     /// How logs and errors name this caller.
     pub fn describe(&self) -> String {
         match self {
@@ -217,5 +228,8 @@ mod tests {
         assert_eq!(user.user_for("alice"), Ok("alice".into()));
         assert!(user.user_for("bob").is_err());
         assert_eq!(Principal::Gateway("g".into()).user_for("bob"), Ok("bob".into()));
+        assert!(user.is_rate_limited() && Principal::Gateway("g".into()).is_rate_limited());
+        assert!(!Principal::Node(1).is_rate_limited() && !Principal::Operator("admin".into()).is_rate_limited());
+        assert!(!Principal::Insecure.is_rate_limited());
     }
 }
