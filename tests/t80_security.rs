@@ -541,6 +541,17 @@ async fn gateways_take_only_tokens_own_origins_and_bounded_connections() {
     let mut events = opened.unwrap().into_inner();
     let first = events.message().await.unwrap().unwrap();
     assert!(matches!(first.event, Some(pb::gateway_event::Event::Welcome(ref w)) if w.user == "alice"), "{first:?}");
+    // alice's native client cannot subscribe to bob's space either.
+    let subscribe =
+        pb::gateway_request::Request::Subscribe(pb::SubscribeSpace { space: "secret".into(), after: Some(0) });
+    requests.send(pb::GatewayRequest { request: Some(subscribe) }).await.unwrap();
+    let refused = loop {
+        match events.message().await.unwrap().unwrap().event {
+            Some(pb::gateway_event::Event::Error(error)) => break error,
+            _ => continue,
+        }
+    };
+    assert_eq!((refused.space.as_str(), refused.code.as_str()), ("secret", "not_member"), "{refused:?}");
     // An undecodable request is a protocol error, not "shutting down".
     use prost::Message as _;
     let grpc = &cluster.gateways[0].grpc;
