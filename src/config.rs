@@ -93,6 +93,10 @@ pub struct SecurityConfig {
     pub token_keys_dir: Option<PathBuf>,
     /// A connection that has not finished its TLS handshake by then is closed.
     pub handshake_timeout_ms: u64,
+    /// Open connections to a node from one IP address at most; more are
+    /// closed at once. (A gateway bounds its clients' by
+    /// `clients.connections_per_ip_max`.)
+    pub connections_per_ip_max: usize,
     /// Posts one user may make per second on one node (a burst of twice
     /// that is allowed); beyond it, `resource_exhausted`. 0: no limit.
     pub posts_per_user_per_sec: u32,
@@ -110,6 +114,7 @@ impl Default for SecurityConfig {
             key_file: None,
             token_keys_dir: None,
             handshake_timeout_ms: 5_000,
+            connections_per_ip_max: 1_024,
             posts_per_user_per_sec: 200,
             snapshot_bytes_max: 16 * 1024 * 1024 * 1024,
         }

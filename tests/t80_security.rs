@@ -602,3 +602,28 @@ async fn gateways_take_only_tokens_own_origins_and_bounded_connections() {
     // --- phase: plaintext to the TLS port gets no page
     assert_eq!(common::gateway::http_get(&format!("http://{http}/v1/status")).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_bounds_connections_per_address_and_unfinished_handshakes() {
+    let cluster = TestCluster::start_secured("", "connections_per_ip_max = 16\n").await;
+    let tls = cluster.tls.clone().unwrap();
+    let addr = cluster.node(3).addr.clone();
+
+    // --- phase: 40 connections that never start TLS: those past the bound
+    // are closed at once, the others when the handshake times out
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let closed =
+        futures::future::join_all(idle.into_iter().map(|tcp| closed_by_server(tcp, b"", Duration::from_secs(20))));
+    let closed: Vec<Option<Duration>> = closed.await;
+    assert!(closed.iter().all(Option::is_some), "an idle connection stayed open: {closed:?}");
+    let at_once = closed.iter().flatten().filter(|after| **after < Duration::from_secs(1)).count();
+    assert!(at_once >= 24, "connections past connections_per_ip_max = 16 were kept: {closed:?}");
+
+    // --- phase: the node still serves
+    let operator = credential(&tls, Some(&certs::operator_stem(common::OPERATOR)), None);
+    let create = pb::CreateSpaceRequest { name: "after".into(), members: vec!["alice".into()], ..Default::default() };
+    client(&addr, &operator).await.create_space(create).await.unwrap();
+}

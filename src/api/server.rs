@@ -206,7 +206,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     // Our own listener (bound early, so a busy port fails start), with
     // Nagle off: a Raft reply delayed 40 ms by Nagle and delayed ACKs would
     // stall every commit.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::security::conns::incoming(listener, config.security.connections_per_ip_max.max(1));
     let mut server_shutdown = shutdown_rx;
     let server = tokio::spawn(async move {
         router

@@ -5,9 +5,6 @@
 //! `clients.header_read_timeout_ms` (slowloris). Each connection is then
 //! served by hyper (HTTP/1.1 with upgrades, for the WebSocket).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,48 +14,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::security::conns::PerIp;
+
 /// The bounds of one listener.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
     pub connections_per_ip_max: usize,
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
-}
-
-/// Open connections per peer address.
-#[derive(Clone, Default)]
-struct PerIp {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One admitted connection; its count is given back on drop.
-struct Slot {
-    per_ip: PerIp,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn take(&self, ip: IpAddr, max: usize) -> Option<Slot> {
-        let mut open = self.open.lock().expect("per-ip lock");
-        let count = open.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Slot { per_ip: self.clone(), ip })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.per_ip.open.lock().expect("per-ip lock");
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// Serves `router` on `listener` until `shutdown`, over TLS when `tls` is given.
@@ -113,22 +76,5 @@ where
     let service = TowerToHyperService::new(router);
     if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(%error, "http connection ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_address_gets_its_slots_back() {
-        let per_ip = PerIp::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let first = per_ip.take(ip, 2).unwrap();
-        let _second = per_ip.take(ip, 2).unwrap();
-        assert!(per_ip.take(ip, 2).is_none());
-        assert!(per_ip.take("10.0.0.2".parse().unwrap(), 2).is_some());
-        drop(first);
-        assert!(per_ip.take(ip, 2).is_some());
     }
 }

@@ -13,9 +13,10 @@
 //!   for the gateway's HTTP listener.
 //! - [`certs`]: making a CA and the certificates of a cluster (`spaceraft certs`).
 //! - [`join`]: one-time join tokens (only their hash is kept).
-//! - [`rate`]: per-user post rates.
+//! - [`rate`]: per-user post rates; [`conns`]: connections per address.
 
 pub mod certs;
+pub mod conns;
 pub mod gate;
 pub mod identity;
 pub mod join;
