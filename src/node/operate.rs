@@ -250,3 +250,19 @@ pub fn decode_proposed_command(bytes: &[u8], limits: &Limits) -> Result<Command,
     crate::space::validate::check_command(&command, limits)?;
     Ok(command)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/regressions/api_request/): a raw space copy
+    /// with overlapping blocks (and no name) is refused before it is
+    /// proposed, with an invalid-argument error.
+    #[test]
+    fn a_proposed_space_copy_with_overlapping_blocks_is_refused() {
+        let crasher = include_bytes!("../../fuzz/regressions/api_request/crash-import-overlapping-blocks");
+        // The fuzz target's first byte picks the decoder; the rest is the command.
+        let error = decode_proposed_command(&crasher[1..], &Limits::default()).unwrap_err();
+        assert!(matches!(error.kind, ErrorKind::Invalid { .. }), "{error}");
+    }
+}
