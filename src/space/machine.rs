@@ -285,9 +285,10 @@ pub fn rebuild_dedup_index<R: KvRead>(store: &R) -> Result<DedupIndex, postcard:
 }
 
 /// The oldest seq whose key a space still remembers, once `last_seq` is
-/// its newest message.
+/// its newest message. Saturates: a record read back from a store or a
+/// snapshot is not trusted to be far from u64::MAX.
 pub fn oldest_remembered_seq(space: &SpaceRecord) -> u64 {
-    (space.last_seq + 1).saturating_sub(space.dedup_window_len).max(space.first_seq).max(1)
+    space.last_seq.saturating_add(1).saturating_sub(space.dedup_window_len).max(space.first_seq).max(1)
 }
 
 /// Checks what a command carries against the protocol's ceilings; posts
@@ -797,6 +798,20 @@ mod tests {
         assert_eq!(replica.run(10, &import(&sealed, vec![block(3)], false, true)), CommandResult::Imported(Ok(())));
         assert_eq!(replica.messages("s").len(), 3);
         assert_eq!(replica.dedup, replica.rebuilt_index());
+    }
+
+    /// Found by fuzzing (fuzz/regressions/data_dir_record/): a stored
+    /// space record at seq u64::MAX overflowed the dedup window's start,
+    /// which a replica computes when it rebuilds its index on open.
+    #[test]
+    fn a_space_record_at_the_last_seq_rebuilds_without_overflow() {
+        let crasher = include_bytes!("../../fuzz/regressions/data_dir_record/crash-space-record-last-seq-overflow");
+        // The fuzz target's first byte picks the record type; the rest is the record.
+        let space: SpaceRecord = record::decode(&crasher[1..]).unwrap();
+        assert_eq!(space.last_seq, u64::MAX);
+        assert_eq!(oldest_remembered_seq(&space), u64::MAX - space.dedup_window_len);
+        let store = BTreeMap::from([(record::space_key(&space.name), crasher[1..].to_vec())]);
+        assert!(rebuild_dedup_index(&store).unwrap().is_empty());
     }
 
     #[test]
