@@ -42,7 +42,7 @@ for target in "${targets[@]}"; do
   if cargo fuzz run --sanitizer "$sanitizer" "${target_dir_args[@]}" "$target" "fuzz/corpus/$target" "${seeds[@]}" -- \
     -max_total_time="$secs" -rss_limit_mb="$rss_limit_mb" -timeout=10 -print_final_stats=1 \
     >"$logs/$target.log" 2>&1; then
-    grep -E '^(Done|#[0-9]+ +DONE)' "$logs/$target.log" | tail -n 1 || true
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$logs/$target.log" | tail -n 1 || true
     grep -E '^stat::(number_of_executed_units|peak_rss_mb|new_units_added)' "$logs/$target.log" || true
   else
     failed+=("$target")
