@@ -31,7 +31,9 @@ pub struct RaftApi {
     pub host: Arc<Host>,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+/// Decodes a Raft message's postcard payload; anything undecodable is
+/// `INVALID_ARGUMENT`. Public for the fuzz targets (fuzz/).
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     postcard::from_bytes(payload).map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
 }
 

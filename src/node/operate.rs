@@ -17,6 +17,7 @@ use crate::node::read::off_runtime;
 use crate::node::router::RequestKind;
 use crate::pb;
 use crate::raft::group::Group;
+use crate::space::validate::Limits;
 use crate::space::Command;
 use crate::wire::Hop;
 
@@ -169,11 +170,7 @@ impl Host {
 
     /// A command passed on by another node, for the leader of its cluster.
     pub async fn propose(&self, request: pb::ProposeRequest, hop: Hop) -> Result<pb::ProposeReply, ApiError> {
-        let command: Command = postcard::from_bytes(&request.command).map_err(|e| {
-            ApiError::new(ErrorKind::Invalid { field: "command".into() }, format!("undecodable command: {e}"))
-        })?;
-        // Passed on or not, a command is checked like a client's request.
-        crate::space::validate::check_command(&command, &self.config.limits.request_limits())?;
+        let command = decode_proposed_command(&request.command, &self.config.limits.request_limits())?;
         let result = self.cluster_write_from(request.cluster_id, &command, hop).await?;
         Ok(pb::ProposeReply { result: postcard::to_stdvec(&result).expect("results serialize") })
     }
@@ -263,5 +260,31 @@ impl Host {
             },
         )
         .await
+    }
+}
+
+/// The command of an `Admin.Propose` request, decoded and checked: passed
+/// on by a node or not, a command is checked like a client's request.
+pub fn decode_proposed_command(bytes: &[u8], limits: &Limits) -> Result<Command, ApiError> {
+    let command: Command = postcard::from_bytes(bytes).map_err(|e| {
+        ApiError::new(ErrorKind::Invalid { field: "command".into() }, format!("undecodable command: {e}"))
+    })?;
+    crate::space::validate::check_command(&command, limits)?;
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/regressions/api_request/): a raw space copy
+    /// with overlapping blocks (and no name) is refused before it is
+    /// proposed, with an invalid-argument error.
+    #[test]
+    fn a_proposed_space_copy_with_overlapping_blocks_is_refused() {
+        let crasher = include_bytes!("../../fuzz/regressions/api_request/crash-import-overlapping-blocks");
+        // The fuzz target's first byte picks the decoder; the rest is the command.
+        let error = decode_proposed_command(&crasher[1..], &Limits::default()).unwrap_err();
+        assert!(matches!(error.kind, ErrorKind::Invalid { .. }), "{error}");
     }
 }

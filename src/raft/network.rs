@@ -185,7 +185,9 @@ fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
-fn decode_reply<T: serde::de::DeserializeOwned>(reply: pb::RaftReply) -> Result<T, RPCError<TypeConfig>> {
+/// Reads a peer's answer to a Raft request: its error, or its postcard
+/// payload. Public for the fuzz targets (fuzz/).
+pub fn decode_reply<T: serde::de::DeserializeOwned>(reply: pb::RaftReply) -> Result<T, RPCError<TypeConfig>> {
     if !reply.error.is_empty() {
         return Err(unreachable(format!("remote raft: {}", reply.error)));
     }

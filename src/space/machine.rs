@@ -138,6 +138,26 @@ impl<'a, R: KvRead> Overlay<'a, R> {
         }
     }
 
+    /// The seq after the last message block of `space`; 0 when it has none.
+    fn blocks_end_seq(&self, space: &str) -> u64 {
+        let start = record::message_key(space, 0);
+        let end = record::message_key(space, u64::MAX);
+        let mut keys: BTreeSet<Vec<u8>> = self.base.keys_between(&start, &end).into_iter().collect();
+        for (key, value) in self.pending.range(start..=end) {
+            match value {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        let last_block = keys.last().and_then(|key| self.get(key));
+        let open_block_end_seq = self.open_blocks.get(space).map(|(block, _)| block.end_seq());
+        let stored_end_seq = last_block.map(|bytes| {
+            let block: MessageBlock = record::decode(&bytes).expect("message blocks are written by this module");
+            block.end_seq()
+        });
+        stored_end_seq.max(open_block_end_seq).unwrap_or(0)
+    }
+
     fn put_space(&mut self, space: SpaceRecord) {
         self.spaces.insert(space.name.clone(), space);
     }
@@ -265,9 +285,10 @@ pub fn rebuild_dedup_index<R: KvRead>(store: &R) -> Result<DedupIndex, postcard:
 }
 
 /// The oldest seq whose key a space still remembers, once `last_seq` is
-/// its newest message.
+/// its newest message. Saturates: a record read back from a store or a
+/// snapshot is not trusted to be far from u64::MAX.
 pub fn oldest_remembered_seq(space: &SpaceRecord) -> u64 {
-    (space.last_seq + 1).saturating_sub(space.dedup_window_len).max(space.first_seq).max(1)
+    space.last_seq.saturating_add(1).saturating_sub(space.dedup_window_len).max(space.first_seq).max(1)
 }
 
 /// Checks what a command carries against the protocol's ceilings; posts
@@ -489,6 +510,20 @@ impl SpaceMachine {
             // Chunks after a finished copy: nothing to do.
             return Ok(());
         }
+        // Every chunk carries the sealed record, and its blocks come after
+        // those of the chunks before it: the dedup index takes seqs in
+        // order, and a block never overlaps another.
+        let inconsistent = |why: String| ApplyError::Invalid { field: "blocks".into(), too_large: false, why };
+        let imported = overlay.space(name).expect("put above or importing");
+        if (imported.first_seq, imported.last_seq) != (wanted.first_seq, wanted.last_seq) {
+            return Err(inconsistent(format!("space copy of {name:?}: a chunk names other seqs than the first chunk")));
+        }
+        let imported_end_seq = overlay.blocks_end_seq(name);
+        if blocks.first().is_some_and(|block| block.first_seq < imported_end_seq) {
+            return Err(inconsistent(format!(
+                "space copy of {name:?}: a chunk's blocks start below seq {imported_end_seq}, the end of the blocks copied before"
+            )));
+        }
         let oldest = oldest_remembered_seq(wanted);
         for block in blocks {
             overlay.insert(record::message_key(name, block.first_seq), record::encode(block));
@@ -701,6 +736,82 @@ mod tests {
             CommandResult::Imported(Err(ApplyError::SpaceExists { space: "s".into() }))
         );
         assert_eq!(target.store, before);
+    }
+
+    /// Found by fuzzing (fuzz/regressions/api_request/): a space copy
+    /// whose blocks overlap, proposed raw through `Admin.Propose`, fed the
+    /// dedup index seqs out of order. Copies with inconsistent seqs are
+    /// refused, within a chunk and across chunks.
+    #[test]
+    fn a_space_copy_with_inconsistent_seqs_is_refused() {
+        let refused =
+            |result: CommandResult| matches!(result, CommandResult::Imported(Err(ApplyError::Invalid { .. })));
+        let crasher = include_bytes!("../../fuzz/regressions/api_request/crash-import-overlapping-blocks");
+        // The fuzz target's first byte picks the decoder; the rest is the command.
+        let command: Command = record::decode(&crasher[1..]).unwrap();
+        let mut replica = Replica::default();
+        assert!(refused(replica.run(1, &command)));
+        assert!(refused(replica.run(2, &command)));
+        assert!(replica.store.is_empty());
+
+        let block = |first_seq: u64| MessageBlock {
+            first_seq,
+            messages: vec![MessageRecord {
+                author: "alice".into(),
+                body: "hi".into(),
+                idempotency_key: format!("k{first_seq}"),
+                log_index: 1,
+            }],
+        };
+        let sealed = SpaceRecord {
+            name: "s".into(),
+            members: BTreeSet::from(["alice".to_string()]),
+            attrs: BTreeMap::new(),
+            last_seq: 3,
+            first_seq: 1,
+            dedup_window_len: 10,
+            retain_messages_max: 0,
+            moved_to: Some(2),
+            importing: false,
+        };
+        let import = |record: &SpaceRecord, blocks: Vec<MessageBlock>, first: bool, last: bool| Command::ImportSpace {
+            record: record.clone(),
+            blocks,
+            first,
+            last,
+        };
+        let empty_block = MessageBlock { first_seq: 1, messages: Vec::new() };
+        let past_seq_max = SpaceRecord { last_seq: validate::SEQ_MAX + 1, ..sealed.clone() };
+        assert!(refused(replica.run(3, &import(&sealed, vec![block(1), block(1)], true, false))));
+        assert!(refused(replica.run(4, &import(&sealed, vec![block(4)], true, false))));
+        assert!(refused(replica.run(5, &import(&sealed, vec![empty_block], true, false))));
+        assert!(refused(replica.run(6, &import(&past_seq_max, vec![block(1)], true, false))));
+        assert!(replica.store.is_empty());
+
+        assert_eq!(
+            replica.run(7, &import(&sealed, vec![block(1), block(2)], true, false)),
+            CommandResult::Imported(Ok(()))
+        );
+        assert!(refused(replica.run(8, &import(&sealed, vec![block(2)], false, true))), "overlaps the first chunk");
+        let other_seqs = SpaceRecord { last_seq: 9, ..sealed.clone() };
+        assert!(refused(replica.run(9, &import(&other_seqs, vec![block(3)], false, true))), "other seqs");
+        assert_eq!(replica.run(10, &import(&sealed, vec![block(3)], false, true)), CommandResult::Imported(Ok(())));
+        assert_eq!(replica.messages("s").len(), 3);
+        assert_eq!(replica.dedup, replica.rebuilt_index());
+    }
+
+    /// Found by fuzzing (fuzz/regressions/data_dir_record/): a stored
+    /// space record at seq u64::MAX overflowed the dedup window's start,
+    /// which a replica computes when it rebuilds its index on open.
+    #[test]
+    fn a_space_record_at_the_last_seq_rebuilds_without_overflow() {
+        let crasher = include_bytes!("../../fuzz/regressions/data_dir_record/crash-space-record-last-seq-overflow");
+        // The fuzz target's first byte picks the record type; the rest is the record.
+        let space: SpaceRecord = record::decode(&crasher[1..]).unwrap();
+        assert_eq!(space.last_seq, u64::MAX);
+        assert_eq!(oldest_remembered_seq(&space), u64::MAX - space.dedup_window_len);
+        let store = BTreeMap::from([(record::space_key(&space.name), crasher[1..].to_vec())]);
+        assert!(rebuild_dedup_index(&store).unwrap().is_empty());
     }
 
     #[test]

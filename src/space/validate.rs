@@ -4,6 +4,10 @@
 //! every replica, so apply stays deterministic), so a command that reached
 //! the log some other way is refused, not stored.
 
+use std::collections::BTreeMap;
+
+use super::record::{MessageBlock, SpaceRecord};
+
 /// Limits a node enforces on what it proposes.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -28,22 +32,20 @@ pub const CEILINGS: Limits = Limits {
     idempotency_key_len_max: 1024,
 };
 
-/// Checks every name, body and key `command` carries against `limits`.
-/// Commands that carry only state copied from a store (imports, the
-/// directory's) are not checked here.
+/// The highest seq a space copy may carry. No space gets near it, and the
+/// bound keeps the seq arithmetic of apply far from overflowing.
+pub const SEQ_MAX: u64 = 1 << 62;
+
+/// Checks every name, body and key `command` carries against `limits`, and
+/// that a space copy's seqs are consistent. The directory's commands are
+/// not checked here.
 pub fn check_command(command: &super::Command, limits: &Limits) -> Result<(), InvalidRequest> {
     use super::Command;
     match command {
         Command::CreateSpace { name, members, attrs, .. } => {
             check_name("space name", name, limits)?;
             check_members(members, limits)?;
-            for (key, value) in attrs {
-                check_name("attribute name", key, limits)?;
-                if value.len() > limits.body_bytes_max {
-                    return Err(InvalidRequest::AttributeTooLarge { len: value.len(), max: limits.body_bytes_max });
-                }
-            }
-            Ok(())
+            check_attrs(attrs, limits)
         }
         Command::Posts(posts) => posts.iter().try_for_each(|post| check_post(post, limits)),
         Command::UpdateMembers { name, add, remove, .. } => {
@@ -53,8 +55,63 @@ pub fn check_command(command: &super::Command, limits: &Limits) -> Result<(), In
         Command::SealSpace { name, .. } | Command::DeleteSpace { name } | Command::DropSealed { name } => {
             check_name("space name", name, limits)
         }
-        Command::ImportSpace { .. } | Command::Meta(_) => Ok(()),
+        Command::ImportSpace { record, blocks, .. } => check_import(record, blocks, limits),
+        Command::Meta(_) => Ok(()),
     }
+}
+
+/// Checks a space copied in by a move like the create and the posts it
+/// came from, and that its seqs are consistent: counters in order and at
+/// most [`SEQ_MAX`], blocks non-empty, in seq order, not overlapping, and
+/// within the record's seqs. Apply relies on all of it (seq arithmetic,
+/// the dedup index's order), and `Admin.Propose` takes a copy from outside.
+pub fn check_import(record: &SpaceRecord, blocks: &[MessageBlock], limits: &Limits) -> Result<(), InvalidRequest> {
+    check_name("space name", &record.name, limits)?;
+    if record.members.len() > limits.members_len_max {
+        return Err(InvalidRequest::TooManyMembers { len: record.members.len(), max: limits.members_len_max });
+    }
+    record.members.iter().try_for_each(|member| check_name("user name", member, limits))?;
+    check_attrs(&record.attrs, limits)?;
+    let inconsistent = |why: String| Err(InvalidRequest::InconsistentCopy { why });
+    if record.last_seq > SEQ_MAX {
+        return inconsistent(format!("last seq {} is above {SEQ_MAX}", record.last_seq));
+    }
+    if record.first_seq == 0 || record.first_seq > record.last_seq + 1 {
+        return inconsistent(format!("first seq {} does not fit last seq {}", record.first_seq, record.last_seq));
+    }
+    let mut next_free_seq = 1;
+    for block in blocks {
+        if block.messages.is_empty() {
+            return inconsistent(format!("the block at seq {} is empty", block.first_seq));
+        }
+        if block.first_seq < next_free_seq {
+            return inconsistent(format!("the block at seq {} overlaps the one before it", block.first_seq));
+        }
+        let end_seq = block.first_seq.saturating_add(block.messages.len() as u64);
+        if end_seq > record.last_seq + 1 {
+            return inconsistent(format!(
+                "the block at seq {} ends past last seq {}",
+                block.first_seq, record.last_seq
+            ));
+        }
+        next_free_seq = end_seq;
+        for message in &block.messages {
+            check_name("user name", &message.author, limits)?;
+            check_body(&message.body, limits)?;
+            check_idempotency_key(&message.idempotency_key, limits)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_attrs(attrs: &BTreeMap<String, String>, limits: &Limits) -> Result<(), InvalidRequest> {
+    for (key, value) in attrs {
+        check_name("attribute name", key, limits)?;
+        if value.len() > limits.body_bytes_max {
+            return Err(InvalidRequest::AttributeTooLarge { len: value.len(), max: limits.body_bytes_max });
+        }
+    }
+    Ok(())
 }
 
 /// Checks one post's space, author, body and key against `limits`.
@@ -82,6 +139,8 @@ pub enum InvalidRequest {
     TooManyMembers { len: usize, max: usize },
     #[error("an attribute value is {len} bytes, more than the limit of {max} bytes")]
     AttributeTooLarge { len: usize, max: usize },
+    #[error("inconsistent space copy: {why}")]
+    InconsistentCopy { why: String },
 }
 
 /// Space and user names: 1..=max characters of `a-z A-Z 0-9 . _ -`,
@@ -143,6 +202,7 @@ impl InvalidRequest {
             InvalidRequest::KeyTooLong { .. } => "idempotency_key".into(),
             InvalidRequest::NoMembers | InvalidRequest::TooManyMembers { .. } => "members".into(),
             InvalidRequest::AttributeTooLarge { .. } => "attrs".into(),
+            InvalidRequest::InconsistentCopy { .. } => "blocks".into(),
         }
     }
 

@@ -183,8 +183,11 @@ fn fjall_error(error: fjall::Error) -> io::Error {
     io::Error::other(format!("raft log store: {error}"))
 }
 
-fn decode_error(what: &str, error: postcard::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("raft log store: corrupt {what}: {error}"))
+/// Decodes one stored value of the log store (`what` names it in the
+/// error): a log entry, or a vote, committed or purged log id.
+pub fn decode_record<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("raft log store: corrupt {what}: {error}")))
 }
 
 /// One group's view of the engine: its log store and log reader.
@@ -213,7 +216,7 @@ impl LogStore {
         let Some(bytes) = self.engine.inner.meta.get(self.meta_key(tag)).map_err(fjall_error)? else {
             return Ok(None);
         };
-        postcard::from_bytes(&bytes).map(Some).map_err(|e| decode_error("metadata", e))
+        decode_record("metadata", &bytes).map(Some)
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
@@ -223,7 +226,7 @@ impl LogStore {
             return Ok(None);
         };
         let value = item.value().map_err(fjall_error)?;
-        postcard::from_bytes(&value).map(Some).map_err(|e| decode_error("log entry", e))
+        decode_record("log entry", &value).map(Some)
     }
 }
 
@@ -245,7 +248,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for item in self.engine.inner.logs.range((Bound::Included(self.log_key(start)), end)) {
             let value = item.value().map_err(fjall_error)?;
-            let entry: Entry = postcard::from_bytes(&value).map_err(|e| decode_error("log entry", e))?;
+            let entry: Entry = decode_record("log entry", &value)?;
             entries.push(entry);
         }
         Ok(entries)
