@@ -494,6 +494,20 @@ impl NodeConfig {
         if self.limits.body_bytes_max == 0 {
             return bad("limits.body_bytes_max", "must be at least 1");
         }
+        // Apply refuses anything past the protocol's ceilings: a node
+        // configured above them would acknowledge nothing it accepted.
+        let ceilings = crate::space::validate::CEILINGS;
+        let limits = &self.limits;
+        for (key, value, ceiling) in [
+            ("limits.body_bytes_max", limits.body_bytes_max, ceilings.body_bytes_max),
+            ("limits.name_len_max", limits.name_len_max, ceilings.name_len_max),
+            ("limits.members_len_max", limits.members_len_max, ceilings.members_len_max),
+            ("limits.idempotency_key_len_max", limits.idempotency_key_len_max, ceilings.idempotency_key_len_max),
+        ] {
+            if value > ceiling {
+                return bad(key, &format!("{value} is above the protocol's ceiling of {ceiling}"));
+            }
+        }
         if self.space.dedup_window_len == 0 {
             return bad("space.dedup_window_len", "must be at least 1");
         }
@@ -553,6 +567,14 @@ mod tests {
         let error = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap_err().to_string();
         assert!(error.contains("raft.heartbeat_interval_ms"), "{error}");
         assert!(error.contains("node.toml"), "{error}");
+    }
+
+    #[test]
+    fn a_limit_above_the_protocols_ceiling_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("{MINIMAL}[limits]\nbody_bytes_max = 8388608\n"));
+        let error = NodeConfig::load(Some(&path), &FlagOverrides::default()).unwrap_err().to_string();
+        assert!(error.contains("limits.body_bytes_max") && error.contains("ceiling"), "{error}");
     }
 
     #[test]
