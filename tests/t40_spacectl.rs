@@ -88,10 +88,19 @@ async fn spacectl_outputs_and_exit_codes() {
     assert_eq!(info["last_seq"], 2);
 
     // --- phase: cluster status
-    let status: Value =
-        serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "--replicas", "-o", "json"]))).unwrap();
     // One row per replica: the meta group (0) and the first space cluster
-    // (1) on each of the three nodes.
+    // (1) on each of the three nodes. (A node slow to follow the directory
+    // may not have started its replica of cluster 1 yet: cluster 1 commits
+    // with the other two. Wait for it, with a deadline.)
+    let status: Value = common::wait_until_blocking(Duration::from_secs(20), "a row for every replica", || {
+        let status: Value =
+            serde_json::from_str(&ok(spacectl(&one, &["cluster", "status", "--replicas", "-o", "json"]))).unwrap();
+        if status.as_array().unwrap().len() == 6 {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
     let rows = status.as_array().unwrap();
     assert_eq!(rows.len(), 6);
     let clusters: Vec<u64> = rows.iter().map(|row| row["cluster_id"].as_u64().unwrap()).collect();
