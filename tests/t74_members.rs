@@ -107,7 +107,9 @@ async fn members_are_removed_added_and_promoted_and_quorum_is_kept() {
 /// is decommissioned with spacectl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
-    let mut cluster = TestCluster::start().await;
+    // Placed as on a laptop: a space with nothing in common with any
+    // cluster gets a new one (the decommissioned node must not be its voter).
+    let mut cluster = TestCluster::start_with("[placement]\nspaces_max = 100\nnew_affinity_fill = 1\n").await;
     create_space(&cluster, 1, "s", &["alice"]).await;
     assert_eq!(post(&cluster, 1, "k1").await, 1);
     let new = cluster.add_node("");
@@ -142,6 +144,18 @@ async fn a_node_started_later_joins_and_replaces_a_decommissioned_one() {
         }
     })
     .await;
+
+    // --- phase: a new cluster made now never has the decommissioned node 3
+    // as a voter (it is still up, drained)
+    let mut client = cluster.client(1).await;
+    let attrs = [("org".to_string(), "elsewhere".to_string())].into_iter().collect();
+    let request = pb::CreateSpaceRequest { name: "elsewhere".into(), members: vec!["zed".into()], attrs };
+    let placed = client.create_space(request).await.expect("create").into_inner().space.unwrap();
+    assert_ne!(placed.cluster_id, 1, "a space with nothing in common gets a new cluster");
+    let directory = admin.directory(pb::DirectoryRequest {}).await.unwrap().into_inner();
+    let made = directory.clusters.iter().find(|c| c.cluster_id == placed.cluster_id).expect("the new cluster");
+    assert!(!made.voters.contains(&3), "the decommissioned node is a voter of a new cluster: {made:?}");
+    assert_eq!(made.voters.len(), 3, "{made:?}");
 
     // The new node took node 3's place in the meta cluster as well: with
     // node 3 stopped and node 2 down, nodes 1 and 4 still make a majority of

@@ -472,7 +472,8 @@ impl Directory {
 /// per region (regions in the order of their least loaded node), in each the
 /// node that holds the fewest cluster replicas, then the lowest id; with
 /// fewer regions than `replicas`, the least loaded remaining nodes fill up.
-/// Only nodes `alive` says are up are chosen.
+/// Only nodes `alive` says are up are chosen, and never a drained node (a
+/// decommissioned node stays drained): it is on its way out.
 pub fn choose_voters(
     nodes: &[NodeEntry],
     clusters: &[ClusterEntry],
@@ -487,7 +488,7 @@ pub fn choose_voters(
     }
     let mut candidates: Vec<(usize, u64, &str)> = nodes
         .iter()
-        .filter(|node| alive(node.id))
+        .filter(|node| alive(node.id) && !node.drained)
         .map(|node| (hosted.get(&node.id).copied().unwrap_or(0), node.id, node.region.as_str()))
         .collect();
     candidates.sort_unstable();
@@ -706,5 +707,9 @@ mod tests {
         // Region b is down: a second node of another region fills in.
         assert_eq!(choose_voters(&nodes, &clusters, 3, |id| id != 3), vec![1, 2, 5]);
         assert_eq!(choose_voters(&nodes, &clusters, 1, |_| true).len(), 1);
+        // Node 3 drained (or decommissioned): never a voter of a new cluster.
+        let mut drained = nodes.clone();
+        drained[2].drained = true;
+        assert_eq!(choose_voters(&drained, &clusters, 3, |_| true), vec![1, 2, 5]);
     }
 }
