@@ -82,7 +82,7 @@ pub fn check_cluster(
         lag.insert(cluster.cluster_id, behind);
     }
     let unhealthy = clusters.iter().filter(|c| !c.healthy).count();
-    let unreachable = replicas.iter().filter(|r| r.role == "unreachable").count();
+    let unreachable = replicas.iter().filter(|r| r.role == "unreachable" || r.role == "missing").count();
     let max_lag = lag.values().copied().max().unwrap_or(0);
     let code = if unhealthy > 0 || regions_up < expect_regions || max_lag >= lag_critical {
         2
@@ -163,7 +163,8 @@ pub fn health(replicas: &[pb::ReplicaStatus]) -> Vec<ClusterHealth> {
     clusters
         .into_iter()
         .map(|(cluster_id, rows)| {
-            let answering = rows.iter().filter(|r| r.role != "unreachable").count();
+            // A voter with no replica (`missing`) counts, as not answering.
+            let answering = rows.iter().filter(|r| r.role != "unreachable" && r.role != "missing").count();
             let leader_id = rows.iter().find(|r| r.role == "leader").map(|r| r.node_id);
             ClusterHealth {
                 cluster_id,

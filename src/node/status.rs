@@ -182,7 +182,14 @@ impl Host {
         });
         let mut statuses = vec![here];
         statuses.extend(futures::future::join_all(asks).await);
-        merge_statuses(statuses)
+        let mut merged = merge_statuses(statuses);
+        let tree = self.directory();
+        if let Ok((clusters, nodes)) =
+            crate::storage::blocking::run(move || (Directory::clusters(&tree), Directory::nodes(&tree))).await
+        {
+            add_missing_voters(&mut merged.replicas, &clusters, &nodes);
+        }
+        merged
     }
 
     /// The gateways that report to this node, and with `local_only` false
@@ -303,6 +310,38 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 /// One cluster-wide status out of every node's: the replicas, sorted, each
 /// with how long ago its cluster's leader (else the answering node) last
 /// heard from its node, and one summary per node.
+/// A row `missing` for every voter the directory gives a space cluster that
+/// no node reported a replica of (a node that has not started it, or a
+/// removed node still configured): health counts the configured voters, not
+/// the replicas that happened to answer.
+fn add_missing_voters(
+    replicas: &mut Vec<pb::ReplicaStatus>,
+    clusters: &[crate::meta::directory::ClusterEntry],
+    nodes: &[crate::meta::directory::NodeEntry],
+) {
+    for cluster in clusters {
+        for voter in &cluster.voters {
+            if replicas.iter().any(|replica| replica.cluster_id == cluster.id && replica.node_id == *voter) {
+                continue;
+            }
+            let node = nodes.iter().find(|node| node.id == *voter);
+            replicas.push(pb::ReplicaStatus {
+                node_id: *voter,
+                region: node.map(|node| node.region.clone()).unwrap_or_default(),
+                grpc_addr: node.map(|node| node.addr.clone()).unwrap_or_default(),
+                cluster_id: cluster.id,
+                role: MISSING.into(),
+                error: "a voter of this cluster that hosts no replica of it".into(),
+                ..Default::default()
+            });
+        }
+    }
+    replicas.sort_by_key(|replica| (replica.cluster_id, replica.node_id));
+}
+
+/// The role of a configured voter with no replica.
+pub const MISSING: &str = "missing";
+
 fn merge_statuses(statuses: Vec<pb::NodeStatusResponse>) -> pb::ClusterStatusResponse {
     use std::collections::{BTreeMap, HashMap};
     let heard: BTreeMap<u64, HashMap<u64, u64>> = statuses
@@ -329,4 +368,37 @@ fn merge_statuses(statuses: Vec<pb::NodeStatusResponse>) -> pb::ClusterStatusRes
     let mut nodes: Vec<pb::NodeSummary> = statuses.into_iter().filter_map(|status| status.node).collect();
     nodes.sort_by_key(|node| node.node_id);
     pb::ClusterStatusResponse { replicas, nodes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::directory::{ClusterEntry, NodeEntry};
+
+    fn replica(cluster_id: u64, node_id: u64, role: &str) -> pb::ReplicaStatus {
+        pb::ReplicaStatus { cluster_id, node_id, role: role.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_configured_voter_without_a_replica_is_shown_missing_and_counts_as_not_answering() {
+        let mut replicas = vec![replica(1, 1, "leader"), replica(1, 2, "follower"), replica(2, 1, "leader")];
+        let cluster =
+            |id, voters: Vec<u64>| ClusterEntry { id, voters, learners: vec![], preferred_region: String::new() };
+        let nodes: Vec<NodeEntry> = (1..=3)
+            .map(|id| NodeEntry { id, region: format!("r{id}"), addr: format!("h:{id}"), drained: false })
+            .collect();
+        add_missing_voters(&mut replicas, &[cluster(1, vec![1, 2, 3]), cluster(2, vec![1, 2, 3])], &nodes);
+        let rows: Vec<(u64, u64, &str)> = replicas.iter().map(|r| (r.cluster_id, r.node_id, r.role.as_str())).collect();
+        assert_eq!(
+            rows,
+            [(1, 1, "leader"), (1, 2, "follower"), (1, 3, MISSING), (2, 1, "leader"), (2, 2, MISSING), (2, 3, MISSING)]
+        );
+        assert_eq!(replicas[2].region, "r3");
+        // Cluster 1 has two of three voters: healthy; cluster 2 one of three: not.
+        let health = crate::ctl::output::health(&replicas);
+        assert_eq!(
+            health.iter().map(|c| (c.cluster_id, c.healthy, c.answering, c.replicas)).collect::<Vec<_>>(),
+            [(1, true, 2, 3), (2, false, 1, 3)]
+        );
+    }
 }
