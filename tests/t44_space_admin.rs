@@ -85,6 +85,21 @@ async fn members_come_and_go_and_a_deleted_space_is_gone_for_good() {
     json(&ctl(&["post", "general", "m4 after the drain", "--as", "alice", "-o", "json"]));
     alice.wait_for("general", 4, WAIT).await;
     alice.assert_exactly("general", 4);
+    // It stays away while the node is drained: past the time a healthy home
+    // replica takes to be followed again (upstream.home_healthy_ms_min =
+    // 2 s here) it has not switched back, nor switched at all.
+    let switches = |rows: &[Value]| -> Option<u64> {
+        let first = rows.iter().find(|row| row["gateway_id"] == gateway_ids[0].as_str())?;
+        first["upstreams"][0]["switches"].as_u64()
+    };
+    let settled = switches(json(&ctl(&["gateway", "list", "-o", "json"])).as_array().unwrap()).unwrap();
+    let watch_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < watch_until {
+        let rows = json(&ctl(&["gateway", "list", "-o", "json"]));
+        let rows = rows.as_array().unwrap();
+        assert_eq!(switches(rows), Some(settled), "the gateway switched while its home node was drained: {rows:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     json(&ctl(&["node", "recommission", &drained.to_string(), "-o", "json"]));
 
     // --- a member added can post, read, and finds the space in its list

@@ -203,7 +203,9 @@ impl NodePool {
 }
 
 /// A node's applied index of each space cluster it hosts, when it answers
-/// in time and every one of those clusters knows a leader.
+/// in time, is not drained (a drained node refuses follows: taking it as
+/// healthy made a gateway whose home it is switch back to it every few
+/// seconds), and every one of those clusters knows a leader.
 async fn probe(channel: Stamped, cluster: &ClusterId, timeout: Duration) -> Option<Applied> {
     let mut admin = pb::admin_client::AdminClient::new(channel);
     let mut request = tonic::Request::new(pb::NodeStatusRequest::default());
@@ -211,6 +213,9 @@ async fn probe(channel: Stamped, cluster: &ClusterId, timeout: Duration) -> Opti
     let status = tokio::time::timeout(timeout, admin.node_status(request)).await.ok()?.ok()?.into_inner();
     if !status.cluster_id.is_empty() && cluster.learn(&status.cluster_id) != status.cluster_id {
         tracing::warn!(node_cluster = %status.cluster_id, cluster = ?cluster.get(), "a configured node belongs to another cluster");
+        return None;
+    }
+    if status.drained {
         return None;
     }
     let mut applied = Applied::new();

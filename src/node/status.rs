@@ -64,6 +64,7 @@ impl Host {
                 nodes_down,
                 cluster_id: self.cluster_id(),
                 insecure: self.gate.insecure,
+                drained: self.is_drained(),
                 ..Default::default()
             };
         }
@@ -95,6 +96,7 @@ impl Host {
             last_seen_ms,
             cluster_id: self.cluster_id(),
             insecure: self.gate.insecure,
+            drained: self.is_drained(),
         }
     }
 
