@@ -242,6 +242,10 @@ pub struct LimitsConfig {
     pub idempotency_key_len_max: usize,
     /// Messages a History call returns at most.
     pub history_len_max: u32,
+    /// Bytes of messages a History page carries at most (at least one
+    /// message): a page of large messages stops early, below the 4 MiB a
+    /// gRPC client accepts by default.
+    pub history_bytes_max: usize,
     /// Messages buffered per subscriber. A subscriber that reads slower waits
     /// at its cursor (nothing more is buffered); it resumes from the store.
     pub subscribe_queue_len_max: usize,
@@ -256,6 +260,7 @@ impl Default for LimitsConfig {
             members_len_max: limits.members_len_max,
             idempotency_key_len_max: limits.idempotency_key_len_max,
             history_len_max: 1_000,
+            history_bytes_max: 2 * 1024 * 1024,
             subscribe_queue_len_max: 1_024,
         }
     }

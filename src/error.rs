@@ -168,7 +168,9 @@ impl ErrorKind {
             Code::PermissionDenied => ErrorKind::PermissionDenied,
             Code::Unauthenticated => ErrorKind::Unauthenticated,
             Code::AlreadyExists => ErrorKind::Exists,
-            Code::OutOfRange => ErrorKind::Trimmed,
+            // A Spaceraft `trimmed` always says so; an untyped OutOfRange is
+            // gRPC's own: an answer larger than the client accepts.
+            Code::OutOfRange => ErrorKind::TooLarge { field: "response".into() },
             Code::InvalidArgument => ErrorKind::Invalid { field: String::new() },
             Code::FailedPrecondition => ErrorKind::Refused,
             Code::ResourceExhausted => ErrorKind::ResourceExhausted,
@@ -427,6 +429,12 @@ mod tests {
             ErrorKind::WrongCluster,
             ErrorKind::Internal,
         ]
+    }
+
+    #[test]
+    fn grpcs_own_out_of_range_is_not_taken_for_trimmed_history() {
+        let status = tonic::Status::out_of_range("decoded message length too large: found 4483284 bytes");
+        assert_eq!(ApiError::from_status(&status).kind, ErrorKind::TooLarge { field: "response".into() });
     }
 
     #[test]

@@ -126,6 +126,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         from_addr: cluster.node(2).addr.clone(),
         to_node: 1,
         payload: vec![1, 2, 3],
+        ..Default::default()
     };
     let refused = unstamped.vote(vote.clone()).await.expect_err("a raft request naming no cluster");
     assert_eq!(ApiError::from_status(&refused).kind, ErrorKind::WrongCluster, "{refused:?}");
@@ -146,10 +147,17 @@ async fn bad_requests_are_refused_and_change_nothing() {
         from_addr: cluster.node(2).addr.clone(),
         to_node: 9,
         payload: vec![1, 2, 3],
+        ..Default::default()
     };
     expect_code(raft.vote(wrong_target).await, Code::FailedPrecondition, "raft request for another node id").await;
-    let impostor =
-        pb::RaftRequest { group_id: 1, from_node: 2, from_addr: "127.0.0.1:1".into(), to_node: 1, payload: vec![] };
+    let impostor = pb::RaftRequest {
+        group_id: 1,
+        from_node: 2,
+        from_addr: "127.0.0.1:1".into(),
+        to_node: 1,
+        payload: vec![],
+        ..Default::default()
+    };
     let message = expect_code(raft.vote(impostor).await, Code::PermissionDenied, "raft request from an impostor").await;
     assert!(message.contains("duplicate node id"), "{message}");
     let garbage = pb::RaftRequest {
@@ -158,10 +166,17 @@ async fn bad_requests_are_refused_and_change_nothing() {
         from_addr: cluster.node(2).addr.clone(),
         to_node: 1,
         payload: vec![0xff; 16],
+        ..Default::default()
     };
     expect_code(raft.vote(garbage).await, Code::InvalidArgument, "undecodable raft payload").await;
-    let unknown_group =
-        pb::RaftRequest { group_id: 77, from_node: 2, from_addr: String::new(), to_node: 1, payload: vec![] };
+    let unknown_group = pb::RaftRequest {
+        group_id: 77,
+        from_node: 2,
+        from_addr: String::new(),
+        to_node: 1,
+        payload: vec![],
+        ..Default::default()
+    };
     expect_code(raft.vote(unknown_group).await, Code::NotFound, "raft request for an unknown group").await;
 
     // --- phase: nothing changed, nothing crashed

@@ -382,6 +382,7 @@ async fn joining_needs_a_join_token_and_a_node_cannot_speak_for_another() {
         to_node: follower,
         group_id: 1,
         payload: postcard::to_stdvec(&(Vote::new(0, leader), meta)).unwrap(),
+        ..Default::default()
     };
     let chunks = (0..3).map(move |index| pb::SnapshotChunk {
         header: (index == 0).then(|| header.clone()),

@@ -51,7 +51,7 @@ fn request<T: Serialize + DeserializeOwned>(bytes: &[u8]) {
 }
 
 fn answer<T: Serialize + DeserializeOwned>(bytes: &[u8]) {
-    if let Ok(value) = decode_reply::<T>(pb::RaftReply { payload: bytes.to_vec(), error: String::new() }) {
+    if let Ok(value) = decode_reply::<T>(pb::RaftReply { payload: bytes.to_vec(), error: String::new(), incarnation: 0 }) {
         fixpoint(&value);
     }
 }

@@ -37,17 +37,44 @@ pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Statu
     postcard::from_bytes(payload).map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
 }
 
-fn reply<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb::RaftReply {
+/// A reply, carrying this node's incarnation: a candidate counts the vote
+/// only if the membership records that incarnation.
+fn reply<T: serde::Serialize, E: std::fmt::Display>(incarnation: u64, result: Result<T, E>) -> pb::RaftReply {
     match result {
         Ok(value) => pb::RaftReply {
             payload: postcard::to_stdvec(&value).expect("raft messages serialize"),
             error: String::new(),
+            incarnation,
         },
-        Err(error) => pb::RaftReply { payload: Vec::new(), error: error.to_string() },
+        Err(error) => pb::RaftReply { payload: Vec::new(), error: error.to_string(), incarnation },
     }
 }
 
 impl RaftApi {
+    fn incarnation(&self) -> u64 {
+        self.host.peers.incarnation()
+    }
+
+    /// Refuses a vote request from a member whose membership records another
+    /// incarnation: it lost its data, and its log may lack entries it had
+    /// acknowledged. (Appends are taken from any incarnation: a leader was
+    /// elected by counted votes, and refusing a re-admitted leader would lock
+    /// out a follower whose log has not reached the re-admission yet.)
+    fn check_candidate(&self, group: &Group, request: &pb::RaftRequest) -> Result<(), Status> {
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        let Some(known) = metrics.membership_config.membership().get_node(&request.from_node).cloned() else {
+            return Ok(());
+        };
+        match crate::raft::network::refused_incarnation(request.from_node, known.incarnation, request.from_incarnation)
+        {
+            Some(why) => {
+                tracing::warn!(group = group.id, from_node = request.from_node, "refusing a vote request: {why}");
+                Err(Status::failed_precondition(why))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Checks that a Raft message (from a caller admitted as a node) claims
     /// the sender its certificate names; then finds its group.
     async fn route(
@@ -103,7 +130,8 @@ impl pb::raft_server::Raft for RaftApi {
         let request = request.into_inner();
         let group = self.route(&principal, &metadata, &request).await?;
         let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
-        Ok(Response::new(reply(group.raft.vote(vote).await)))
+        self.check_candidate(&group, &request)?;
+        Ok(Response::new(reply(self.incarnation(), group.raft.vote(vote).await)))
     }
 
     async fn pre_vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
@@ -112,7 +140,8 @@ impl pb::raft_server::Raft for RaftApi {
         let request = request.into_inner();
         let group = self.route(&principal, &metadata, &request).await?;
         let vote: VoteRequest<TypeConfig> = decode(&request.payload)?;
-        Ok(Response::new(reply(group.raft.pre_vote(vote).await)))
+        self.check_candidate(&group, &request)?;
+        Ok(Response::new(reply(self.incarnation(), group.raft.pre_vote(vote).await)))
     }
 
     async fn append(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
@@ -121,7 +150,7 @@ impl pb::raft_server::Raft for RaftApi {
         let request = request.into_inner();
         let group = self.route(&principal, &metadata, &request).await?;
         let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
-        Ok(Response::new(reply(group.raft.append_entries(append).await)))
+        Ok(Response::new(reply(self.incarnation(), group.raft.append_entries(append).await)))
     }
 
     type AppendStreamStream = ReplyStream;
@@ -156,7 +185,8 @@ impl pb::raft_server::Raft for RaftApi {
             }
         }));
         let results = group.raft.stream_append(appends);
-        let replies = results.map(|result| Ok(reply(result)));
+        let incarnation = self.incarnation();
+        let replies = results.map(move |result| Ok(reply(incarnation, result)));
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -196,7 +226,7 @@ impl pb::raft_server::Raft for RaftApi {
             }
         }
         let snapshot = Snapshot { meta, snapshot: SnapshotFile { path } };
-        Ok(Response::new(reply(group.raft.install_full_snapshot(vote, snapshot).await)))
+        Ok(Response::new(reply(self.incarnation(), group.raft.install_full_snapshot(vote, snapshot).await)))
     }
 
     async fn transfer_leader(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
@@ -205,7 +235,7 @@ impl pb::raft_server::Raft for RaftApi {
         let request = request.into_inner();
         let group = self.route(&principal, &metadata, &request).await?;
         let transfer: TransferLeaderRequest<TypeConfig> = decode(&request.payload)?;
-        Ok(Response::new(reply(group.raft.handle_transfer_leader(transfer).await)))
+        Ok(Response::new(reply(self.incarnation(), group.raft.handle_transfer_leader(transfer).await)))
     }
 }
 

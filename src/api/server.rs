@@ -55,6 +55,13 @@ pub fn openraft_config(raft: &crate::config::RaftConfig) -> anyhow::Result<openr
         // batch per group (4,096 messages by default), which made idle
         // groups cost megabytes each. Posts arrive batched by the proposer.
         api_batch_capacity: 64,
+        // A follower whose log went back (its data was wiped, damaged, or
+        // restored from an older copy) is caught up again from where its
+        // log now ends; without this the leader kept sending from the old
+        // match and the follower stayed behind for good. Such a follower's
+        // votes do not count until it is re-admitted (incarnations), so
+        // the reversion cannot elect a leader that lacks committed entries.
+        allow_log_reversion: Some(true),
         // openraft's own replication backoff stays at its default: a longer
         // one ("100ms 200ms ...3s") shifted timings enough for `spaceraft sim
         // --seed 63 --nodes 5 --transport sequential` to trip openraft's
@@ -108,7 +115,7 @@ impl RunningNode {
 /// Opens everything and starts serving; returns once the port is bound.
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let config = Arc::new(config);
-    let data_dir = DataDir::open(&config.data_dir, config.node_id, &config.region)?;
+    let mut data_dir = DataDir::open(&config.data_dir, config.node_id, &config.region)?;
     let state_dir = data_dir.state_dir();
     let db = crate::storage::blocking::run({
         let cache = config.storage.sm_cache_bytes;
@@ -121,8 +128,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             data_dir.state_dir().display()
         )
     })?;
+    let log_existed = data_dir.raft_log_dir().exists();
     let engine = LogEngine::open(&data_dir.raft_log_dir(), config.storage.log_sync_batch_len_max)
         .with_context(|| format!("cannot open the raft log store in {}", data_dir.raft_log_dir().display()))?;
+    if let Some(why) = lost_state(&data_dir, log_existed, &engine) {
+        let incarnation = data_dir.renew_incarnation().context("cannot take a new incarnation")?;
+        tracing::error!(
+            node_id = config.node_id,
+            incarnation = format_args!("{incarnation:016x}"),
+            "this node lost state it had acknowledged ({why}): it rejoins as a new incarnation and does not vote \
+             until the leaders of its clusters re-admit it"
+        );
+    }
 
     let tls = node_tls(&config)?;
     let dial = tls.as_ref().map(TlsIdentity::client);
@@ -132,7 +149,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
 
     let certified = tls.as_ref().map(|tls| tls.identity.cluster.clone());
-    let cluster = cluster_identity(&data_dir.root, config.bootstrap, certified).await?;
+    // A bootstrap node on a new data directory whose peers already run a
+    // cluster lost its data: it takes that cluster's id and is caught up as
+    // a member (its votes do not count until re-admitted), never
+    // bootstraps a second cluster.
+    let running =
+        if data_dir.created && config.bootstrap { running_cluster(&config, dial.as_ref()).await } else { None };
+    if let Some(id) = &running {
+        tracing::warn!(
+            node_id = config.node_id,
+            cluster_id = %id,
+            incarnation = format_args!("{:016x}", data_dir.incarnation),
+            "the data directory is new but the peers run cluster {id}: rejoining it as a node that lost its data \
+             (no bootstrap; this node does not vote until its clusters' leaders re-admit it)"
+        );
+    }
+    let bootstrap_here = config.bootstrap && running.is_none();
+    let cluster = cluster_identity(&data_dir.root, bootstrap_here, certified, running).await?;
     let gate = Gate {
         insecure: config.security.insecure,
         cluster: cluster.clone(),
@@ -147,7 +180,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let security = HostSecurity { gate, dial };
     let host = Arc::new(Host::new(config.clone(), db.clone(), engine, data_dir, raft_config, cluster, security));
     let meta = host.start_group(META_GROUP_ID).await?;
-    if config.bootstrap {
+    if bootstrap_here {
         bootstrap(&meta.raft, &config).await?;
     }
     // The space clusters this node already hosts, before serving.
@@ -164,6 +197,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(host.clone().follow_directory(shutdown_rx.clone()));
     tokio::spawn(quiesce::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(leaders::run(host.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::node::rejoin::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(host.detector.clone().run(
         host.peers.clone(),
         {
@@ -176,7 +210,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     if host.cluster.get().is_none() {
         tokio::spawn(learn_cluster_id(host.clone(), shutdown_rx.clone()));
     }
-    if config.bootstrap {
+    if bootstrap_here {
         tokio::spawn(bootstrap_directory(host.clone(), shutdown_rx.clone()));
     } else if fresh {
         // A fresh node that does not bootstrap joins: a no-op for a peer the
@@ -287,6 +321,41 @@ async fn check_id_is_unique(
     Ok(())
 }
 
+/// Why this node's durable Raft state is not what it acknowledged: its log
+/// directory is gone while its identity says it ran before, its marker is
+/// damaged, or a group's log or vote ends before what was fsynced. None
+/// when intact (a torn tail of never-acknowledged writes is intact).
+fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Option<String> {
+    if !data_dir.created && !log_existed {
+        return Some(format!("{} is missing", data_dir.raft_log_dir().display()));
+    }
+    if let Some(damaged) = engine.marker_damaged() {
+        return Some(damaged.to_string());
+    }
+    let losses: Vec<String> = engine.losses().iter().map(ToString::to_string).collect();
+    (!losses.is_empty()).then(|| losses.join("; "))
+}
+
+/// The id of the cluster the configured peers run, if one answers: a peer
+/// that knows its cluster id and whose meta replica has seen a term.
+async fn running_cluster(config: &NodeConfig, dial: Option<&tonic::transport::ClientTlsConfig>) -> Option<String> {
+    let advertise = config.advertise_addr().to_string();
+    let asks = config.peers.iter().filter(|peer| peer.addr != advertise).map(|peer| async move {
+        let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network, dial).ok()?;
+        let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        let meta_started =
+            status.replicas.iter().any(|replica| replica.cluster_id == META_GROUP_ID && replica.term > 0);
+        (crate::wire::is_cluster_id(&status.cluster_id) && meta_started).then_some(status.cluster_id)
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().next()
+}
+
 /// Initializes the meta group with the configured peers as its voters,
 /// once: an initialized group (this node's log is not empty) is left alone.
 async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
@@ -297,7 +366,7 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
     let members: BTreeMap<u64, NodeAddr> = config
         .peers
         .iter()
-        .map(|peer| (peer.id, NodeAddr { addr: peer.addr.clone(), region: peer.region.clone() }))
+        .map(|peer| (peer.id, NodeAddr { addr: peer.addr.clone(), region: peer.region.clone(), incarnation: 0 }))
         .collect();
     match raft.initialize(members).await {
         Ok(()) => {
@@ -394,6 +463,7 @@ async fn cluster_identity(
     root: &std::path::Path,
     bootstrap: bool,
     certified: Option<String>,
+    running: Option<String>,
 ) -> anyhow::Result<ClusterId> {
     let root = root.to_path_buf();
     crate::storage::blocking::run(move || -> anyhow::Result<ClusterId> {
@@ -411,7 +481,7 @@ async fn cluster_identity(
             }
             return Ok(ClusterId::known(&certified));
         }
-        if let Some(id) = kept {
+        if let Some(id) = kept.or(running) {
             return Ok(ClusterId::known(&id));
         }
         if !bootstrap {

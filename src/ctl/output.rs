@@ -82,7 +82,7 @@ pub fn check_cluster(
         lag.insert(cluster.cluster_id, behind);
     }
     let unhealthy = clusters.iter().filter(|c| !c.healthy).count();
-    let unreachable = replicas.iter().filter(|r| r.role == "unreachable" || r.role == "missing").count();
+    let unreachable = replicas.iter().filter(|r| !answers_as_voter(r)).count();
     let max_lag = lag.values().copied().max().unwrap_or(0);
     let code = if unhealthy > 0 || regions_up < expect_regions || max_lag >= lag_critical {
         2
@@ -153,6 +153,13 @@ pub struct ClusterHealth {
     pub answering: usize,
 }
 
+/// Whether a replica row answers and may vote: not unreachable, not a
+/// configured voter without a replica (`missing`), not a replica whose node
+/// lost its data and is not re-admitted yet (`needs-rejoin`).
+pub fn answers_as_voter(replica: &pb::ReplicaStatus) -> bool {
+    !matches!(replica.role.as_str(), "unreachable" | "missing" | "needs-rejoin")
+}
+
 /// Per cluster: a leader that answers as leader, and a majority of its
 /// replicas answering.
 pub fn health(replicas: &[pb::ReplicaStatus]) -> Vec<ClusterHealth> {
@@ -163,8 +170,9 @@ pub fn health(replicas: &[pb::ReplicaStatus]) -> Vec<ClusterHealth> {
     clusters
         .into_iter()
         .map(|(cluster_id, rows)| {
-            // A voter with no replica (`missing`) counts, as not answering.
-            let answering = rows.iter().filter(|r| r.role != "unreachable" && r.role != "missing").count();
+            // A voter with no replica (`missing`) or one that lost its data
+            // (`needs-rejoin`) counts, as not answering.
+            let answering = rows.iter().filter(|r| answers_as_voter(r)).count();
             let leader_id = rows.iter().find(|r| r.role == "leader").map(|r| r.node_id);
             ClusterHealth {
                 cluster_id,

@@ -99,7 +99,7 @@ impl Host {
         cluster: ClusterId,
         security: HostSecurity,
     ) -> Host {
-        let peers = PeerChannels::new(config.network.clone(), cluster.clone(), security.dial);
+        let peers = PeerChannels::new(config.network.clone(), cluster.clone(), security.dial, data_dir.incarnation);
         let post_rates = PostRates::new(config.security.posts_per_user_per_sec);
         let detector = Detector::new(config.node_id, Duration::from_millis(config.groups.down_after_ms));
         Host {

@@ -105,8 +105,10 @@ impl Host {
         }
         let (tree, entry) = (self.directory(), cluster.clone());
         let voters = crate::storage::blocking::run(move || Directory::voters(&tree, &entry)).await?;
-        let members: BTreeMap<u64, NodeAddr> =
-            voters.into_iter().map(|(id, node)| (id, NodeAddr { addr: node.addr, region: node.region })).collect();
+        let members: BTreeMap<u64, NodeAddr> = voters
+            .into_iter()
+            .map(|(id, node)| (id, NodeAddr { addr: node.addr, region: node.region, incarnation: 0 }))
+            .collect();
         match raft.initialize(members).await {
             Ok(()) => {
                 tracing::info!(cluster = cluster.id, voters = ?cluster.voters, "space cluster initialized");

@@ -72,7 +72,10 @@ impl Host {
                     })
                     .await?;
                 }
-                let addr = NodeAddr { addr: node_entry.addr, region: node_entry.region };
+                // Its incarnation if this node has heard it; else the
+                // incarnation keeper fills it in ([`crate::node::rejoin`]).
+                let incarnation = self.peers.seen_incarnation(node).unwrap_or(0);
+                let addr = NodeAddr { addr: node_entry.addr, region: node_entry.region, incarnation };
                 group.raft.add_learner(node, addr, true).await.map_err(refused)?;
             }
             MemberChange::Promote => {
@@ -85,7 +88,7 @@ impl Host {
                     )));
                 }
                 let change = openraft::ChangeMembers::AddVoterIds([node].into());
-                group.raft.change_membership(change, false).await.map_err(refused)?;
+                change_patiently(group, change).await.map_err(refused)?;
                 voters.push(node);
                 learners.retain(|id| *id != node);
             }
@@ -105,11 +108,11 @@ impl Host {
                         )));
                     }
                     let change = openraft::ChangeMembers::RemoveVoters([node].into());
-                    group.raft.change_membership(change, false).await.map_err(refused)?;
+                    change_patiently(group, change).await.map_err(refused)?;
                     voters = remaining;
                 } else if learners.contains(&node) {
                     let change = openraft::ChangeMembers::RemoveNodes([node].into());
-                    group.raft.change_membership(change, false).await.map_err(refused)?;
+                    change_patiently(group, change).await.map_err(refused)?;
                     learners.retain(|id| *id != node);
                 } else {
                     return Err(ApiError::refused(format!("node {node} is not a member of space cluster {cluster}")));
@@ -122,5 +125,36 @@ impl Host {
         }
         tracing::info!(cluster, node, ?change, ?voters, ?learners, "cluster members changed");
         Ok((voters, learners))
+    }
+}
+
+/// How long a member change waits for one in progress (such as the
+/// incarnation keeper's) to commit.
+const IN_PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Changes a group's membership, waiting out a change still in progress.
+async fn change_patiently(
+    group: &Group,
+    change: openraft::ChangeMembers<NodeId, NodeAddr>,
+) -> Result<
+    openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
+    openraft::errors::RaftError<
+        crate::raft::types::TypeConfig,
+        openraft::errors::ClientWriteError<crate::raft::types::TypeConfig>,
+    >,
+> {
+    let deadline = tokio::time::Instant::now() + IN_PROGRESS_WAIT;
+    loop {
+        let result = group.raft.change_membership(change.clone(), false).await;
+        let in_progress = matches!(
+            result.as_ref().err().and_then(|error| error.api_error()),
+            Some(openraft::errors::ClientWriteError::ChangeMembershipError(
+                openraft::errors::ChangeMembershipError::InProgress(_)
+            ))
+        );
+        if !in_progress || tokio::time::Instant::now() >= deadline {
+            return result;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -9,7 +9,8 @@
 //!   [`status`], [`gateways`]: administration and what operators read;
 //! - [`follow`]: gateways' follow streams; [`leaders`], [`quiesce`],
 //!   [`detector`]: leader placement, idle groups, the failure detector;
-//! - [`identity`]: which cluster the node belongs to. The process itself
+//! - [`identity`]: which cluster the node belongs to; [`rejoin`]: the
+//!   incarnations membership records, and members re-admitted after data loss. The process itself
 //!   (stores opened, groups started, gRPC served) is wired in
 //!   [`crate::api::server`].
 
@@ -27,6 +28,7 @@ pub mod moves;
 pub mod operate;
 pub mod quiesce;
 pub mod read;
+pub mod rejoin;
 pub mod router;
 pub mod runner;
 

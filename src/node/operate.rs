@@ -242,7 +242,11 @@ impl Host {
                         .get_node(&request.node_id)
                         .is_some();
                     if !known {
-                        let node = crate::raft::types::NodeAddr { addr: request.grpc_addr, region: request.region };
+                        let node = crate::raft::types::NodeAddr {
+                            addr: request.grpc_addr,
+                            region: request.region,
+                            incarnation: 0,
+                        };
                         meta.raft
                             .add_learner(request.node_id, node, false)
                             .await

@@ -113,6 +113,7 @@ impl Host {
             0 => self.config.limits.history_len_max,
             asked => asked.min(self.config.limits.history_len_max),
         } as usize;
+        let bytes_max = self.config.limits.history_bytes_max.max(1);
         let kind = if request.linearizable { RequestKind::IDEMPOTENT_WRITE } else { RequestKind::READ };
         self.read_space(
             &request.space,
@@ -121,7 +122,7 @@ impl Host {
             |group, _record| {
                 let (reader, space, user, from_seq) =
                     (group.reader.clone(), request.space.clone(), request.user.clone(), request.from_seq);
-                off_runtime(move || read_history(&reader, &space, &user, from_seq, limit))
+                off_runtime(move || read_history(&reader, &space, &user, from_seq, (limit, bytes_max)))
             },
             |to, hop| {
                 let request = request.clone();
@@ -237,14 +238,32 @@ impl Host {
     }
 }
 
-/// Reads up to `limit` messages of `space` from `from_seq` for `user`;
-/// `from_seq` 0 means the first retained seq.
+/// The leading messages whose encoded size stays within `bytes_max`; at
+/// least the first, so a page always makes progress.
+pub fn within_bytes(messages: impl Iterator<Item = pb::Message>, bytes_max: usize) -> Vec<pb::Message> {
+    use prost::Message as _;
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for message in messages {
+        // The field's tag and length prefix: a few bytes more than the message.
+        bytes += message.encoded_len() + 8;
+        if bytes > bytes_max && !page.is_empty() {
+            break;
+        }
+        page.push(message);
+    }
+    page
+}
+
+/// Reads up to `limit` messages of `space` from `from_seq` for `user`, in a
+/// page of at most `bytes_max` bytes of messages; `from_seq` 0 means the
+/// first retained seq.
 pub fn read_history(
     reader: &SpaceReader,
     space: &str,
     user: &str,
     from_seq: u64,
-    limit: usize,
+    (limit, bytes_max): (usize, usize),
 ) -> Result<pb::HistoryResponse, ApiError> {
     let record = reader.space(space)?.ok_or_else(|| ApiError::unknown_space(space))?;
     if !may_read(&record, user) {
@@ -255,11 +274,8 @@ pub fn read_history(
         return Err(ApiError::trimmed(space, from_seq, record.first_seq));
     }
     let messages = reader.messages(space, from_seq, record.last_seq, limit)?;
-    Ok(pb::HistoryResponse {
-        messages: messages.into_iter().map(|message| wire_message(space, message)).collect(),
-        first_seq: record.first_seq,
-        last_seq: record.last_seq,
-    })
+    let messages = within_bytes(messages.into_iter().map(|message| wire_message(space, message)), bytes_max);
+    Ok(pb::HistoryResponse { messages, first_seq: record.first_seq, last_seq: record.last_seq })
 }
 
 /// A stored message as the protocol carries it.

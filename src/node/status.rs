@@ -46,6 +46,7 @@ impl Host {
                     node_id: *id,
                     region: node.region.clone(),
                     grpc_addr: node.addr.clone(),
+                    incarnation: node.incarnation,
                 });
             }
             *roles.entry(role(metrics.state).to_string()).or_default() += 1;
@@ -65,6 +66,7 @@ impl Host {
                 cluster_id: self.cluster_id(),
                 insecure: self.gate.insecure,
                 drained: self.is_drained(),
+                incarnation: self.peers.incarnation(),
                 ..Default::default()
             };
         }
@@ -85,6 +87,7 @@ impl Host {
             drained: self.is_drained(),
             errors,
             insecure: self.gate.insecure,
+            incarnation: format!("{:016x}", self.peers.incarnation()),
         };
         let last_seen_ms =
             self.detector.last_seen().into_iter().map(|(node, ago)| (node, ago.as_millis() as u64)).collect();
@@ -97,6 +100,7 @@ impl Host {
             cluster_id: self.cluster_id(),
             insecure: self.gate.insecure,
             drained: self.is_drained(),
+            incarnation: self.peers.incarnation(),
         }
     }
 
@@ -106,12 +110,21 @@ impl Host {
             .iter()
             .map(|group| {
                 let metrics = group.raft.metrics().borrow_watched().clone();
+                let recorded = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&self.config.node_id)
+                    .map(|node| node.incarnation)
+                    .unwrap_or(0);
+                let renewed =
+                    crate::raft::network::refused_incarnation(self.config.node_id, recorded, self.peers.incarnation())
+                        .is_some();
                 pb::ReplicaStatus {
                     node_id: self.config.node_id,
                     region: self.config.region.clone(),
                     grpc_addr: self.config.advertise_addr().to_string(),
                     cluster_id: group.id,
-                    role: role(metrics.state).to_string(),
+                    role: if renewed { NEEDS_REJOIN } else { role(metrics.state) }.to_string(),
                     term: metrics.current_term,
                     last_log_index: metrics.last_log_index.unwrap_or(0),
                     commit_index: metrics.local_committed.map(|id| id.index).unwrap_or(0),
@@ -340,6 +353,9 @@ fn add_missing_voters(
     }
     replicas.sort_by_key(|replica| (replica.cluster_id, replica.node_id));
 }
+
+/// The role of a replica whose node lost its data and is not re-admitted.
+pub const NEEDS_REJOIN: &str = "needs-rejoin";
 
 /// The role of a configured voter with no replica.
 pub const MISSING: &str = "missing";

@@ -43,6 +43,10 @@ pub struct PeerChannels {
     cluster: ClusterId,
     /// TLS to peers, presenting this node's certificate (None: plaintext).
     tls: Option<ClientTlsConfig>,
+    /// This node's incarnation, sent with every Raft message.
+    incarnation: u64,
+    /// The incarnation each peer last answered with.
+    seen: Arc<Mutex<HashMap<NodeId, u64>>>,
 }
 
 /// The first and the longest pause before a replication call to a peer
@@ -51,8 +55,37 @@ const PEER_RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
 const PEER_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl PeerChannels {
-    pub fn new(config: NetworkConfig, cluster: ClusterId, tls: Option<ClientTlsConfig>) -> PeerChannels {
-        PeerChannels { channels: Arc::new(Mutex::new(HashMap::new())), failures: Arc::default(), config, cluster, tls }
+    pub fn new(
+        config: NetworkConfig,
+        cluster: ClusterId,
+        tls: Option<ClientTlsConfig>,
+        incarnation: u64,
+    ) -> PeerChannels {
+        PeerChannels {
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            failures: Arc::default(),
+            config,
+            cluster,
+            tls,
+            incarnation,
+            seen: Arc::default(),
+        }
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The incarnation `node` last answered a Raft message with.
+    pub fn seen_incarnation(&self, node: NodeId) -> Option<u64> {
+        self.seen.lock().expect("incarnation map lock").get(&node).copied()
+    }
+
+    fn saw(&self, node: NodeId, incarnation: u64) {
+        if incarnation != 0 {
+            self.seen.lock().expect("incarnation map lock").insert(node, incarnation);
+        }
     }
 
     /// The TLS peers are dialed with (None: plaintext).
@@ -152,6 +185,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
             pipeline_len_max: self.channels.config.append_pipeline_len_max,
             channels: self.channels.clone(),
             target_addr: node.addr.clone(),
+            target_incarnation: node.incarnation,
         }
     }
 }
@@ -166,6 +200,8 @@ pub struct PeerClient {
     pipeline_len_max: usize,
     channels: PeerChannels,
     target_addr: String,
+    /// The target's incarnation as the membership records it (0: unknown).
+    target_incarnation: u64,
 }
 
 fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -196,7 +232,24 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(reply: pb::RaftReply) -> Res
 
 impl PeerClient {
     fn request<T: serde::Serialize>(&self, payload: &T) -> pb::RaftRequest {
-        request(self.group_id, self.self_id, &self.self_addr, self.target, payload)
+        request(self.group_id, (self.self_id, self.channels.incarnation), &self.self_addr, self.target, payload)
+    }
+
+    /// Reads a reply, noting the incarnation the target answered with.
+    fn read<T: serde::de::DeserializeOwned>(&self, reply: pb::RaftReply) -> Result<T, RPCError<TypeConfig>> {
+        self.channels.saw(self.target, reply.incarnation);
+        decode_reply(reply)
+    }
+
+    /// A vote counts only from the incarnation the membership records: a
+    /// member that lost its data may grant a vote it already gave, or for a
+    /// log that lacks entries it had acknowledged.
+    fn read_vote(&self, reply: pb::RaftReply) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        if let Some(why) = refused_incarnation(self.target, self.target_incarnation, reply.incarnation) {
+            self.channels.saw(self.target, reply.incarnation);
+            return Err(unreachable(why));
+        }
+        self.read(reply)
     }
 
     fn client(&self) -> Result<RaftClient<Stamped>, RPCError<TypeConfig>> {
@@ -204,9 +257,21 @@ impl PeerClient {
     }
 }
 
+/// Why a message of `node` that carries incarnation `found` must not count
+/// when the membership records `recorded` (0: not learned yet); None when
+/// it may.
+pub fn refused_incarnation(node: NodeId, recorded: u64, found: u64) -> Option<String> {
+    (recorded != 0 && found != recorded).then(|| {
+        format!(
+            "node {node} answers as incarnation {found:016x}, but the membership records {recorded:016x}: \
+             it lost its data and does not vote until it is re-admitted"
+        )
+    })
+}
+
 fn request<T: serde::Serialize>(
     group_id: u64,
-    from: NodeId,
+    (from, incarnation): (NodeId, u64),
     from_addr: &str,
     to: NodeId,
     payload: &T,
@@ -217,6 +282,7 @@ fn request<T: serde::Serialize>(
         from_addr: from_addr.to_string(),
         to_node: to,
         payload: postcard::to_stdvec(payload).expect("raft messages serialize"),
+        from_incarnation: incarnation,
     }
 }
 
@@ -244,7 +310,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.channels.pace(&self.target_addr).await;
         let result = with_deadline(option.hard_ttl(), client.append(request)).await;
         self.channels.outcome(&self.target_addr, &result);
-        decode_reply(result?)
+        self.read(result?)
     }
 
     fn stream_append<'s, S>(
@@ -261,7 +327,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        let (group_id, from, from_addr, to) = (self.group_id, self.self_id, self.self_addr.clone(), self.target);
+        let (group_id, from, from_addr, to) =
+            (self.group_id, (self.self_id, self.channels.incarnation), self.self_addr.clone(), self.target);
         let pipeline_len_max = self.pipeline_len_max;
         let client = self.client();
         let (channels, target_addr) = (self.channels.clone(), self.target_addr.clone());
@@ -283,8 +350,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let opened = client.append_stream(outbound).await;
             channels.outcome(&target_addr, &opened);
             let replies = opened.map_err(status_error)?.into_inner();
-            let results = replies.map(|reply| match reply {
-                Ok(reply) => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
+            let results = replies.map(move |reply| match reply {
+                Ok(reply) => {
+                    channels.saw(to, reply.incarnation);
+                    decode_reply::<StreamAppendResult<TypeConfig>>(reply)
+                }
                 Err(status) => Err(status_error(status)),
             });
             Ok(Box::pin(results) as openraft::base::BoxStream<'s, _>)
@@ -298,7 +368,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.request(&rpc);
         let mut client = self.client()?;
-        decode_reply(with_deadline(option.hard_ttl(), client.vote(request)).await?)
+        self.read_vote(with_deadline(option.hard_ttl(), client.vote(request)).await?)
     }
 
     async fn pre_vote(
@@ -308,7 +378,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.request(&rpc);
         let mut client = self.client()?;
-        decode_reply(with_deadline(option.hard_ttl(), client.pre_vote(request)).await?)
+        self.read_vote(with_deadline(option.hard_ttl(), client.pre_vote(request)).await?)
     }
 
     async fn full_snapshot(
@@ -350,7 +420,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Ok(Err(error)) => return Err(StreamingError::from(network_error(format!("reading snapshot: {error}")))),
             Err(error) => return Err(StreamingError::from(network_error(error))),
         }
-        Ok(decode_reply(reply)?)
+        Ok(self.read(reply)?)
     }
 
     async fn transfer_leader(
@@ -360,6 +430,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.request(&req);
         let mut client = self.client()?;
-        decode_reply(with_deadline(option.hard_ttl(), client.transfer_leader(request)).await?)
+        self.read(with_deadline(option.hard_ttl(), client.transfer_leader(request)).await?)
     }
 }

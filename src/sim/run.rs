@@ -155,7 +155,7 @@ fn sub_seed(seed: u64, stream: u64) -> u64 {
 }
 
 fn node_addr(node: u64) -> NodeAddr {
-    NodeAddr { addr: format!("sim-node-{node}"), region: format!("region-{node}") }
+    NodeAddr { addr: format!("sim-node-{node}"), region: format!("region-{node}"), incarnation: 0 }
 }
 
 impl Sim {

@@ -1,7 +1,7 @@
 //! A node's data directory: its layout and its identity.
 //!
 //! ```text
-//! <data-dir>/node.json     identity: format, node id, region
+//! <data-dir>/node.json     identity: format, node id, region, incarnation
 //! <data-dir>/raft-log/     fjall: Raft logs and votes of every group
 //! <data-dir>/state/        sled: space state machines of every group
 //! <data-dir>/snapshots/g<group>/
@@ -10,6 +10,13 @@
 //! A node refuses to start on a directory that belongs to another node id,
 //! holds something that is not a spaceraft data directory, or is corrupt;
 //! it never writes to such a directory.
+//!
+//! The incarnation is a random id made with the directory: a node whose
+//! directory was wiped comes back with another one, and its peers know it
+//! for a node that lost what it had acknowledged
+//! ([`crate::storage::types::NodeAddr::incarnation`]). A node that finds its
+//! own durable state damaged takes a new incarnation too
+//! ([`DataDir::renew_incarnation`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,13 +26,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::NodeId;
 
 const IDENTITY_FILE: &str = "node.json";
-const FORMAT: &str = "spaceraft-data-v1";
+const FORMAT: &str = "spaceraft-data-v2";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
     pub format: String,
     pub node_id: NodeId,
     pub region: String,
+    /// Random, never 0; made with the directory, renewed when the node finds
+    /// its durable state lost.
+    pub incarnation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +54,18 @@ pub enum DataDirError {
 
 pub struct DataDir {
     pub root: PathBuf,
+    pub incarnation: u64,
+    /// True when this start made the directory (it held nothing).
+    pub created: bool,
+}
+
+fn new_incarnation() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 impl DataDir {
@@ -54,12 +76,21 @@ impl DataDir {
         let identity_path = root.join(IDENTITY_FILE);
         if identity_path.exists() {
             let text = std::fs::read_to_string(&identity_path).map_err(io_error)?;
-            let identity: Identity = serde_json::from_str(&text)
+            let found: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| DataDirError::BadIdentity { dir: root.to_path_buf(), why: e.to_string() })?;
-            if identity.format != FORMAT {
+            let format = found.get("format").and_then(|format| format.as_str()).unwrap_or_default();
+            if format != FORMAT {
                 return Err(DataDirError::BadIdentity {
                     dir: root.to_path_buf(),
-                    why: format!("format {:?} is not {FORMAT:?}", identity.format),
+                    why: format!("format {format:?} is not {FORMAT:?} (written by another version of spaceraft)"),
+                });
+            }
+            let identity: Identity = serde_json::from_value(found)
+                .map_err(|e| DataDirError::BadIdentity { dir: root.to_path_buf(), why: e.to_string() })?;
+            if identity.incarnation == 0 {
+                return Err(DataDirError::BadIdentity {
+                    dir: root.to_path_buf(),
+                    why: "incarnation 0 is not a valid incarnation".into(),
                 });
             }
             if identity.node_id != node_id {
@@ -69,19 +100,27 @@ impl DataDir {
                     configured: node_id,
                 });
             }
-            return Ok(DataDir { root: root.to_path_buf() });
+            return Ok(DataDir { root: root.to_path_buf(), incarnation: identity.incarnation, created: false });
         }
         let not_empty = std::fs::read_dir(root).map_err(io_error)?.next().is_some();
         if not_empty {
             return Err(DataDirError::Foreign { dir: root.to_path_buf() });
         }
-        let identity = Identity { format: FORMAT.into(), node_id, region: region.into() };
-        let temp = root.join("node.json.tmp");
-        std::fs::write(&temp, serde_json::to_vec_pretty(&identity).expect("identity serializes")).map_err(io_error)?;
-        std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(io_error)?;
-        std::fs::rename(&temp, &identity_path).map_err(io_error)?;
-        crate::storage::snapshot_file::sync_dir(root).map_err(io_error)?;
-        Ok(DataDir { root: root.to_path_buf() })
+        let identity =
+            Identity { format: FORMAT.into(), node_id, region: region.into(), incarnation: new_incarnation() };
+        write_identity(root, &identity).map_err(io_error)?;
+        Ok(DataDir { root: root.to_path_buf(), incarnation: identity.incarnation, created: true })
+    }
+
+    /// Takes a new incarnation, durably: the node found that it lost state
+    /// it had acknowledged, so it must not vote until re-admitted.
+    pub fn renew_incarnation(&mut self) -> io::Result<u64> {
+        let text = std::fs::read_to_string(self.root.join(IDENTITY_FILE))?;
+        let mut identity: Identity = serde_json::from_str(&text).map_err(io::Error::other)?;
+        identity.incarnation = new_incarnation();
+        write_identity(&self.root, &identity)?;
+        self.incarnation = identity.incarnation;
+        Ok(identity.incarnation)
     }
 
     pub fn raft_log_dir(&self) -> PathBuf {
@@ -97,6 +136,15 @@ impl DataDir {
     }
 }
 
+/// Writes the identity file atomically and durably.
+fn write_identity(root: &Path, identity: &Identity) -> io::Result<()> {
+    let temp = root.join("node.json.tmp");
+    std::fs::write(&temp, serde_json::to_vec_pretty(identity).expect("identity serializes"))?;
+    std::fs::File::open(&temp).and_then(|f| f.sync_all())?;
+    std::fs::rename(&temp, root.join(IDENTITY_FILE))?;
+    crate::storage::snapshot_file::sync_dir(root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,8 +152,14 @@ mod tests {
     #[test]
     fn a_directory_keeps_its_node_id_and_refuses_others() {
         let dir = tempfile::tempdir().unwrap();
-        DataDir::open(dir.path(), 1, "us-east").unwrap();
-        DataDir::open(dir.path(), 1, "us-east").unwrap();
+        let made = DataDir::open(dir.path(), 1, "us-east").unwrap();
+        assert!(made.created && made.incarnation != 0);
+        let mut again = DataDir::open(dir.path(), 1, "us-east").unwrap();
+        assert!(!again.created);
+        assert_eq!(again.incarnation, made.incarnation, "a directory keeps its incarnation");
+        let renewed = again.renew_incarnation().unwrap();
+        assert_ne!(renewed, made.incarnation);
+        assert_eq!(DataDir::open(dir.path(), 1, "us-east").unwrap().incarnation, renewed, "renewal is durable");
         assert!(matches!(DataDir::open(dir.path(), 2, "us-east"), Err(DataDirError::OtherNode { found: 1, .. })));
     }
 
@@ -115,5 +169,14 @@ mod tests {
         std::fs::write(dir.path().join("photo.jpg"), b"not ours").unwrap();
         assert!(matches!(DataDir::open(dir.path(), 1, "us-east"), Err(DataDirError::Foreign { .. })));
         assert!(!dir.path().join("node.json").exists());
+    }
+
+    #[test]
+    fn a_directory_of_another_format_is_refused_with_its_format_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node.json"), br#"{"format":"spaceraft-data-v1","node_id":1,"region":"r"}"#)
+            .unwrap();
+        let error = DataDir::open(dir.path(), 1, "r").err().expect("refused").to_string();
+        assert!(error.contains("spaceraft-data-v1"), "{error}");
     }
 }

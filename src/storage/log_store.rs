@@ -7,9 +7,16 @@
 //! `persist(SyncAll)` and only then completes the callbacks of every request
 //! it wrote. openraft is told an append is durable only after that fsync.
 //!
-//! Keys: `logs` keyspace: group(u64 BE) index(u64 BE) → postcard(Entry);
-//! `meta` keyspace: group(u64 BE) tag → postcard(value), tags `v` (vote),
-//! `c` (committed), `p` (last purged log id).
+//! Keys: `logs` keyspace: group(u64 BE) index(u64 BE) → record(Entry);
+//! `meta` keyspace: group(u64 BE) tag → record(value), tags `v` (vote),
+//! `c` (committed), `p` (last purged log id). A record is crc32 (LE) of the
+//! postcard bytes, then the bytes: a damaged record is an error, never a
+//! value.
+//!
+//! Beside the journal, the [`crate::storage::marker`] keeps per group the
+//! last index and vote term known fsynced: the writer raises it after each
+//! fsync and lowers it before a truncation, so a node can tell a torn tail
+//! from lost data at open ([`LogEngine::losses`]).
 
 use std::fmt::Debug;
 use std::io;
@@ -22,6 +29,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::RaftLogReader;
 
+use crate::storage::marker::{self, Loss, Mark, Marker, Marks, Raise};
 use crate::storage::types::{Entry, LogId, TypeConfig, Vote};
 
 const TAG_VOTE: u8 = b'v';
@@ -34,6 +42,8 @@ enum WriteOp {
     /// Key-value writes (None = remove) committed as one atomic batch.
     Write {
         writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>,
+        /// The marks these writes raise once fsynced.
+        raises: Vec<Raise>,
         readable: tokio::sync::oneshot::Sender<io::Result<()>>,
         durable: Completion,
     },
@@ -41,6 +51,8 @@ enum WriteOp {
     RemoveLogRange {
         from: Vec<u8>,
         to: Vec<u8>,
+        /// A truncation: (group, the last index kept).
+        truncate: Option<(u64, u64)>,
         readable: tokio::sync::oneshot::Sender<io::Result<()>>,
         durable: Completion,
     },
@@ -63,23 +75,49 @@ struct LogEngineInner {
     logs: Keyspace,
     meta: Keyspace,
     writer: mpsc::SyncSender<WriteOp>,
+    /// What the open found lost, and whether the marker was damaged.
+    losses: Vec<Loss>,
+    marker_damaged: Option<String>,
 }
 
 impl LogEngine {
-    /// Opens (or creates) the engine in `dir` and starts its writer thread.
-    /// `sync_batch_len_max` bounds how many requests share one fsync.
+    /// Opens (or creates) the engine in `dir` and starts its writer thread;
+    /// its marker is kept beside `dir`. `sync_batch_len_max` bounds how many
+    /// requests share one fsync.
     pub fn open(dir: &Path, sync_batch_len_max: usize) -> io::Result<LogEngine> {
+        let marker_root = dir.parent().unwrap_or(dir).to_path_buf();
+        let (durable, marker_damaged) = match marker::read(&marker_root) {
+            Ok(marks) => (marks.unwrap_or_default(), None),
+            Err(error @ marker::MarkerError::Damaged { .. }) => (Marks::new(), Some(error.to_string())),
+            Err(error) => return Err(io::Error::other(error.to_string())),
+        };
         let db = Database::builder(dir).open().map_err(fjall_error)?;
         let logs = db.keyspace("logs", KeyspaceCreateOptions::default).map_err(fjall_error)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(fjall_error)?;
+        let found = found_marks(&logs, &meta, durable.keys().copied())?;
+        let losses = marker::find_losses(&durable, &found);
+        let marker = Marker::start(&marker_root, found)?;
         let (writer, requests) = mpsc::sync_channel(sync_batch_len_max.max(1) * 4);
         let thread_db = db.clone();
         let thread_logs = logs.clone();
         let thread_meta = meta.clone();
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || write_loop(thread_db, thread_logs, thread_meta, requests, sync_batch_len_max.max(1)))?;
-        Ok(LogEngine { inner: Arc::new(LogEngineInner { db, logs, meta, writer }) })
+        let thread_marker = marker;
+        std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || {
+            write_loop(thread_db, thread_logs, thread_meta, thread_marker, requests, sync_batch_len_max.max(1))
+        })?;
+        Ok(LogEngine { inner: Arc::new(LogEngineInner { db, logs, meta, writer, losses, marker_damaged }) })
+    }
+
+    /// The groups whose log, at open, had lost entries or a vote that were
+    /// fsynced (see [`crate::storage::marker`]).
+    pub fn losses(&self) -> &[Loss] {
+        &self.inner.losses
+    }
+
+    /// Why the marker could not be read at open (then losses cannot be
+    /// ruled out).
+    pub fn marker_damaged(&self) -> Option<&str> {
+        self.inner.marker_damaged.as_deref()
     }
 
     /// The log store of one group.
@@ -113,23 +151,81 @@ impl LogEngine {
     }
 
     /// Writes and waits until they are durable.
-    async fn write_durable(&self, writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>) -> io::Result<()> {
+    async fn write_durable(
+        &self,
+        writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>,
+        raises: Vec<Raise>,
+    ) -> io::Result<()> {
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
         let durable: Completion = Box::new(move |result| {
             let _ = durable_tx.send(result);
         });
-        self.submit(|readable| WriteOp::Write { writes, readable, durable }).await?;
+        self.submit(|readable| WriteOp::Write { writes, raises, readable, durable }).await?;
         durable_rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
     }
 }
 
-fn write_loop(db: Database, logs: Keyspace, meta: Keyspace, requests: mpsc::Receiver<WriteOp>, batch_len_max: usize) {
+/// Per group, the last index and vote term the store holds: of every group
+/// with metadata or named in `also`.
+fn found_marks(logs: &Keyspace, meta: &Keyspace, also: impl Iterator<Item = u64>) -> io::Result<Marks> {
+    let mut found = Marks::new();
+    for group in also {
+        found.entry(group).or_default();
+    }
+    for item in meta.iter() {
+        let (key, value) = item.into_inner().map_err(fjall_error)?;
+        let Some((group, tag)) =
+            key.split_first_chunk::<8>().and_then(|(g, rest)| Some((u64::from_be_bytes(*g), *rest.first()?)))
+        else {
+            continue;
+        };
+        let mark = found.entry(group).or_default();
+        match tag {
+            TAG_VOTE => {
+                let vote: Vote = decode_record("vote", &value)?;
+                mark.vote_term = vote.leader_id.term;
+            }
+            TAG_PURGED => {
+                let purged: LogId = decode_record("purged log id", &value)?;
+                mark.last_index = mark.last_index.max(purged.index);
+            }
+            _ => {}
+        }
+    }
+    for (group, mark) in found.iter_mut() {
+        let (from, to) = (log_key(*group, 0), log_key(*group, u64::MAX));
+        if let Some(item) = logs.range(from..=to).next_back() {
+            let key = item.key().map_err(fjall_error)?;
+            let index = key.get(8..16).map(|bytes| u64::from_be_bytes(bytes.try_into().expect("8 bytes"))).unwrap_or(0);
+            *mark = Mark { last_index: mark.last_index.max(index), ..*mark };
+        }
+    }
+    Ok(found)
+}
+
+fn log_key(group: u64, index: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&group.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn write_loop(
+    db: Database,
+    logs: Keyspace,
+    meta: Keyspace,
+    marker: Arc<Marker>,
+    requests: mpsc::Receiver<WriteOp>,
+    batch_len_max: usize,
+) {
     let mut waiting: Vec<Completion> = Vec::with_capacity(batch_len_max);
+    let mut raised: Vec<Raise> = Vec::new();
     while let Ok(first) = requests.recv() {
         let mut next = Some(first);
         while let Some(op) = next.take() {
             let (readable, durable, result) = match op {
-                WriteOp::Write { writes, readable, durable } => {
+                WriteOp::Write { writes, raises, readable, durable } => {
+                    raised.extend(raises);
                     let mut batch = db.batch();
                     for (target, key, value) in writes {
                         let keyspace = match target {
@@ -143,8 +239,20 @@ fn write_loop(db: Database, logs: Keyspace, meta: Keyspace, requests: mpsc::Rece
                     }
                     (readable, durable, batch.commit().map_err(fjall_error))
                 }
-                WriteOp::RemoveLogRange { from, to, readable, durable } => {
+                WriteOp::RemoveLogRange { from, to, truncate, readable, durable } => {
                     let result = (|| {
+                        if let Some((group, kept)) = truncate {
+                            // Marks not yet fsynced past the cut must not
+                            // be raised, and the file must not claim them.
+                            for raise in raised.iter_mut() {
+                                if let Raise::LastIndex(g, index) = raise {
+                                    if *g == group && *index > kept {
+                                        *index = kept;
+                                    }
+                                }
+                            }
+                            marker.lower(group, kept)?;
+                        }
                         let mut batch = db.batch();
                         for item in logs.range(from..to) {
                             let key = item.key().map_err(fjall_error)?;
@@ -169,6 +277,10 @@ fn write_loop(db: Database, logs: Keyspace, meta: Keyspace, requests: mpsc::Rece
             continue;
         }
         let synced = db.persist(PersistMode::SyncAll).map_err(fjall_error);
+        if synced.is_ok() {
+            marker.raise(&raised);
+        }
+        raised.clear();
         for durable in waiting.drain(..) {
             durable(synced.as_ref().map(|_| ()).map_err(clone_io_error));
         }
@@ -183,11 +295,26 @@ fn fjall_error(error: fjall::Error) -> io::Error {
     io::Error::other(format!("raft log store: {error}"))
 }
 
+/// Encodes one stored value: crc32 (LE) of its postcard bytes, then them.
+pub fn encode_record<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let payload = postcard::to_stdvec(value).map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(payload.len() + 4);
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
 /// Decodes one stored value of the log store (`what` names it in the
-/// error): a log entry, or a vote, committed or purged log id.
+/// error): a log entry, or a vote, committed or purged log id. A value
+/// whose checksum does not match is damaged.
 pub fn decode_record<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(bytes)
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("raft log store: corrupt {what}: {error}")))
+    let corrupt =
+        |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("raft log store: corrupt {what}: {why}"));
+    let (crc, payload) = bytes.split_first_chunk::<4>().ok_or_else(|| corrupt("shorter than its checksum".into()))?;
+    if crc32fast::hash(payload) != u32::from_le_bytes(*crc) {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    postcard::from_bytes(payload).map_err(|error| corrupt(error.to_string()))
 }
 
 /// One group's view of the engine: its log store and log reader.
@@ -199,10 +326,7 @@ pub struct LogStore {
 
 impl LogStore {
     fn log_key(&self, index: u64) -> Vec<u8> {
-        let mut key = Vec::with_capacity(16);
-        key.extend_from_slice(&self.group_id.to_be_bytes());
-        key.extend_from_slice(&index.to_be_bytes());
-        key
+        log_key(self.group_id, index)
     }
 
     fn meta_key(&self, tag: u8) -> Vec<u8> {
@@ -297,16 +421,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let value = postcard::to_stdvec(vote).map_err(io::Error::other)?;
-        self.engine.write_durable(vec![(Target::Meta, self.meta_key(TAG_VOTE), Some(value))]).await
+        let value = encode_record(vote)?;
+        let raises = vec![Raise::VoteTerm(self.group_id, vote.leader_id.term)];
+        self.engine.write_durable(vec![(Target::Meta, self.meta_key(TAG_VOTE), Some(value))], raises).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not awaited for durability: a lost committed id only means a
         // restarted node re-learns it from the leader.
-        let value = postcard::to_stdvec(&committed).map_err(io::Error::other)?;
+        let value = encode_record(&committed)?;
         let writes = vec![(Target::Meta, self.meta_key(TAG_COMMITTED), Some(value))];
-        self.engine.submit(|readable| WriteOp::Write { writes, readable, durable: Box::new(|_| {}) }).await
+        self.engine
+            .submit(|readable| WriteOp::Write { writes, raises: Vec::new(), readable, durable: Box::new(|_| {}) })
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -319,31 +446,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut writes = Vec::new();
+        let mut last = None;
         for entry in entries {
-            let value = postcard::to_stdvec(&entry).map_err(io::Error::other)?;
+            let value = encode_record(&entry)?;
+            last = Some(entry.log_id.index);
             writes.push((Target::Logs, self.log_key(entry.log_id.index), Some(value)));
         }
+        let raises = last.map(|index| Raise::LastIndex(self.group_id, index)).into_iter().collect();
         let durable: Completion = Box::new(move |result| callback.io_completed(result));
-        self.engine.submit(|readable| WriteOp::Write { writes, readable, durable }).await
+        self.engine.submit(|readable| WriteOp::Write { writes, raises, readable, durable }).await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let kept = last_log_id.map(|log_id| log_id.index).unwrap_or(0);
         let from = match last_log_id {
             Some(log_id) => self.log_key(log_id.index + 1),
             None => self.log_key(0),
         };
         let to = self.log_key(u64::MAX);
-        self.engine.submit(|readable| WriteOp::RemoveLogRange { from, to, readable, durable: Box::new(|_| {}) }).await
+        let truncate = Some((self.group_id, kept));
+        self.engine
+            .submit(|readable| WriteOp::RemoveLogRange { from, to, truncate, readable, durable: Box::new(|_| {}) })
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point first, so a crash never leaves a log whose
         // head is missing without saying so.
-        let value = postcard::to_stdvec(&log_id).map_err(io::Error::other)?;
-        self.engine.write_durable(vec![(Target::Meta, self.meta_key(TAG_PURGED), Some(value))]).await?;
+        let value = encode_record(&log_id)?;
+        self.engine.write_durable(vec![(Target::Meta, self.meta_key(TAG_PURGED), Some(value))], Vec::new()).await?;
         let from = self.log_key(0);
         let to = self.log_key(log_id.index + 1);
-        self.engine.submit(|readable| WriteOp::RemoveLogRange { from, to, readable, durable: Box::new(|_| {}) }).await
+        self.engine
+            .submit(|readable| WriteOp::RemoveLogRange {
+                from,
+                to,
+                truncate: None,
+                readable,
+                durable: Box::new(|_| {}),
+            })
+            .await
     }
 }
 

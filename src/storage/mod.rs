@@ -6,6 +6,8 @@
 //!   single sled `Db`; consistent snapshots while apply goes on.
 //! - [`snapshot_file`]: the checksummed snapshot file format.
 //! - [`flusher`]: the one task that writes sled out, off the async runtime.
+//! - [`marker`]: what the log knows fsynced, kept apart from the journal, to
+//!   tell a torn tail from lost data.
 //! - [`data_dir`]: the layout and identity of a node's data directory.
 //! - [`blocking`]: disk work off the async runtime, checked in debug builds.
 //! - [`types`]: the openraft type configuration: what the log stores.
@@ -19,6 +21,7 @@ pub mod blocking;
 pub mod data_dir;
 pub mod flusher;
 pub mod log_store;
+pub mod marker;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;

@@ -15,11 +15,16 @@ pub struct NodeAddr {
     /// host:port of the node's gRPC server.
     pub addr: String,
     pub region: String,
+    /// The incarnation of the member's data directory
+    /// ([`crate::storage::data_dir::Identity::incarnation`]); 0 until the
+    /// leader has learned it. A member that answers with another incarnation
+    /// lost its data: its votes do not count until it is re-admitted.
+    pub incarnation: u64,
 }
 
 impl fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.region, self.addr)
+        write!(f, "{}@{}#{:016x}", self.region, self.addr, self.incarnation)
     }
 }
 

@@ -1,0 +1,308 @@
+//! Disk faults with real processes: a voter whose data directory was wiped
+//! comes back as a new incarnation, never votes before it is re-admitted,
+//! and is re-admitted by itself once it has caught up. Nothing acknowledged
+//! is lost, no seq names two messages.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{full_history, TestCluster};
+use spaceraft::config::DEFAULT_CLUSTER_ID;
+use spaceraft::meta::directory::META_GROUP_ID;
+use spaceraft::pb;
+
+const SPACE: &str = "general";
+
+fn post(key: &str) -> pb::PostRequest {
+    pb::PostRequest {
+        space: SPACE.into(),
+        author: "alice".into(),
+        body: format!("body of {key}"),
+        idempotency_key: key.into(),
+    }
+}
+
+async fn status(cluster: &TestCluster, node: u64) -> Result<pb::NodeStatusResponse, String> {
+    let channel = common::try_connect(&cluster.node(node).addr).await.map_err(|e| e.to_string())?;
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let request = pb::NodeStatusRequest::default();
+    Ok(admin.node_status(request).await.map_err(|e| e.to_string())?.into_inner())
+}
+
+/// Waits until `leader` leads both the meta group and the first space
+/// cluster, and their memberships record the incarnation each of `nodes`
+/// answers with; returns those incarnations.
+async fn incarnations_recorded(cluster: &TestCluster, leader: u64, nodes: &[u64]) -> BTreeMap<u64, u64> {
+    let what = format!("node {leader} to record the incarnations of nodes {nodes:?}");
+    common::wait_until(Duration::from_secs(30), &what, async || {
+        let mut answered = BTreeMap::new();
+        for node in nodes {
+            answered.insert(*node, status(cluster, *node).await?.incarnation);
+        }
+        let led = status(cluster, leader).await?;
+        for group in [META_GROUP_ID, DEFAULT_CLUSTER_ID] {
+            let role = led.replicas.iter().find(|r| r.cluster_id == group).map(|r| r.role.clone());
+            if role.as_deref() != Some("leader") {
+                return Err(format!("node {leader} is {role:?} of group {group}"));
+            }
+            for (node, incarnation) in &answered {
+                let recorded =
+                    led.members.iter().find(|m| m.cluster_id == group && m.node_id == *node).map(|m| m.incarnation);
+                if recorded != Some(*incarnation) {
+                    return Err(format!(
+                        "group {group} records {recorded:?} for node {node}, it answers {incarnation}"
+                    ));
+                }
+            }
+        }
+        Ok(answered)
+    })
+    .await
+}
+
+/// The posts a node serves, as key → seq, after checking seqs run 1, 2, 3 …
+async fn served(cluster: &TestCluster, node: u64) -> BTreeMap<String, u64> {
+    let history = full_history(cluster, node, SPACE).await;
+    let mut keys = BTreeMap::new();
+    for (index, message) in history.iter().enumerate() {
+        assert_eq!(message.seq, index as u64 + 1, "node {node}: seqs run 1, 2, 3 … with no gap");
+        assert_eq!(message.body, format!("body of {}", message.idempotency_key), "node {node}: body of seq");
+        let again = keys.insert(message.idempotency_key.clone(), message.seq);
+        assert!(again.is_none(), "node {node}: key {} committed twice", message.idempotency_key);
+    }
+    keys
+}
+
+fn wipe(cluster: &TestCluster, node: u64) {
+    let dir = &cluster.node(node).data_dir;
+    std::fs::remove_dir_all(dir).expect("wipe the data directory");
+    assert!(!dir.exists());
+}
+
+/// The fault sequence: follower B is paused; 300 posts are acknowledged by
+/// leader L and follower C; C is killed and its data directory deleted; L is
+/// killed; B resumes and C restarts empty. B and C must not elect a leader
+/// (C's vote comes from a new incarnation); once L is back, every
+/// acknowledged post is there at its seq on every node, new posts take new
+/// seqs, and C is re-admitted by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_voter_never_votes_before_it_is_readmitted_and_nothing_acknowledged_is_lost() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (paused, wiped) = (others[0], others[1]);
+    // The meta group must be led by the same node, so that pausing B and
+    // killing L leaves both groups without their leader.
+    let meta_leader = common::wait_until(Duration::from_secs(30), "a meta leader", async || {
+        let led = status(&cluster, leader).await?;
+        led.replicas
+            .iter()
+            .find(|r| r.cluster_id == META_GROUP_ID)
+            .map(|r| r.leader_id)
+            .filter(|id| *id != 0)
+            .ok_or("no meta leader".to_string())
+    })
+    .await;
+    if meta_leader != leader {
+        let mut admin = cluster.admin(meta_leader).await;
+        admin
+            .transfer_leader(pb::TransferLeaderRequest { cluster_id: META_GROUP_ID, to_node: leader })
+            .await
+            .expect("move the meta leader next to the space leader");
+    }
+    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+
+    cluster.signal_node(paused, "STOP");
+    let mut client = cluster.client(leader).await;
+    let mut acked = BTreeMap::new();
+    for n in 0..300 {
+        let key = format!("k{n}");
+        let seq = client.post(post(&key)).await.expect("acknowledged by L and C").into_inner().seq;
+        acked.insert(key, seq);
+    }
+
+    cluster.kill_node(wiped);
+    wipe(&cluster, wiped);
+    cluster.kill_node(leader);
+    cluster.signal_node(paused, "CONT");
+    cluster.start_node(wiped);
+
+    // C comes back as another incarnation; B may ask it for votes, which
+    // must not count: for 10 s neither leads, and no post is taken.
+    let renewed = common::wait_until(Duration::from_secs(30), "the wiped node to answer", async || {
+        status(&cluster, wiped).await.map(|status| status.incarnation)
+    })
+    .await;
+    assert_ne!(renewed, before[&wiped], "a wiped data directory gets a new incarnation");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    while tokio::time::Instant::now() < deadline {
+        for node in [paused, wiped] {
+            if let Ok(answer) = status(&cluster, node).await {
+                for replica in &answer.replicas {
+                    assert_ne!(
+                        replica.role, "leader",
+                        "node {node} leads group {} without the node that has the acknowledged posts",
+                        replica.cluster_id
+                    );
+                }
+            }
+            attempt += 1;
+            if let Ok(channel) = common::try_connect(&cluster.node(node).addr).await {
+                let mut client = pb::client_client::ClientClient::new(channel);
+                let key = format!("during-{attempt}");
+                let answer = tokio::time::timeout(Duration::from_secs(2), client.post(post(&key))).await;
+                assert!(!matches!(answer, Ok(Ok(_))), "node {node} acknowledged {key} without L: {answer:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    cluster.start_node(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
+    let seq = common::post_until_acknowledged(
+        &[cluster.node(new_leader).addr.clone()],
+        0,
+        post("after"),
+        Duration::from_secs(60),
+        common::any_failure,
+    )
+    .await;
+    assert_eq!(seq, 301, "a post after the faults takes the next seq, not one of the 300 acknowledged");
+
+    // C is re-admitted by itself: the leaders record its new incarnation.
+    let now = incarnations_recorded(&cluster, new_leader_of_both(&cluster).await, &[1, 2, 3]).await;
+    assert_eq!(now[&wiped], renewed);
+    for node in 1..=3 {
+        let keys =
+            common::wait_until(Duration::from_secs(30), &format!("node {node} to serve seq {seq}"), async || {
+                let keys = served(&cluster, node).await;
+                if keys.values().any(|s| *s == seq) {
+                    Ok(keys)
+                } else {
+                    Err(keys.len())
+                }
+            })
+            .await;
+        for (key, acked_seq) in &acked {
+            assert_eq!(keys.get(key), Some(acked_seq), "node {node}: acknowledged post {key} lost or moved");
+        }
+    }
+    let log = cluster.node_log(new_leader) + &cluster.node_log(paused) + &cluster.node_log(leader);
+    assert!(log.contains("re-admitting a member that lost its data"), "the leader says it re-admitted the node");
+}
+
+/// The node that leads both the meta group and the first space cluster,
+/// moving the meta leader there if need be.
+async fn new_leader_of_both(cluster: &TestCluster) -> u64 {
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    common::wait_until(Duration::from_secs(30), "one node to lead both groups", async || {
+        let led = status(cluster, leader).await?;
+        let meta = led.replicas.iter().find(|r| r.cluster_id == META_GROUP_ID).map(|r| r.leader_id).unwrap_or(0);
+        if meta == leader {
+            return Ok(leader);
+        }
+        if meta != 0 {
+            let channel = common::try_connect(&cluster.node(meta).addr).await.map_err(|e| e.to_string())?;
+            let mut admin = pb::admin_client::AdminClient::new(channel);
+            let request = pb::TransferLeaderRequest { cluster_id: META_GROUP_ID, to_node: leader };
+            admin.transfer_leader(request).await.map_err(|e| e.to_string())?;
+        }
+        Err(format!("the meta group is led by {meta}"))
+    })
+    .await
+}
+
+/// Alone, in a healthy cluster: a voter restarted on an empty directory is
+/// caught up and re-admitted by itself, serves requests, and shows as not
+/// voting (`missing` or `needs-rejoin`) in the meantime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_voter_in_a_healthy_cluster_rejoins_by_itself() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = new_leader_of_both(&cluster).await;
+    let wiped = (1..=3).find(|id| *id != leader).unwrap();
+    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    let mut client = cluster.client(leader).await;
+    for n in 0..50 {
+        client.post(post(&format!("k{n}"))).await.expect("post");
+    }
+    cluster.kill_node(wiped);
+    wipe(&cluster, wiped);
+    cluster.start_node(wiped);
+    let after = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    assert_ne!(after[&wiped], before[&wiped], "re-admitted with its new incarnation");
+    let keys = common::wait_until(Duration::from_secs(30), "the wiped node to serve all 50 posts", async || {
+        let keys = served(&cluster, wiped).await;
+        if keys.len() == 50 {
+            Ok(keys)
+        } else {
+            Err(keys.len())
+        }
+    })
+    .await;
+    assert_eq!(keys.len(), 50);
+    let seq = client.post(post("after")).await.expect("post after the rejoin").into_inner().seq;
+    assert_eq!(seq, 51);
+    let mut through = cluster.client(wiped).await;
+    let seq = through.post(post("through-the-wiped-node")).await.expect("a post through the rejoined node");
+    assert_eq!(seq.into_inner().seq, 52);
+    let log = cluster.node_log(leader);
+    assert!(log.contains("re-admitting a member that lost its data"), "the leader says it re-admitted the node");
+}
+
+/// History pages are bounded by bytes as well as by count: 70 legal posts of
+/// 64,000 bytes (4.5 MB, past the 4 MiB a gRPC client takes by default) are
+/// read back through every node, the followers included, in pages that
+/// stay under `limits.history_bytes_max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_of_large_messages_is_read_in_pages_through_any_node() {
+    use prost::Message as _;
+    let cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let mut client = cluster.client(leader).await;
+    for n in 0..70 {
+        let request = pb::PostRequest {
+            space: SPACE.into(),
+            author: "alice".into(),
+            body: format!("{n:0>64000}"),
+            idempotency_key: format!("big{n}"),
+        };
+        client.post(request).await.expect("a legal 64,000-byte post");
+    }
+    for node in 1..=3 {
+        // Every node's default client limit (4 MiB) is what readers use.
+        let mut client = cluster.client(node).await;
+        let mut next = 1;
+        let mut pages = 0;
+        while next <= 70 {
+            let request = pb::HistoryRequest {
+                space: SPACE.into(),
+                user: String::new(),
+                from_seq: next,
+                limit: 1_000,
+                linearizable: false,
+            };
+            let page = common::wait_until(Duration::from_secs(10), "a history page", async || {
+                client.history(request.clone()).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
+            })
+            .await;
+            assert!(!page.messages.is_empty(), "node {node}: an empty page at seq {next}");
+            assert!(
+                page.encoded_len() <= 2 * 1024 * 1024 + 70_000,
+                "node {node}: a page of {} bytes",
+                page.encoded_len()
+            );
+            for message in &page.messages {
+                assert_eq!(message.seq, next, "node {node}: pages continue with no gap");
+                next += 1;
+            }
+            pages += 1;
+        }
+        assert!(pages >= 3, "node {node}: 4.5 MB in pages of at most 2 MiB takes 3 pages, took {pages}");
+    }
+}
