@@ -83,18 +83,25 @@ impl Host {
         let me = self.config.node_id;
         let mut updates: BTreeMap<NodeId, NodeAddr> = BTreeMap::new();
         for (id, node) in metrics.membership_config.membership().nodes() {
-            let answered = if *id == me { Some(self.peers.incarnation()) } else { self.peers.seen_incarnation(*id) };
+            // A quiescent group sends nothing a member could answer: ask
+            // each member once a round, and fall back on its last reply.
+            if *id != me && !probes.contains_key(id) {
+                let status = self.probe(&node.addr).await;
+                probes.insert(*id, status);
+            }
+            let status = probes.get(id).and_then(Option::as_ref);
+            let answered = if *id == me {
+                Some(self.peers.incarnation())
+            } else {
+                status.map(|status| status.incarnation).filter(|i| *i != 0).or(self.peers.seen_incarnation(*id))
+            };
             match classify(node.incarnation, answered) {
                 Incarnation::Current => {}
                 Incarnation::Unrecorded(incarnation) => {
                     updates.insert(*id, NodeAddr { incarnation, ..node.clone() });
                 }
                 Incarnation::Renewed(incarnation) => {
-                    if !probes.contains_key(id) {
-                        let status = self.probe(&node.addr).await;
-                        probes.insert(*id, status);
-                    }
-                    let caught_up = probes.get(id).and_then(Option::as_ref).is_some_and(|status| {
+                    let caught_up = status.is_some_and(|status| {
                         status.incarnation == incarnation
                             && status
                                 .replicas
@@ -116,6 +123,9 @@ impl Host {
                             "a member lost its data (new incarnation {incarnation:016x}): \
                              its votes do not count until it has caught up to {committed}"
                         );
+                        // Its log may have gone back: a heartbeat lets
+                        // replication find out and send what it misses.
+                        let _ = group.raft.trigger().heartbeat().await;
                     }
                 }
             }
