@@ -302,11 +302,20 @@ pub struct StorageConfig {
     pub log_sync_batch_len_max: usize,
     /// sled's page cache.
     pub sm_cache_bytes: u64,
+    /// Free bytes kept on the data directory's file system: below this, the
+    /// node refuses the posts it leads with `resource_exhausted`, before
+    /// the disk is full.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { sm_flush_interval_ms: 500, log_sync_batch_len_max: 4_096, sm_cache_bytes: 256 * 1024 * 1024 }
+        StorageConfig {
+            sm_flush_interval_ms: 500,
+            log_sync_batch_len_max: 4_096,
+            sm_cache_bytes: 256 * 1024 * 1024,
+            disk_reserve_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 

@@ -379,3 +379,90 @@ async fn a_follower_whose_log_was_damaged_says_so_and_rejoins_as_a_new_incarnati
         assert_eq!(keys.len(), posted);
     }
 }
+
+/// A tmpfs mounted at a path, unmounted (lazily) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size_mib: u64) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root (the test machines run as root)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A leader whose disk falls below `storage.disk_reserve_bytes` refuses
+/// posts with a clear `resource_exhausted` before the disk is full, says so
+/// in node status, commits nothing of what it refused, and takes posts
+/// again once space is freed, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_disk_is_nearly_full_refuses_posts_clearly_and_takes_them_again_when_freed() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    // Node 1's data directory moves onto a 256 MiB disk of its own.
+    cluster.kill_node(1);
+    let data_dir = cluster.node(1).data_dir.clone();
+    let moved = data_dir.with_extension("moved");
+    std::fs::rename(&data_dir, &moved).unwrap();
+    std::fs::create_dir(&data_dir).unwrap();
+    let disk = Tmpfs::mount(&data_dir, 256);
+    let copied =
+        std::process::Command::new("cp").arg("-a").arg(format!("{}/.", moved.display())).arg(&data_dir).status();
+    assert!(copied.unwrap().success());
+    cluster.start_node(1);
+    common::wait_until(Duration::from_secs(30), "node 1 to lead the space cluster", async || {
+        let channel = common::try_connect(&cluster.node(1).addr).await.map_err(|e| e.to_string())?;
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let request = pb::TransferLeaderRequest { cluster_id: DEFAULT_CLUSTER_ID, to_node: 1 };
+        let _ = admin.transfer_leader(request).await;
+        match common::space_replica(&status(&cluster, 1).await?) {
+            Some(replica) if replica.role == "leader" => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.role.clone()))),
+        }
+    })
+    .await;
+    let mut client = cluster.client(1).await;
+    assert_eq!(client.post(post("before")).await.expect("a post with room").into_inner().seq, 1);
+
+    let free = spaceraft::node::disk::free_bytes(&data_dir).expect("free space");
+    let junk = data_dir.join("junk");
+    std::fs::write(&junk, vec![1u8; (free - 32 * 1024 * 1024) as usize]).expect("fill the disk to 32 MiB free");
+    // The node notices within a second, and says so in its status.
+    let errors = common::wait_until(Duration::from_secs(10), "node 1 to report its disk", async || {
+        let channel = common::try_connect(&cluster.node(1).addr).await.map_err(|e| e.to_string())?;
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let request = pb::NodeStatusRequest { summary: true };
+        let node = admin.node_status(request).await.map_err(|e| e.to_string())?.into_inner().node.unwrap_or_default();
+        if node.health == "degraded" && node.errors.iter().any(|e| e.contains("disk below its reserve")) {
+            Ok(node.errors)
+        } else {
+            Err(format!("{} {:?}", node.health, node.errors))
+        }
+    })
+    .await;
+    assert!(!errors.is_empty());
+    let refused = client.post(post("refused")).await.expect_err("a post below the reserve");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("storage.disk_reserve_bytes"), "the refusal names the setting: {refused:?}");
+
+    std::fs::remove_file(&junk).unwrap();
+    let seq = common::wait_until(Duration::from_secs(10), "posts to be taken again", async || {
+        client.post(post("after")).await.map(|r| r.into_inner().seq).map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(seq, 2, "nothing refused was committed");
+    let keys = served(&cluster, 1).await;
+    assert!(!keys.contains_key("refused"));
+    cluster.kill_node(1);
+    drop(disk);
+}

@@ -198,6 +198,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(quiesce::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(leaders::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(crate::node::rejoin::run(host.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::node::disk::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(host.detector.clone().run(
         host.peers.clone(),
         {
@@ -276,6 +277,19 @@ fn node_tls(config: &NodeConfig) -> anyhow::Result<Option<TlsIdentity>> {
     Ok(Some(tls))
 }
 
+/// A configured peer's status, if it answers within a second.
+async fn peer_status(
+    addr: &str,
+    config: &NodeConfig,
+    dial: Option<&tonic::transport::ClientTlsConfig>,
+) -> Option<pb::NodeStatusResponse> {
+    let endpoint = crate::raft::network::endpoint(addr, &config.network, dial).ok()?;
+    let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()));
+    Some(status.await.ok()?.ok()?.into_inner())
+}
+
 /// Refuses to start a second process with an id that is already in use: a
 /// peer list that puts this id at another address, or a reachable peer that
 /// answers with this id.
@@ -296,14 +310,7 @@ async fn check_id_is_unique(
     }
     let advertise = advertise.as_str();
     let asks = config.peers.iter().filter(|peer| peer.addr != advertise).map(|peer| async move {
-        let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network, dial).ok()?;
-        let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
-        let mut admin = pb::admin_client::AdminClient::new(channel);
-        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()))
-            .await
-            .ok()?
-            .ok()?
-            .into_inner();
+        let status = peer_status(&peer.addr, config, dial).await?;
         if status.replicas.first().is_some_and(|replica| replica.node_id == config.node_id) {
             return Some(format!("node id {} is already running at {}", config.node_id, peer.addr));
         }
@@ -341,14 +348,7 @@ fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Opti
 async fn running_cluster(config: &NodeConfig, dial: Option<&tonic::transport::ClientTlsConfig>) -> Option<String> {
     let advertise = config.advertise_addr().to_string();
     let asks = config.peers.iter().filter(|peer| peer.addr != advertise).map(|peer| async move {
-        let endpoint = crate::raft::network::endpoint(&peer.addr, &config.network, dial).ok()?;
-        let channel = tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await.ok()?.ok()?;
-        let mut admin = pb::admin_client::AdminClient::new(channel);
-        let status = tokio::time::timeout(Duration::from_secs(1), admin.node_status(pb::NodeStatusRequest::default()))
-            .await
-            .ok()?
-            .ok()?
-            .into_inner();
+        let status = peer_status(&peer.addr, config, dial).await?;
         let meta_started =
             status.replicas.iter().any(|replica| replica.cluster_id == META_GROUP_ID && replica.term > 0);
         (crate::wire::is_cluster_id(&status.cluster_id) && meta_started).then_some(status.cluster_id)

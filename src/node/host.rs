@@ -79,6 +79,8 @@ pub struct Host {
     pub quiet_until_ms: std::sync::atomic::AtomicU64,
     /// This node's drain flag from the directory, refreshed on every change.
     pub(crate) drained: std::sync::atomic::AtomicBool,
+    /// Free bytes of the data directory's disk ([`crate::node::disk`]).
+    pub(crate) disk_free_bytes: std::sync::atomic::AtomicU64,
     /// When this node started.
     pub started: std::time::Instant,
     /// The latest report of each gateway that follows this node, by id.
@@ -119,6 +121,7 @@ impl Host {
             applied_any: watch::channel(0).0,
             quiet_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             drained: std::sync::atomic::AtomicBool::new(false),
+            disk_free_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             started: std::time::Instant::now(),
             gateways: Mutex::new(BTreeMap::new()),
             gate: security.gate,

@@ -136,13 +136,7 @@ const IN_PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 async fn change_patiently(
     group: &Group,
     change: openraft::ChangeMembers<NodeId, NodeAddr>,
-) -> Result<
-    openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
-    openraft::errors::RaftError<
-        crate::raft::types::TypeConfig,
-        openraft::errors::ClientWriteError<crate::raft::types::TypeConfig>,
-    >,
-> {
+) -> crate::raft::group::WriteResult {
     let deadline = tokio::time::Instant::now() + IN_PROGRESS_WAIT;
     loop {
         let result = group.raft.change_membership(change.clone(), false).await;

@@ -9,6 +9,7 @@
 //!   [`status`], [`gateways`]: administration and what operators read;
 //! - [`follow`]: gateways' follow streams; [`leaders`], [`quiesce`],
 //!   [`detector`]: leader placement, idle groups, the failure detector;
+//!   [`disk`]: the data directory's free space and its reserve;
 //! - [`identity`]: which cluster the node belongs to; [`rejoin`]: the
 //!   incarnations membership records, and members re-admitted after data loss. The process itself
 //!   (stores opened, groups started, gRPC served) is wired in
@@ -16,6 +17,7 @@
 
 pub mod commands;
 pub mod detector;
+pub mod disk;
 pub mod follow;
 pub mod gateways;
 pub mod host;

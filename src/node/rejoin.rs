@@ -125,6 +125,7 @@ impl Host {
                         );
                         // Its log may have gone back: a heartbeat lets
                         // replication find out and send what it misses.
+                        group.wake();
                         let _ = group.raft.trigger().heartbeat().await;
                     }
                 }

@@ -71,6 +71,7 @@ impl Host {
             };
         }
         errors.extend(nodes_down.iter().map(|node| format!("node {node} does not answer")));
+        errors.extend(self.disk_problem());
         let root = self.data_root();
         let db_size_bytes = crate::storage::blocking::run(move || dir_size(&root)).await.unwrap_or(0);
         let node = pb::NodeSummary {

@@ -66,6 +66,7 @@ impl Host {
             |group: Arc<Group>| {
                 let post = post.clone();
                 async move {
+                    self.check_disk_reserve()?;
                     let outcome = group.proposer.propose(post).await.map_err(|error| propose_error(group.id, error))?;
                     Ok(pb::PostResponse {
                         space: request.space.clone(),

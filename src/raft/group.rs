@@ -41,20 +41,20 @@ impl Group {
     }
 
     /// A write through Raft on a woken group.
-    pub async fn woken_write(
-        &self,
-        command: crate::space::Command,
-    ) -> Result<
-        openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
-        openraft::errors::RaftError<
-            crate::raft::types::TypeConfig,
-            openraft::errors::ClientWriteError<crate::raft::types::TypeConfig>,
-        >,
-    > {
+    pub async fn woken_write(&self, command: crate::space::Command) -> WriteResult {
         self.wake();
         self.raft.client_write(command).await
     }
 }
+
+/// What a write through a group's Raft answers.
+pub type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<crate::raft::types::TypeConfig>,
+    openraft::errors::RaftError<
+        crate::raft::types::TypeConfig,
+        openraft::errors::ClientWriteError<crate::raft::types::TypeConfig>,
+    >,
+>;
 
 /// The groups hosted on this node, by id; cheap to clone.
 #[derive(Clone, Default)]
