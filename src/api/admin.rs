@@ -150,7 +150,11 @@ impl pb::admin_server::Admin for AdminApi {
     async fn ping(&self, request: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
         admit(&request, "spaceraft.v1.Admin/Ping")?;
         let cluster_id = self.host.cluster.get().unwrap_or_default().to_string();
-        Ok(Response::new(pb::PingReply { node_id: self.host.config.node_id, cluster_id }))
+        Ok(Response::new(pb::PingReply {
+            node_id: self.host.config.node_id,
+            cluster_id,
+            incarnation: self.host.peers.incarnation(),
+        }))
     }
 
     async fn read_index(&self, request: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexReply>, Status> {

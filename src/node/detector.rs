@@ -129,8 +129,10 @@ impl Detector {
                     if let Ok(Ok(reply)) =
                         tokio::time::timeout(interval.max(Duration::from_millis(200)), client.ping(request)).await
                     {
-                        if reply.into_inner().node_id == id {
+                        let reply = reply.into_inner();
+                        if reply.node_id == id {
                             detector.seen(id);
+                            peers.saw(id, reply.incarnation);
                         }
                     }
                 }

@@ -30,7 +30,7 @@ use crate::raft::types::NodeAddr;
 
 /// How often the leaders' memberships are compared with what members answer.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a member has to answer the catch-up check.
+/// How long a renewed member has to answer the catch-up check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the leader knows of one member's incarnation.
@@ -73,7 +73,7 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
 impl Host {
     /// On a group this node leads: fills in unrecorded incarnations and
     /// re-admits renewed members that have caught up, in one `SetNodes`.
-    /// `probes` caches this round's node status answers by node.
+    /// `probes` caches this round's status answers of renewed members.
     async fn keep_incarnations(&self, group: &Group, probes: &mut HashMap<NodeId, Option<pb::NodeStatusResponse>>) {
         let metrics = group.raft.metrics().borrow_watched().clone();
         if metrics.state != ServerState::Leader {
@@ -83,25 +83,20 @@ impl Host {
         let me = self.config.node_id;
         let mut updates: BTreeMap<NodeId, NodeAddr> = BTreeMap::new();
         for (id, node) in metrics.membership_config.membership().nodes() {
-            // A quiescent group sends nothing a member could answer: ask
-            // each member once a round, and fall back on its last reply.
-            if *id != me && !probes.contains_key(id) {
-                let status = self.probe(&node.addr).await;
-                probes.insert(*id, status);
-            }
-            let status = probes.get(id).and_then(Option::as_ref);
-            let answered = if *id == me {
-                Some(self.peers.incarnation())
-            } else {
-                status.map(|status| status.incarnation).filter(|i| *i != 0).or(self.peers.seen_incarnation(*id))
-            };
+            // Members answer every Raft reply and failure detector ping
+            // with their incarnation, so an idle group learns it too.
+            let answered = if *id == me { Some(self.peers.incarnation()) } else { self.peers.seen_incarnation(*id) };
             match classify(node.incarnation, answered) {
                 Incarnation::Current => {}
                 Incarnation::Unrecorded(incarnation) => {
                     updates.insert(*id, NodeAddr { incarnation, ..node.clone() });
                 }
                 Incarnation::Renewed(incarnation) => {
-                    let caught_up = status.is_some_and(|status| {
+                    if !probes.contains_key(id) {
+                        let status = self.probe(&node.addr).await;
+                        probes.insert(*id, status);
+                    }
+                    let caught_up = probes.get(id).and_then(Option::as_ref).is_some_and(|status| {
                         status.incarnation == incarnation
                             && status
                                 .replicas
@@ -134,12 +129,14 @@ impl Host {
         if updates.is_empty() {
             return;
         }
+        // A quiescent group does not tick: wake it, or the change waits.
+        group.wake();
         let change = openraft::ChangeMembers::SetNodes(updates.clone());
         match group.raft.change_membership(change, false).await {
             Ok(_) => {
                 tracing::info!(cluster = group.id, nodes = ?updates.keys().collect::<Vec<_>>(), "incarnations recorded")
             }
-            Err(error) => tracing::debug!(cluster = group.id, %error, "cannot record incarnations yet"),
+            Err(error) => tracing::info!(cluster = group.id, %error, "cannot record incarnations yet"),
         }
     }
 

@@ -82,7 +82,8 @@ impl PeerChannels {
         self.seen.lock().expect("incarnation map lock").get(&node).copied()
     }
 
-    fn saw(&self, node: NodeId, incarnation: u64) {
+    /// Notes the incarnation `node` answered with (a Raft reply, a ping).
+    pub fn saw(&self, node: NodeId, incarnation: u64) {
         if incarnation != 0 {
             self.seen.lock().expect("incarnation map lock").insert(node, incarnation);
         }
