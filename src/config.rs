@@ -164,6 +164,10 @@ pub struct GroupsConfig {
     /// A leader moves leadership to the preferred region only after leading
     /// this long and seeing the target up this long (no flapping).
     pub leader_settle_ms: u64,
+    /// A follower that is up but whose replication has not advanced for
+    /// this long while the leader has more is taken as stalled: the leader
+    /// hands leadership to a caught-up voter, which replicates afresh.
+    pub replication_stall_ms: u64,
 }
 
 impl Default for GroupsConfig {
@@ -176,6 +180,7 @@ impl Default for GroupsConfig {
             quiesce_after_ms: 3_000,
             leader_check_interval_ms: 1_000,
             leader_settle_ms: 5_000,
+            replication_stall_ms: 10_000,
         }
     }
 }
@@ -410,8 +415,8 @@ pub const ENV_CONFIG_KEYS: &[&str] = &[
     "join_token",
 ];
 
-/// `SPACERAFT_*` names that other tools read; a node ignores them without a
-/// warning.
+/// `SPACERAFT_*` names that other tools (or the node process itself) read;
+/// a node ignores them without a warning.
 const ENV_OF_OTHER_TOOLS: &[&str] = &[
     "config",
     "log",
@@ -427,6 +432,8 @@ const ENV_OF_OTHER_TOOLS: &[&str] = &[
     "key",
     "token",
     "signing_key",
+    // Kept by `spaceraft node` across the restarts that reopen failed stores.
+    "storage_restarts",
 ];
 
 /// Whether the `SPACERAFT_*` variable whose name (after the prefix, lower

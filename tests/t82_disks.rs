@@ -410,16 +410,8 @@ async fn a_leader_whose_disk_is_nearly_full_refuses_posts_clearly_and_takes_them
     let mut cluster = TestCluster::start().await;
     common::create_space(&cluster, 1, SPACE, &["alice"]).await;
     // Node 1's data directory moves onto a 256 MiB disk of its own.
-    cluster.kill_node(1);
+    let disk = onto_tmpfs(&mut cluster, 1, 256);
     let data_dir = cluster.node(1).data_dir.clone();
-    let moved = data_dir.with_extension("moved");
-    std::fs::rename(&data_dir, &moved).unwrap();
-    std::fs::create_dir(&data_dir).unwrap();
-    let disk = Tmpfs::mount(&data_dir, 256);
-    let copied =
-        std::process::Command::new("cp").arg("-a").arg(format!("{}/.", moved.display())).arg(&data_dir).status();
-    assert!(copied.unwrap().success());
-    cluster.start_node(1);
     common::wait_until(Duration::from_secs(30), "node 1 to lead the space cluster", async || {
         let channel = common::try_connect(&cluster.node(1).addr).await.map_err(|e| e.to_string())?;
         let mut admin = pb::admin_client::AdminClient::new(channel);
@@ -464,5 +456,98 @@ async fn a_leader_whose_disk_is_nearly_full_refuses_posts_clearly_and_takes_them
     let keys = served(&cluster, 1).await;
     assert!(!keys.contains_key("refused"));
     cluster.kill_node(1);
+    drop(disk);
+}
+
+/// Moves `node`'s data directory onto a tmpfs of `size_mib` (the node is
+/// stopped and started again around the move).
+fn onto_tmpfs(cluster: &mut TestCluster, node: u64, size_mib: u64) -> Tmpfs {
+    cluster.kill_node(node);
+    let data_dir = cluster.node(node).data_dir.clone();
+    let moved = data_dir.with_extension("moved");
+    std::fs::rename(&data_dir, &moved).unwrap();
+    std::fs::create_dir(&data_dir).unwrap();
+    let disk = Tmpfs::mount(&data_dir, size_mib);
+    let copied =
+        std::process::Command::new("cp").arg("-a").arg(format!("{}/.", moved.display())).arg(&data_dir).status();
+    assert!(copied.unwrap().success());
+    cluster.start_node(node);
+    disk
+}
+
+/// Fills the file system holding `dir` to the last byte; returns the file.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let junk = dir.join("junk");
+    let mut file = std::fs::File::create(&junk).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    while file.write_all(&[7u8; 512]).is_ok() {}
+    let _ = file.sync_all();
+    junk
+}
+
+/// A follower whose disk fills to the last byte (past its reserve: the
+/// reserve only guards the posts a node leads) cannot append: its groups'
+/// Raft stops on the storage error and it reports `storage-failed`, while
+/// the other two keep acknowledging posts. Once the disk has room again it
+/// restarts itself, reopens its stores, catches up and serves every post;
+/// no operator restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_whose_disk_fills_reports_storage_failed_and_recovers_by_itself_when_freed() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = new_leader_of_both(&cluster).await;
+    let full = (1..=3).find(|id| *id != leader).unwrap();
+    let disk = onto_tmpfs(&mut cluster, full, 160);
+    let mut client = cluster.client(leader).await;
+    let mut acked = BTreeMap::new();
+    for n in 0..20 {
+        let key = format!("k{n}");
+        acked.insert(key.clone(), client.post(post(&key)).await.expect("post").into_inner().seq);
+    }
+    let data_dir = cluster.node(full).data_dir.clone();
+    let junk = fill(&data_dir);
+    for n in 20..80 {
+        let key = format!("k{n}");
+        let seq = client.post(post(&key)).await.expect("the other two acknowledge").into_inner().seq;
+        acked.insert(key, seq);
+    }
+    let summary = common::wait_until(Duration::from_secs(30), "the full node to report storage-failed", async || {
+        let channel = common::try_connect(&cluster.node(full).addr).await.map_err(|e| e.to_string())?;
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let request = pb::NodeStatusRequest { summary: true };
+        let status = admin.node_status(request).await.map_err(|e| e.to_string())?.into_inner();
+        let failed = status.replicas.iter().any(|r| r.role == "storage-failed");
+        let node = status.node.unwrap_or_default();
+        if failed && node.health == "storage-failed" {
+            Ok(node)
+        } else {
+            Err(format!("{} {:?}", node.health, node.errors))
+        }
+    })
+    .await;
+    assert!(summary.errors.iter().any(|e| e.contains("storage failed")), "{:?}", summary.errors);
+
+    std::fs::remove_file(&junk).unwrap();
+    common::wait_until(Duration::from_secs(60), "the node to restart itself and catch up", async || {
+        let Ok(channel) = common::try_connect(&cluster.node(full).addr).await else { return Err("down".to_string()) };
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let status = admin.node_status(pb::NodeStatusRequest::default()).await.map_err(|e| e.to_string())?;
+        match common::space_replica(&status.into_inner()) {
+            Some(replica) if replica.role == "follower" && replica.applied_index >= 80 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        cluster.node_log(full).contains("restarting this node to reopen its stores"),
+        "the node says why it restarts"
+    );
+    let keys = served(&cluster, full).await;
+    for (key, seq) in &acked {
+        assert_eq!(keys.get(key), Some(seq), "post {key} on the recovered node");
+    }
+    cluster.kill_node(full);
     drop(disk);
 }

@@ -102,7 +102,7 @@ impl RunningNode {
             let _ = group.raft.shutdown().await;
         }
         let _ = self.flusher.await;
-        flusher::flush(self.host.db()).await;
+        let _ = flusher::flush(self.host.db()).await;
         served
     }
 
@@ -193,7 +193,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone()));
+    let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone(), {
+        let host = host.clone();
+        move |failure| *host.sm_failure.lock().expect("failure lock") = failure
+    }));
     tokio::spawn(host.clone().follow_directory(shutdown_rx.clone()));
     tokio::spawn(quiesce::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(leaders::run(host.clone(), shutdown_rx.clone()));

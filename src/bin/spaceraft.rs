@@ -7,7 +7,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spaceraft::config::{parse_peer, FlagOverrides, NodeConfig, PeerConfig, SecurityFlags};
 
@@ -273,9 +275,42 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     };
     let config = NodeConfig::load(args.config.as_deref(), &flags)?;
     let node = spaceraft::api::server::start(config).await?;
-    spaceraft::dev::shutdown_signal().await;
-    tracing::info!("shutting down");
-    node.stop().await
+    tokio::select! {
+        _ = spaceraft::dev::shutdown_signal() => {
+            tracing::info!("shutting down");
+            node.stop().await
+        }
+        why = spaceraft::node::disk::storage_failed(node.host.clone()) => {
+            let uptime = node.host.started.elapsed();
+            let _ = node.stop().await;
+            restart_after_storage_failure(&why, uptime).await
+        }
+    }
+}
+
+/// Counts the restarts of a node after storage failures, across `exec`.
+const STORAGE_RESTARTS_VAR: &str = "SPACERAFT_STORAGE_RESTARTS";
+
+/// Replaces this process with a fresh one of itself (same arguments), to
+/// reopen stores that failed; the pause doubles with each restart that
+/// follows a short run (up to 5 minutes), so a failure that comes back at
+/// once does not spin.
+async fn restart_after_storage_failure(why: &str, uptime: Duration) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let earlier: u32 = std::env::var(STORAGE_RESTARTS_VAR).ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let restarts = if uptime > Duration::from_secs(600) { 0 } else { earlier };
+    let pause = Duration::from_secs(1u64 << restarts.min(9)).min(Duration::from_secs(300));
+    tracing::error!(
+        %why, restarts, ?pause,
+        "storage failed and the disk has room: restarting this node to reopen its stores"
+    );
+    tokio::time::sleep(pause).await;
+    let exe = std::env::current_exe().context("cannot find this program to restart it")?;
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(STORAGE_RESTARTS_VAR, (restarts + 1).to_string())
+        .exec();
+    Err(anyhow::anyhow!("cannot restart after a storage failure: {error}"))
 }
 
 fn make_certs(args: CertsArgs) -> anyhow::Result<()> {

@@ -155,9 +155,10 @@ pub struct ClusterHealth {
 
 /// Whether a replica row answers and may vote: not unreachable, not a
 /// configured voter without a replica (`missing`), not a replica whose node
-/// lost its data and is not re-admitted yet (`needs-rejoin`).
+/// lost its data and is not re-admitted yet (`needs-rejoin`), not one whose
+/// Raft stopped on a storage failure (`storage-failed`).
 pub fn answers_as_voter(replica: &pb::ReplicaStatus) -> bool {
-    !matches!(replica.role.as_str(), "unreachable" | "missing" | "needs-rejoin")
+    !matches!(replica.role.as_str(), "unreachable" | "missing" | "needs-rejoin" | "storage-failed")
 }
 
 /// Per cluster: a leader that answers as leader, and a majority of its

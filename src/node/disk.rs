@@ -2,6 +2,14 @@
 //! runtime: below `storage.disk_reserve_bytes`, the posts a node leads are
 //! refused with `resource_exhausted` before the disk is full, and node
 //! status says so; they are taken again once space is freed.
+//!
+//! A store that fails anyway (the disk filled past the reserve, an I/O
+//! error) stops the groups that hit it: openraft stops a group's Raft on a
+//! storage error, so a leader stops leading at once and the others elect.
+//! The node reports `storage-failed`; [`storage_failed`] tells its process
+//! when the disk has room again, and `spaceraft node` then restarts itself
+//! to reopen its stores and catch up (fjall and sled stay failed once a
+//! write failed).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,8 +17,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::Fatal;
+
 use crate::error::{ApiError, ErrorKind};
 use crate::node::host::Host;
+use crate::raft::types::TypeConfig;
 
 /// How often the free space is looked at.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -51,7 +63,43 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Why a group's Raft stopped on its storage (a storage error, or a panic
+/// in its storage tasks); None while it runs or when it was stopped.
+pub fn storage_failure(state: &Result<(), Fatal<TypeConfig>>) -> Option<String> {
+    match state {
+        Err(Fatal::StorageError(error)) => Some(error.to_string()),
+        Err(Fatal::Panicked) => Some("its raft core panicked".into()),
+        _ => None,
+    }
+}
+
+/// Resolves once the node has a storage failure and its disk has room
+/// (above the reserve): what failed. Its process then restarts to reopen
+/// the stores.
+pub async fn storage_failed(host: Arc<Host>) -> String {
+    loop {
+        let failures = host.storage_failures();
+        if !failures.is_empty() && !host.disk_low() {
+            return failures.join("; ");
+        }
+        tokio::time::sleep(CHECK_INTERVAL).await;
+    }
+}
+
 impl Host {
+    /// What failed in this node's stores: groups whose Raft stopped on a
+    /// storage failure, and the state machine store if it cannot be
+    /// written out.
+    pub fn storage_failures(&self) -> Vec<String> {
+        let mut failures: Vec<String> = self.sm_failure.lock().expect("failure lock").clone().into_iter().collect();
+        for group in self.groups.all() {
+            if let Some(why) = storage_failure(&group.raft.metrics().borrow_watched().running_state) {
+                failures.push(format!("group {}: {why}", group.id));
+            }
+        }
+        failures
+    }
+
     /// Whether the data directory's free space is below the reserve.
     pub fn disk_low(&self) -> bool {
         self.disk_free_bytes.load(Ordering::Relaxed) < self.config.storage.disk_reserve_bytes

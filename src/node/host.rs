@@ -81,6 +81,8 @@ pub struct Host {
     pub(crate) drained: std::sync::atomic::AtomicBool,
     /// Free bytes of the data directory's disk ([`crate::node::disk`]).
     pub(crate) disk_free_bytes: std::sync::atomic::AtomicU64,
+    /// Why the state machine store last failed to write out, if it did.
+    pub(crate) sm_failure: Mutex<Option<String>>,
     /// When this node started.
     pub started: std::time::Instant,
     /// The latest report of each gateway that follows this node, by id.
@@ -122,6 +124,7 @@ impl Host {
             quiet_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             drained: std::sync::atomic::AtomicBool::new(false),
             disk_free_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
+            sm_failure: Mutex::new(None),
             started: std::time::Instant::now(),
             gateways: Mutex::new(BTreeMap::new()),
             gate: security.gate,

@@ -11,7 +11,8 @@
 //!   [`detector`]: leader placement, idle groups, the failure detector;
 //!   [`disk`]: the data directory's free space and its reserve;
 //! - [`identity`]: which cluster the node belongs to; [`rejoin`]: the
-//!   incarnations membership records, and members re-admitted after data loss. The process itself
+//!   incarnations membership records, and members re-admitted after data loss;
+//!   [`watchdog`]: followers whose replication stalled. The process itself
 //!   (stores opened, groups started, gRPC served) is wired in
 //!   [`crate::api::server`].
 
@@ -37,4 +38,5 @@ pub mod runner;
 pub mod snapshot;
 pub mod spaces;
 pub mod status;
+pub mod watchdog;
 pub mod write;

@@ -72,6 +72,11 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
             }
             match look(&host, &group, &mut seen, &down_nodes, now) {
                 Some(awake) => group.raft.runtime_config().tick(awake),
+                // A store that failed stays failed: restarting the group
+                // on it fails again at once. The process reopens its
+                // stores once the disk has room ([`crate::node::disk`]).
+                None if crate::node::disk::storage_failure(&group.raft.metrics().borrow_watched().running_state)
+                    .is_some() => {}
                 None => restart(&host, group.id).await,
             }
         }
@@ -127,8 +132,8 @@ async fn catch_up(host: &Host, back: &[NodeId]) {
     }
 }
 
-/// Starts a group whose core stopped on its own (a fatal error) again from
-/// its stores.
+/// Starts a group whose core stopped on its own (a fatal error other than
+/// a storage failure) again from its stores.
 async fn restart(host: &Host, id: u64) {
     tracing::warn!(group_id = id, "the group's raft core stopped; restarting it");
     host.groups.remove(id);

@@ -55,9 +55,11 @@ pub fn classify(recorded: u64, answered: Option<u64>) -> Incarnation {
     }
 }
 
-/// Keeps the memberships of the groups this node leads up to date, until
+/// Keeps the memberships of the groups this node leads up to date, and
+/// watches their followers' progress ([`crate::node::watchdog`]), until
 /// shutdown.
 pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    let mut progress = crate::node::watchdog::Progress::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_INTERVAL) => {}
@@ -66,6 +68,7 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
         let mut probes = HashMap::new();
         for group in host.groups.all() {
             host.keep_incarnations(&group, &mut probes).await;
+            host.watch_replication(&group, &mut progress).await;
         }
     }
 }

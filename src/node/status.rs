@@ -50,7 +50,9 @@ impl Host {
                 });
             }
             *roles.entry(role(metrics.state).to_string()).or_default() += 1;
-            if metrics.state == ServerState::Shutdown {
+            if let Some(why) = crate::node::disk::storage_failure(&metrics.running_state) {
+                errors.push(format!("group {}: storage failed: {why}", group.id));
+            } else if metrics.state == ServerState::Shutdown {
                 errors.push(format!("group {}: raft core stopped", group.id));
             } else if metrics.current_leader.is_none() {
                 errors.push(format!("group {} has no leader", group.id));
@@ -72,13 +74,22 @@ impl Host {
         }
         errors.extend(nodes_down.iter().map(|node| format!("node {node} does not answer")));
         errors.extend(self.disk_problem());
+        errors.extend(self.sm_failure.lock().expect("failure lock").clone());
+        let storage_failed = !self.storage_failures().is_empty();
         let root = self.data_root();
         let db_size_bytes = crate::storage::blocking::run(move || dir_size(&root)).await.unwrap_or(0);
         let node = pb::NodeSummary {
             node_id: self.config.node_id,
             region: self.config.region.clone(),
             grpc_addr: self.config.advertise_addr().to_string(),
-            health: if errors.is_empty() { "healthy" } else { "degraded" }.into(),
+            health: if storage_failed {
+                STORAGE_FAILED
+            } else if errors.is_empty() {
+                "healthy"
+            } else {
+                "degraded"
+            }
+            .into(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             groups: groups.len() as u32,
@@ -125,7 +136,14 @@ impl Host {
                     region: self.config.region.clone(),
                     grpc_addr: self.config.advertise_addr().to_string(),
                     cluster_id: group.id,
-                    role: if renewed { NEEDS_REJOIN } else { role(metrics.state) }.to_string(),
+                    role: if crate::node::disk::storage_failure(&metrics.running_state).is_some() {
+                        STORAGE_FAILED
+                    } else if renewed {
+                        NEEDS_REJOIN
+                    } else {
+                        role(metrics.state)
+                    }
+                    .to_string(),
                     term: metrics.current_term,
                     last_log_index: metrics.last_log_index.unwrap_or(0),
                     commit_index: metrics.local_committed.map(|id| id.index).unwrap_or(0),
@@ -354,6 +372,10 @@ fn add_missing_voters(
     }
     replicas.sort_by_key(|replica| (replica.cluster_id, replica.node_id));
 }
+
+/// The role of a replica whose Raft stopped on a storage failure, and the
+/// health of its node.
+pub const STORAGE_FAILED: &str = "storage-failed";
 
 /// The role of a replica whose node lost its data and is not re-admitted.
 pub const NEEDS_REJOIN: &str = "needs-rejoin";

@@ -9,7 +9,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Runs until `shutdown` flips to true, then flushes one last time.
-pub async fn run(db: sled::Db, interval_ms: u64, mut shutdown: watch::Receiver<bool>) {
+/// `failed` hears why a flush failed, or None once one succeeds again.
+pub async fn run(
+    db: sled::Db,
+    interval_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+    failed: impl Fn(Option<String>) + Send + 'static,
+) {
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -20,16 +26,19 @@ pub async fn run(db: sled::Db, interval_ms: u64, mut shutdown: watch::Receiver<b
         if *shutdown.borrow() {
             break;
         }
-        flush(&db).await;
+        failed(flush(&db).await.err());
     }
-    flush(&db).await;
+    failed(flush(&db).await.err());
 }
 
-pub async fn flush(db: &sled::Db) {
+/// Writes the state machine out; why it failed, logged too.
+pub async fn flush(db: &sled::Db) -> Result<(), String> {
     let db = db.clone();
-    match crate::storage::blocking::run(move || db.flush()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => tracing::error!(%error, "state machine flush failed"),
-        Err(error) => tracing::error!(%error, "state machine flush task failed"),
-    }
+    let why = match crate::storage::blocking::run(move || db.flush()).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(error)) => format!("state machine flush failed: {error}"),
+        Err(error) => format!("state machine flush task failed: {error}"),
+    };
+    tracing::error!("{why}");
+    Err(why)
 }
