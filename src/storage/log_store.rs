@@ -18,6 +18,7 @@
 //! fsync and lowers it before a truncation, so a node can tell a torn tail
 //! from lost data at open ([`LogEngine::losses`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -94,8 +95,17 @@ impl LogEngine {
         let db = Database::builder(dir).open().map_err(fjall_error)?;
         let logs = db.keyspace("logs", KeyspaceCreateOptions::default).map_err(fjall_error)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(fjall_error)?;
+        let damaged = drop_damaged(&db, &logs, &meta)?;
         let found = found_marks(&logs, &meta, durable.keys().copied())?;
-        let losses = marker::find_losses(&durable, &found);
+        let mut losses = marker::find_losses(&durable, &found);
+        for (group, damage) in damaged {
+            tracing::error!(group, "raft log store: {damage}");
+            if !losses.iter().any(|loss| loss.group == group) {
+                let found = found.get(&group).copied().unwrap_or_default();
+                let durable = durable.get(&group).copied().unwrap_or(found);
+                losses.push(Loss { group, durable, found });
+            }
+        }
         let marker = Marker::start(&marker_root, found)?;
         let (writer, requests) = mpsc::sync_channel(sync_batch_len_max.max(1) * 4);
         let thread_db = db.clone();
@@ -163,6 +173,82 @@ impl LogEngine {
         self.submit(|readable| WriteOp::Write { writes, raises, readable, durable }).await?;
         durable_rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
     }
+}
+
+/// Whether a stored value's checksum matches (see [`encode_record`]).
+fn record_is_sound(bytes: &[u8]) -> bool {
+    bytes.split_first_chunk::<4>().is_some_and(|(crc, payload)| crc32fast::hash(payload) == u32::from_le_bytes(*crc))
+}
+
+fn group_of(key: &[u8]) -> Option<u64> {
+    key.first_chunk::<8>().map(|group| u64::from_be_bytes(*group))
+}
+
+/// A damaged record found at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    /// A vote or log metadata record: the group's log and vote are dropped.
+    Metadata,
+    /// A log entry at this index: it and the entries after it are dropped.
+    Entry(u64),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Metadata => write!(f, "a damaged vote or log metadata record: its log and vote are dropped"),
+            Damage::Entry(index) => {
+                write!(f, "a damaged log entry at index {index}: it and the entries after it are dropped")
+            }
+        }
+    }
+}
+
+/// Checks every record's checksum at open. A damaged log entry drops it and
+/// the rest of its group's log; a damaged vote or log metadata drops the
+/// group's whole log and metadata (its state is then rebuilt from the
+/// leader). Returns the groups that lost records, and why: records the node
+/// had acknowledged, so it rejoins as a new incarnation.
+fn drop_damaged(db: &Database, logs: &Keyspace, meta: &Keyspace) -> io::Result<BTreeMap<u64, Damage>> {
+    let mut damaged: BTreeMap<u64, Damage> = BTreeMap::new();
+    for item in meta.iter() {
+        let (key, value) = item.into_inner().map_err(fjall_error)?;
+        if let Some(group) = group_of(&key).filter(|_| !record_is_sound(&value)) {
+            damaged.insert(group, Damage::Metadata);
+        }
+    }
+    for item in logs.iter() {
+        let (key, value) = item.into_inner().map_err(fjall_error)?;
+        let Some(group) = group_of(&key) else { continue };
+        if record_is_sound(&value) || damaged.contains_key(&group) {
+            continue;
+        }
+        let index = key.get(8..16).map(|bytes| u64::from_be_bytes(bytes.try_into().expect("8 bytes"))).unwrap_or(0);
+        damaged.insert(group, Damage::Entry(index));
+    }
+    if damaged.is_empty() {
+        return Ok(damaged);
+    }
+    let mut batch = db.batch();
+    for (group, damage) in &damaged {
+        let from = match damage {
+            Damage::Entry(index) => *index,
+            Damage::Metadata => {
+                for tag in [TAG_VOTE, TAG_COMMITTED, TAG_PURGED] {
+                    let mut key = group.to_be_bytes().to_vec();
+                    key.push(tag);
+                    batch.remove(meta, key);
+                }
+                0
+            }
+        };
+        for item in logs.range(log_key(*group, from)..=log_key(*group, u64::MAX)) {
+            batch.remove(logs, item.key().map_err(fjall_error)?);
+        }
+    }
+    batch.commit().map_err(fjall_error)?;
+    db.persist(PersistMode::SyncAll).map_err(fjall_error)?;
+    Ok(damaged)
 }
 
 /// Per group, the last index and vote term the store holds: of every group
@@ -493,6 +579,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use openraft::testing::blank_ent;
+
+    #[test]
+    fn a_damaged_record_drops_the_rest_of_its_groups_log_and_counts_as_a_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join("raft-log");
+        {
+            let engine = LogEngine::open(&log_dir, 8).unwrap();
+            let inner = &engine.inner;
+            for (group, last) in [(7u64, 5u64), (8, 3)] {
+                for index in 1..=last {
+                    let entry = encode_record(&blank_ent::<TypeConfig>(1, 1, index)).unwrap();
+                    inner.logs.insert(log_key(group, index), entry).unwrap();
+                }
+            }
+            let mut damaged = encode_record(&blank_ent::<TypeConfig>(1, 1, 3)).unwrap();
+            damaged[6] ^= 0x10;
+            inner.logs.insert(log_key(7, 3), damaged).unwrap();
+            inner.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let engine = LogEngine::open(&log_dir, 8).unwrap();
+        let lost: Vec<u64> = engine.losses().iter().map(|loss| loss.group).collect();
+        assert_eq!(lost, vec![7], "the group with the damaged entry lost data");
+        let indexes = |group: u64| -> Vec<u64> {
+            engine
+                .inner
+                .logs
+                .range(log_key(group, 0)..=log_key(group, u64::MAX))
+                .map(|item| u64::from_be_bytes(item.key().unwrap()[8..16].try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(indexes(7), vec![1, 2], "the damaged entry and those after it are dropped");
+        assert_eq!(indexes(8), vec![1, 2, 3], "other groups are left alone");
+        assert!(decode_record::<Entry>("log entry", &[0, 0, 0, 0, 1]).unwrap_err().to_string().contains("checksum"));
+    }
 
     #[test]
     fn a_replication_batch_never_skips_purged_entries() {
