@@ -75,14 +75,13 @@ fn request_reply_replication_keeps_every_invariant() {
 }
 
 #[test]
-fn pipelined_replication_keeps_every_safety_invariant() {
-    // The node's transport. Its only known failure is a follower left
-    // behind until the leader changes (docs/reliability.md); anything else
-    // (a lost, duplicated or unexpected post, a stale read, a divergent
-    // replica, a cluster that stops taking posts) fails the test.
+fn pipelined_replication_keeps_every_invariant() {
+    // The node's transport. A follower openraft leaves behind (it waits
+    // for a pipelined batch a broken stream never delivered) is caught by
+    // the replication watchdog, as on the nodes (docs/reliability.md): no
+    // violation of any class, `stalled-replica` included.
     let classes = classes(1, 200, &SimParams::default());
-    let others: BTreeMap<_, _> = classes.iter().filter(|(class, _)| **class != "stalled-replica").collect();
-    assert!(others.is_empty(), "violations (replay: spaceraft sim --seed N): {others:?}");
+    assert!(classes.is_empty(), "violations (replay: spaceraft sim --seed N): {classes:?}");
 }
 
 #[test]

@@ -339,6 +339,9 @@ fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Opti
     if !data_dir.created && !log_existed {
         return Some(format!("{} is missing", data_dir.raft_log_dir().display()));
     }
+    if let Some(set_aside) = engine.set_aside() {
+        return Some(set_aside.to_string());
+    }
     if let Some(damaged) = engine.marker_damaged() {
         return Some(damaged.to_string());
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::ServerState;
+use openraft::{RaftMetrics, RaftTypeConfig, ServerState};
 
 use crate::config::NodeId;
 use crate::node::host::Host;
@@ -64,49 +64,73 @@ impl Progress {
     }
 }
 
+/// A follower of a group `me` leads that has stalled, and the voter to hand
+/// leadership to: the most caught-up other voter that is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handover {
+    pub stalled: NodeId,
+    pub matched: u64,
+    pub leader_last: u64,
+    pub successor: NodeId,
+}
+
+/// Notes the progress of every follower of a group `me` leads (`metrics`);
+/// a handover when one has stalled. `up` says which nodes answer.
+pub fn check<C: RaftTypeConfig<NodeId = NodeId>>(
+    metrics: &RaftMetrics<C>,
+    (group, me): (u64, NodeId),
+    progress: &mut Progress,
+    (now, stall_after): (Instant, Duration),
+    up: impl Fn(NodeId) -> bool,
+) -> Option<Handover> {
+    let (Some(replication), ServerState::Leader) = (metrics.replication.as_ref(), metrics.state) else {
+        progress.forget_group(group);
+        return None;
+    };
+    let leader_last = metrics.last_log_index.unwrap_or(0);
+    let matched = |node: &NodeId| replication.get(node).cloned().flatten().map(|id| id.index).unwrap_or(0);
+    for node in replication.keys().filter(|node| **node != me) {
+        let noted = progress.note((group, *node), (matched(node), leader_last, up(*node)), now, stall_after);
+        let Verdict::Stalled(at) = noted else { continue };
+        let successor = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|voter| *voter != me && voter != node && up(*voter))
+            .max_by_key(|voter| matched(voter));
+        if let Some(successor) = successor {
+            progress.forget_group(group);
+            return Some(Handover { stalled: *node, matched: at, leader_last, successor });
+        }
+    }
+    None
+}
+
 impl Host {
     /// On a group this node leads: hands leadership over when a follower
     /// has stalled (see the module).
     pub async fn watch_replication(&self, group: &Group, progress: &mut Progress) {
         let metrics = group.raft.metrics().borrow_watched().clone();
-        let (Some(replication), ServerState::Leader) = (metrics.replication.as_ref(), metrics.state) else {
-            progress.forget_group(group.id);
-            return;
-        };
-        let me = self.config.node_id;
-        let leader_last = metrics.last_log_index.unwrap_or(0);
         let down = self.detector.down().borrow().clone();
         let stall_after = Duration::from_millis(self.config.groups.replication_stall_ms.max(1));
-        let now = Instant::now();
-        let matched = |node: &NodeId| replication.get(node).cloned().flatten().map(|id| id.index).unwrap_or(0);
-        for node in replication.keys().filter(|node| **node != me) {
-            let up = !down.contains(node);
-            let Verdict::Stalled(at) =
-                progress.note((group.id, *node), (matched(node), leader_last, up), now, stall_after)
-            else {
-                continue;
-            };
-            let successor = metrics
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|voter| *voter != me && voter != node && !down.contains(voter))
-                .max_by_key(|voter| matched(voter));
-            let Some(successor) = successor else { continue };
-            tracing::warn!(
-                cluster = group.id,
-                node,
-                matched = at,
-                leader_last,
-                successor,
-                "replication to a follower has not advanced for {stall_after:?}: handing leadership over, so it \
-                 starts afresh"
-            );
-            progress.forget_group(group.id);
-            group.wake();
-            let _ = group.raft.trigger().transfer_leader(successor).await;
+        let key = (group.id, self.config.node_id);
+        let Some(handover) =
+            check(&metrics, key, progress, (Instant::now(), stall_after), |node| !down.contains(&node))
+        else {
             return;
-        }
+        };
+        let Handover { stalled, matched, leader_last, successor } = handover;
+        tracing::warn!(
+            cluster = group.id,
+            node = stalled,
+            matched,
+            leader_last,
+            successor,
+            "replication to a follower has not advanced for {stall_after:?}: handing leadership over, so it \
+             starts afresh"
+        );
+        group.wake();
+        let _ = group.raft.trigger().transfer_leader(successor).await;
     }
 }
 

@@ -27,6 +27,8 @@ const MEMBERS: [&str; 3] = ["alice", "bob", "carol"];
 
 /// How long a healed cluster gets to finish every pending post and converge.
 const SETTLE: Duration = Duration::from_secs(60);
+/// How often the replication watchdog looks, as on the nodes.
+const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one client request waits before its outcome counts as unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -293,12 +295,17 @@ impl Sim {
         self.clone().nemesis(stop).await;
         self.heal_all().await;
         let settle_by = Instant::now() + SETTLE;
+        let watchdog = {
+            let sim = self.clone();
+            super::spawn(async move { sim.watchdog(settle_by).await })
+        };
         for task in tasks {
             let _ = task.await;
         }
         let _ = reader.await;
         self.probe(settle_by).await;
         let replicas = self.converge(settle_by).await;
+        watchdog.abort();
 
         let now_ms = self.ledger.elapsed_ms();
         let tally = std::mem::take(&mut *self.tally());
@@ -605,6 +612,27 @@ impl Sim {
             }
         }
         self.trace.log("spaces created");
+    }
+
+    /// After the heal, until `until`: the nodes' replication watchdog
+    /// ([`crate::node::watchdog`]) on the leader, on the simulated clock.
+    async fn watchdog(self: Arc<Sim>, until: Instant) {
+        let stall_after = Duration::from_millis(crate::config::GroupsConfig::default().replication_stall_ms);
+        let mut progress = crate::node::watchdog::Progress::default();
+        while Instant::now() < until {
+            tokio::time::sleep(WATCHDOG_INTERVAL).await;
+            let Some((leader, raft)) = self.leader().and_then(|leader| Some((leader, self.net.raft(leader)?))) else {
+                continue;
+            };
+            let metrics = raft.metrics().borrow_watched().clone();
+            let now = (Instant::now().into_std(), stall_after);
+            let live = self.net.live_nodes();
+            let up = |node| live.contains(&node);
+            if let Some(handover) = crate::node::watchdog::check(&metrics, (0, leader), &mut progress, now, up) {
+                self.trace.log(format!("watchdog: {handover:?}: leadership handed over"));
+                let _ = raft.trigger().transfer_leader(handover.successor).await;
+            }
+        }
     }
 
     /// Every node up, every link whole.

@@ -79,6 +79,8 @@ struct LogEngineInner {
     /// What the open found lost, and whether the marker was damaged.
     losses: Vec<Loss>,
     marker_damaged: Option<String>,
+    /// Why the journal was set aside at open, if it was.
+    set_aside: Option<String>,
 }
 
 impl LogEngine {
@@ -92,7 +94,23 @@ impl LogEngine {
             Err(error @ marker::MarkerError::Damaged { .. }) => (Marks::new(), Some(error.to_string())),
             Err(error) => return Err(io::Error::other(error.to_string())),
         };
-        let db = Database::builder(dir).open().map_err(fjall_error)?;
+        let (db, set_aside) = match open_database(dir) {
+            Ok(db) => (db, None),
+            Err(Unopenable::Other(error)) => return Err(error),
+            Err(Unopenable::Damaged(why)) => {
+                // Kept for a post-mortem; the node starts on a new, empty
+                // log and rejoins as a new incarnation.
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|since| since.as_millis())
+                    .unwrap_or(0);
+                let aside = dir.with_extension(format!("damaged-{now_ms}"));
+                std::fs::rename(dir, &aside)?;
+                let why = format!("its raft log journal could not be recovered ({why}); moved to {}", aside.display());
+                tracing::error!("{why}");
+                (Database::builder(dir).open().map_err(fjall_error)?, Some(why))
+            }
+        };
         let logs = db.keyspace("logs", KeyspaceCreateOptions::default).map_err(fjall_error)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(fjall_error)?;
         let damaged = drop_damaged(&db, &logs, &meta)?;
@@ -115,13 +133,19 @@ impl LogEngine {
         std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || {
             write_loop(thread_db, thread_logs, thread_meta, thread_marker, requests, sync_batch_len_max.max(1))
         })?;
-        Ok(LogEngine { inner: Arc::new(LogEngineInner { db, logs, meta, writer, losses, marker_damaged }) })
+        Ok(LogEngine { inner: Arc::new(LogEngineInner { db, logs, meta, writer, losses, marker_damaged, set_aside }) })
     }
 
     /// The groups whose log, at open, had lost entries or a vote that were
     /// fsynced (see [`crate::storage::marker`]).
     pub fn losses(&self) -> &[Loss] {
         &self.inner.losses
+    }
+
+    /// Why the journal was unrecoverable at open and set aside (the log
+    /// then starts empty: everything in it is lost).
+    pub fn set_aside(&self) -> Option<&str> {
+        self.inner.set_aside.as_deref()
     }
 
     /// Why the marker could not be read at open (then losses cannot be
@@ -172,6 +196,37 @@ impl LogEngine {
         });
         self.submit(|readable| WriteOp::Write { writes, raises, readable, durable }).await?;
         durable_rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
+    }
+}
+
+/// Why a log store could not be opened.
+enum Unopenable {
+    /// Its files are damaged past what fjall recovers (an error, or a panic
+    /// of its recovery: its debug assertions trip on some damage).
+    Damaged(String),
+    /// Anything else (permissions, a lock held by another process).
+    Other(io::Error),
+}
+
+fn open_database(dir: &Path) -> Result<Database, Unopenable> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::builder(dir).open()));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(fjall::Error::Io(error)))
+            if !matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData) =>
+        {
+            Err(Unopenable::Other(fjall_error(fjall::Error::Io(error))))
+        }
+        Ok(Err(error @ fjall::Error::Locked)) => Err(Unopenable::Other(fjall_error(error))),
+        Ok(Err(error)) => Err(Unopenable::Damaged(error.to_string())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|why| why.to_string()))
+                .unwrap_or_else(|| "recovery panicked".into());
+            Err(Unopenable::Damaged(format!("recovery failed: {why}")))
+        }
     }
 }
 
