@@ -62,6 +62,38 @@ fn a_fixed_seed_run_with_region_kills_and_a_partition_passes() {
     }
 }
 
+/// Disk faults: a region's node loses its whole data directory and comes
+/// back empty (it must rejoin without voting first), and a node's disk fills
+/// to the last byte and is freed (it must stop, then recover by itself).
+/// Each node's data directory is a tmpfs of its own, which needs root, as
+/// the test machines run.
+#[test]
+fn a_fixed_seed_run_with_wiped_and_full_disks_passes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let args = [
+        "--secs",
+        "70",
+        "--seed",
+        "20261207",
+        "--nemesis",
+        "wipe-disk,disk-full,kill-region",
+        "--disk-mib",
+        "256",
+        "--base-port",
+        "17400",
+    ];
+    let (passed, output, summary) = chaos(&args, &out);
+    let kept = if passed { String::new() } else { keep_on_failure(&out) };
+    assert!(passed, "chaos run failed (kept in {kept}):\n{output}");
+    let faults = summary["faults"].as_array().expect("faults in summary.json");
+    let count = |kind: &str| faults.iter().filter(|fault| fault["kind"] == kind).count();
+    assert!(count("wipe-disk") >= 2 && count("disk-full") >= 2, "{faults:?}");
+    assert_eq!(summary["valid"], true);
+    assert!(summary["stats"]["posts_ok"].as_u64().unwrap() > 100, "{summary}");
+}
+
 #[test]
 fn a_random_seed_run_with_every_nemesis_passes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

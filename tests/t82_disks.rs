@@ -254,6 +254,120 @@ async fn a_wiped_voter_in_a_healthy_cluster_rejoins_by_itself() {
     assert!(log.contains("re-admitting a member that lost its data"), "the leader says it re-admitted the node");
 }
 
+/// Waits until node `node`'s state marker records group `group` applied at
+/// `at_least` or more: its sled state was flushed that far.
+async fn state_flushed(cluster: &TestCluster, node: u64, group: u64, at_least: u64) {
+    let root = cluster.node(node).data_dir.clone();
+    let what = format!("node {node} to flush group {group}'s state to {at_least}");
+    common::wait_until(Duration::from_secs(20), &what, async || {
+        let flushed = spaceraft::storage::marker::read_applied(&root).map_err(|e| e.to_string())?;
+        let at = flushed.and_then(|flushed| flushed.get(&group).copied()).unwrap_or(0);
+        if at >= at_least {
+            Ok(())
+        } else {
+            Err(format!("flushed to {at}"))
+        }
+    })
+    .await
+}
+
+/// The applied index of `node`'s replica of the space cluster.
+async fn applied_of(cluster: &TestCluster, node: u64) -> u64 {
+    let status = status(cluster, node).await.expect("node status");
+    common::space_replica(&status).expect("a replica of the space cluster").applied_index
+}
+
+/// A follower whose sled state is deleted (it rolls back to nothing) while
+/// its log still holds every entry rebuilds it from the log: the state
+/// marker tells it the state lost flushed writes, it says so, and it serves
+/// everything again as the same incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_state_machine_is_rebuilt_from_the_log_that_still_holds_it() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = new_leader_of_both(&cluster).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    let mut client = cluster.client(leader).await;
+    for n in 0..40 {
+        client.post(post(&format!("k{n}"))).await.expect("post");
+    }
+    let applied = applied_of(&cluster, leader).await;
+    state_flushed(&cluster, follower, DEFAULT_CLUSTER_ID, applied).await;
+    cluster.kill_node(follower);
+    std::fs::remove_dir_all(cluster.node(follower).data_dir.join("state")).expect("delete the sled state");
+    cluster.start_node(follower);
+    let keys = common::wait_until(Duration::from_secs(30), "the follower to serve all 40 posts again", async || {
+        let keys = served(&cluster, follower).await;
+        if keys.len() == 40 {
+            Ok(keys)
+        } else {
+            Err(keys.len())
+        }
+    })
+    .await;
+    assert_eq!(keys.len(), 40);
+    let log = cluster.node_log(follower);
+    assert!(log.contains("the state machine lost writes it had flushed"), "the follower says what it found");
+    assert!(!log.contains("lost state it had acknowledged"), "rebuilt in place: no rejoin");
+    let after = status(&cluster, follower).await.expect("status").incarnation;
+    assert_eq!(after, before[&follower], "the same incarnation");
+}
+
+/// A follower whose sled state and snapshots are deleted after its log was
+/// purged (a snapshot every 30 entries; openraft purges 256 at a time)
+/// cannot rebuild the state here: it drops that group's state and
+/// log, takes a new incarnation, and is caught up by a snapshot from its
+/// leader once re-admitted. It never serves a partial history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_state_machine_past_the_purged_log_is_dropped_and_the_node_rejoins() {
+    let mut cluster = TestCluster::start_with("snapshot_logs_since_last = 30\nsnapshot_logs_kept_len = 5\n").await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = new_leader_of_both(&cluster).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    let mut client = cluster.client(leader).await;
+    for n in 0..400 {
+        client.post(post(&format!("k{n}"))).await.expect("post");
+    }
+    let applied = applied_of(&cluster, leader).await;
+    let what = format!("node {follower} to purge its log of the space cluster");
+    common::wait_until(Duration::from_secs(20), &what, async || {
+        let status = status(&cluster, follower).await?;
+        let purged = common::space_replica(&status).map(|replica| replica.purged_index).unwrap_or(0);
+        if purged > 0 {
+            Ok(())
+        } else {
+            Err("nothing purged yet".to_string())
+        }
+    })
+    .await;
+    state_flushed(&cluster, follower, DEFAULT_CLUSTER_ID, applied).await;
+    cluster.kill_node(follower);
+    let data_dir = cluster.node(follower).data_dir.clone();
+    std::fs::remove_dir_all(data_dir.join("state")).expect("delete the sled state");
+    std::fs::remove_dir_all(data_dir.join("snapshots")).expect("delete the snapshots");
+    cluster.start_node(follower);
+    let after = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    assert_ne!(after[&follower], before[&follower], "re-admitted as a new incarnation");
+    let keys = common::wait_until(Duration::from_secs(30), "the follower to serve all 400 posts", async || {
+        let keys = served(&cluster, follower).await;
+        if keys.len() == 400 {
+            Ok(keys)
+        } else {
+            Err(keys.len())
+        }
+    })
+    .await;
+    assert_eq!(keys.len(), 400);
+    let log = cluster.node_log(follower);
+    assert!(log.contains("lost state it had acknowledged"), "the follower says it lost state");
+    assert!(log.contains("its log starts after"), "and why");
+    let mut through = cluster.client(follower).await;
+    let seq = through.post(post("through-the-rejoined-node")).await.expect("a post through the rejoined node");
+    assert_eq!(seq.into_inner().seq, 401);
+}
+
 /// History pages are bounded by bytes as well as by count: 70 legal posts of
 /// 64,000 bytes (4.5 MB, past the 4 MiB a gRPC client takes by default) are
 /// read back through every node, the followers included, in pages that

@@ -131,7 +131,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let log_existed = data_dir.raft_log_dir().exists();
     let engine = LogEngine::open(&data_dir.raft_log_dir(), config.storage.log_sync_batch_len_max)
         .with_context(|| format!("cannot open the raft log store in {}", data_dir.raft_log_dir().display()))?;
-    if let Some(why) = lost_state(&data_dir, log_existed, &engine) {
+    let (state_losses, state_marker) = check_states(&db, &engine, &data_dir).await?;
+    let lost = [lost_state(&data_dir, log_existed, &engine), state_losses].into_iter().flatten().collect::<Vec<_>>();
+    if !lost.is_empty() {
+        let why = lost.join("; ");
         let incarnation = data_dir.renew_incarnation().context("cannot take a new incarnation")?;
         tracing::error!(
             node_id = config.node_id,
@@ -193,10 +196,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let flusher = tokio::spawn(flusher::run(db.clone(), config.storage.sm_flush_interval_ms, shutdown_rx.clone(), {
-        let host = host.clone();
-        move |failure| *host.sm_failure.lock().expect("failure lock") = failure
-    }));
+    let flusher = tokio::spawn(flusher::run(
+        db.clone(),
+        config.storage.sm_flush_interval_ms,
+        shutdown_rx.clone(),
+        state_marker,
+        {
+            let host = host.clone();
+            move || host.groups.all().iter().map(|group| (group.id, group.reader.applied_index())).collect()
+        },
+        {
+            let host = host.clone();
+            move |failure| *host.sm_failure.lock().expect("failure lock") = failure
+        },
+    ));
     tokio::spawn(host.clone().follow_directory(shutdown_rx.clone()));
     tokio::spawn(quiesce::run(host.clone(), shutdown_rx.clone()));
     tokio::spawn(leaders::run(host.clone(), shutdown_rx.clone()));
@@ -347,6 +360,77 @@ fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Opti
     }
     let losses: Vec<String> = engine.losses().iter().map(ToString::to_string).collect();
     (!losses.is_empty()).then(|| losses.join("; "))
+}
+
+/// Checks each group's state machine against its state marker and its log,
+/// before any group starts. A state behind what was flushed (sled rolled
+/// back over damage) is rebuilt from its snapshot and log when they reach
+/// back far enough: logged, nothing else to do. A state that cannot be (its
+/// log starts past it and no snapshot file bridges the gap) is forgotten,
+/// with its log (the vote stays): the group starts empty and its leader
+/// catches it up once it re-admits the node. Answers why state was lost, if
+/// it was, and the state marker the flusher goes on from.
+async fn check_states(
+    db: &sled::Db,
+    engine: &LogEngine,
+    data_dir: &DataDir,
+) -> anyhow::Result<(Option<String>, flusher::StateMarker)> {
+    use openraft::storage::RaftLogStorage;
+    let root = data_dir.root.clone();
+    let flushed = match crate::storage::marker::read_applied(&root) {
+        Ok(flushed) => flushed.unwrap_or_default(),
+        Err(error) => {
+            tracing::error!(%error, "cannot tell what the state machine had flushed; checking it against the log only");
+            Default::default()
+        }
+    };
+    let mut groups: std::collections::BTreeSet<u64> = flushed.keys().copied().collect();
+    groups.extend(engine.groups().iter().copied());
+    let mut recorded = flushed.clone();
+    let mut losses = Vec::new();
+    for group in groups {
+        let snapshot_dir = data_dir.snapshot_dir(group);
+        let stored = crate::storage::blocking::run({
+            let (db, dir) = (db.clone(), snapshot_dir.clone());
+            move || crate::storage::state_machine::stored_state(&db, group, &dir)
+        })
+        .await?
+        .with_context(|| format!("cannot read the state machine of group {group}"))?;
+        let mut log = engine.group(group);
+        let purged = log.get_log_state().await?.last_purged_log_id.map(|id| id.index).unwrap_or(0);
+        let flushed_at = flushed.get(&group).copied().unwrap_or(0);
+        if stored.rebuilt() < purged {
+            losses.push(format!(
+                "group {group}: its state machine is at {} (snapshot {}, {flushed_at} was flushed) but its log \
+                 starts after {purged}",
+                stored.applied, stored.snapshot
+            ));
+            crate::storage::blocking::run({
+                let db = db.clone();
+                move || crate::storage::state_machine::forget_stored_state(&db, group, &snapshot_dir)
+            })
+            .await?
+            .with_context(|| format!("cannot drop the state machine of group {group}"))?;
+            log.forget_log().await.with_context(|| format!("cannot drop the log of group {group}"))?;
+            recorded.remove(&group);
+        } else if stored.rebuilt() < flushed_at {
+            tracing::error!(
+                group_id = group,
+                applied = stored.applied,
+                snapshot = stored.snapshot,
+                flushed = flushed_at,
+                "the state machine lost writes it had flushed; rebuilding it from its snapshot and log"
+            );
+        }
+    }
+    if recorded != flushed {
+        let (root, marks) = (root.clone(), recorded.clone());
+        crate::storage::blocking::run(move || crate::storage::marker::write_applied(&root, &marks))
+            .await?
+            .context("cannot write the state marker")?;
+    }
+    let losses = (!losses.is_empty()).then(|| losses.join("; "));
+    Ok((losses, flusher::StateMarker { root, recorded }))
 }
 
 /// The id of the cluster the configured peers run, if one answers: a peer

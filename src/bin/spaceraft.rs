@@ -282,8 +282,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         }
         why = spaceraft::node::disk::storage_failed(node.host.clone()) => {
             let uptime = node.host.started.elapsed();
+            let (root, reserve) = (node.host.data_root(), node.host.config.storage.disk_reserve_bytes);
             let _ = node.stop().await;
-            restart_after_storage_failure(&why, uptime).await
+            restart_after_storage_failure(&why, uptime, root, reserve).await
         }
     }
 }
@@ -294,8 +295,14 @@ const STORAGE_RESTARTS_VAR: &str = "SPACERAFT_STORAGE_RESTARTS";
 /// Replaces this process with a fresh one of itself (same arguments), to
 /// reopen stores that failed; the pause doubles with each restart that
 /// follows a short run (up to 5 minutes), so a failure that comes back at
-/// once does not spin.
-async fn restart_after_storage_failure(why: &str, uptime: Duration) -> anyhow::Result<()> {
+/// once does not spin. It waits, too, until the disk of `root` has
+/// `reserve` bytes free again, so the new process can open its stores.
+async fn restart_after_storage_failure(
+    why: &str,
+    uptime: Duration,
+    root: std::path::PathBuf,
+    reserve: u64,
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let earlier: u32 = std::env::var(STORAGE_RESTARTS_VAR).ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     let restarts = if uptime > Duration::from_secs(600) { 0 } else { earlier };
@@ -305,6 +312,12 @@ async fn restart_after_storage_failure(why: &str, uptime: Duration) -> anyhow::R
         "storage failed and the disk has room: restarting this node to reopen its stores"
     );
     tokio::time::sleep(pause).await;
+    if !spaceraft::node::disk::has_room(root.clone(), reserve).await {
+        tracing::error!(reserve_bytes = reserve, "the data directory's disk filled again: waiting for room to restart");
+        while !spaceraft::node::disk::has_room(root.clone(), reserve).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     let exe = std::env::current_exe().context("cannot find this program to restart it")?;
     let error = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))

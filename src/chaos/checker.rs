@@ -20,7 +20,8 @@
 //! - **unauthorized**: a message or a read delivered to a non-member.
 //!
 //! Liveness is counted apart: a space that accepted no post after the last
-//! heal, a subscriber that did not catch up to the final history in time.
+//! heal, a subscriber that did not catch up to the final history in time, a
+//! node or gateway that exited by itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -219,6 +220,9 @@ pub fn check(events: &[Event]) -> CheckReport {
         match event {
             Event::Liveness { space, ok: false, .. } => {
                 findings.liveness(format!("space {space} accepted no post after the last heal"))
+            }
+            Event::Exited { process, status, at_ms } => {
+                findings.liveness(format!("{process} exited by itself at {at_ms} ms ({status})"))
             }
             Event::CaughtUp { subscriber, space, last_seq, .. } => {
                 let final_len = reference.get(space.as_str()).map(|messages| messages.len() as u64).unwrap_or(0);

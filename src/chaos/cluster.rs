@@ -31,6 +31,7 @@ pub struct ChaosNode {
     pub public: SocketAddr,
     config_path: PathBuf,
     log_path: PathBuf,
+    data_dir: PathBuf,
     process: Option<Child>,
     pub paused: bool,
 }
@@ -55,6 +56,9 @@ pub struct ChaosCluster {
     pub nodes: Vec<ChaosNode>,
     pub gateways: Vec<ChaosGateway>,
     pub proxy: FaultProxy,
+    /// The tmpfs mounted on each node's data directory, when the run fills
+    /// disks.
+    disks: Vec<PathBuf>,
 }
 
 /// The shape of a cluster.
@@ -66,7 +70,14 @@ pub struct ClusterSpec {
     pub latency_ms: Vec<((u8, u8), u64)>,
     /// The placement's `spaces_max`: how many spaces share a cluster.
     pub spaces_per_cluster: u64,
+    /// Put each node's data directory on a tmpfs of its own of this many
+    /// MiB, so its disk can fill (mounting needs root).
+    pub disk_mib: Option<u64>,
 }
+
+/// The file that fills a node's disk, inside its data directory (on its
+/// tmpfs).
+const FILLER: &str = "chaos-disk-filler";
 
 fn ip(region: u8, host: u8) -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, region, host))
@@ -97,6 +108,7 @@ impl ChaosCluster {
                     public: SocketAddr::new(ip(region, 100 + k as u8), port),
                     config_path: dir.join(format!("node-{id}.toml")),
                     log_path: dir.join(format!("node-{id}.log")),
+                    data_dir: dir.join(format!("node-{id}")),
                     process: None,
                     paused: false,
                 });
@@ -116,7 +128,7 @@ impl ChaosCluster {
                 region: region_names[node.region as usize - 1].clone(),
                 listen_addr: node.listen,
                 advertise_addr: Some(node.public),
-                data_dir: dir.join(format!("node-{}", node.id)),
+                data_dir: node.data_dir.clone(),
                 bootstrap: node.id == 1,
                 peers: peers.clone(),
                 raft: Default::default(),
@@ -177,7 +189,13 @@ impl ChaosCluster {
                 process: None,
             });
         }
-        let mut cluster = ChaosCluster { exe, region_names, nodes, gateways, proxy };
+        let mut cluster = ChaosCluster { exe, region_names, nodes, gateways, proxy, disks: Vec::new() };
+        if let Some(mib) = spec.disk_mib {
+            for index in 0..cluster.nodes.len() {
+                let data_dir = cluster.nodes[index].data_dir.clone();
+                cluster.mount_tmpfs(&data_dir, mib)?;
+            }
+        }
         for id in 1..=cluster.nodes.len() as u64 {
             cluster.start_node(id)?;
         }
@@ -223,6 +241,55 @@ impl ChaosCluster {
         node.paused = false;
     }
 
+    /// SIGKILL, then deletes everything in the node's data directory: it
+    /// restarts as a node that lost its disk.
+    pub fn wipe_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill_node(id);
+        let data_dir = &self.nodes[id as usize - 1].data_dir;
+        let Ok(entries) = std::fs::read_dir(data_dir) else { return Ok(()) };
+        for entry in entries {
+            let path = entry?.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("wiping {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Fills the node's disk to the last byte.
+    pub fn fill_disk(&self, id: u64) -> anyhow::Result<()> {
+        use std::io::Write;
+        let data_dir = &self.nodes[id as usize - 1].data_dir;
+        anyhow::ensure!(self.disks.contains(data_dir), "node {id}'s data directory is not on a disk of its own");
+        let mut file = std::fs::File::create(data_dir.join(FILLER)).context("creating the disk filler")?;
+        let chunk = vec![0x5a_u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        while file.write_all(&chunk[..512]).is_ok() {}
+        let _ = file.sync_all();
+        Ok(())
+    }
+
+    /// Frees what [`ChaosCluster::fill_disk`] took.
+    pub fn free_disk(&self, id: u64) {
+        let _ = std::fs::remove_file(self.nodes[id as usize - 1].data_dir.join(FILLER));
+    }
+
+    fn mount_tmpfs(&mut self, at: &Path, mib: u64) -> anyhow::Result<()> {
+        std::fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .context("running mount")?;
+        anyhow::ensure!(
+            status.success(),
+            "could not mount a tmpfs on {} (the disk-full nemesis gives each node a disk of its own, which needs root)",
+            at.display()
+        );
+        self.disks.push(at.to_path_buf());
+        Ok(())
+    }
+
     /// SIGSTOP (`pause`) or SIGCONT.
     pub fn pause_node(&mut self, id: u64, pause: bool) {
         let node = &mut self.nodes[id as usize - 1];
@@ -248,6 +315,26 @@ impl ChaosCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The nodes and gateways whose process exited though nobody killed
+    /// it, with how it ended; they count as down from now on.
+    pub fn exited_by_themselves(&mut self) -> Vec<(String, String)> {
+        let mut exited = Vec::new();
+        for node in &mut self.nodes {
+            if let Some(status) = node.process.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                node.process = None;
+                exited.push((format!("node-{}", node.id), status.to_string()));
+            }
+        }
+        for gateway in &mut self.gateways {
+            if let Some(status) = gateway.process.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                gateway.process = None;
+                exited
+                    .push((format!("gateway-{}", self.region_names[gateway.region as usize - 1]), status.to_string()));
+            }
+        }
+        exited
     }
 
     pub fn nodes_of(&self, region: u8) -> Vec<u64> {
@@ -373,6 +460,9 @@ impl ChaosCluster {
 impl Drop for ChaosCluster {
     fn drop(&mut self) {
         self.stop_all();
+        for disk in &self.disks {
+            let _ = Command::new("umount").arg("-l").arg(disk).status();
+        }
     }
 }
 

@@ -71,6 +71,9 @@ pub enum Event {
     CaughtUp { subscriber: String, space: String, last_seq: u64, caught_up: bool },
     /// After the last heal: whether a space accepted a post within the bound.
     Liveness { space: String, ok: bool, at_ms: u64 },
+    /// A process nobody killed exited by itself (then restarted at the next
+    /// heal).
+    Exited { process: String, status: String, at_ms: u64 },
 }
 
 /// Reads a `history.jsonl`.

@@ -26,6 +26,12 @@ pub enum FaultKind {
     KillAll,
     /// SIGKILL a region's gateway, restart later.
     KillGateway,
+    /// SIGKILL a region's nodes, delete everything in their data
+    /// directories, restart them later on the empty directories.
+    WipeDisk,
+    /// Fill a node's disk (a tmpfs of its own) to the last byte, free it
+    /// later.
+    DiskFull,
 }
 
 impl FaultKind {
@@ -37,24 +43,29 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::KillAll => "kill-all",
             FaultKind::KillGateway => "kill-gateway",
+            FaultKind::WipeDisk => "wipe-disk",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 }
 
-pub const ALL_FAULTS: [FaultKind; 6] = [
+pub const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::KillRegion,
     FaultKind::PartitionRegion,
     FaultKind::KillLeader,
     FaultKind::Pause,
     FaultKind::KillAll,
     FaultKind::KillGateway,
+    FaultKind::WipeDisk,
+    FaultKind::DiskFull,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedFault {
     pub kind: FaultKind,
     /// The region (1-based) a region fault hits, or the index of the node to
-    /// pause among the nodes; unused by `kill-leader` and `kill-all`.
+    /// pause or whose disk fills among the nodes; unused by `kill-leader` and
+    /// `kill-all`.
     pub target: u8,
     pub at_ms: u64,
     pub duration_ms: u64,
@@ -66,7 +77,8 @@ pub const WARMUP_MS: u64 = 5_000;
 pub const COOLDOWN_MS: u64 = 8_000;
 
 /// The schedule of a run: faults of `kinds`, taken in turns in a seeded
-/// order (so every kind listed appears, evenly), each lasting 3–8 s (2 s for
+/// order (so every kind listed appears, evenly; a kind listed twice takes
+/// two turns in each round), each lasting 3–8 s (2 s for
 /// `kill-all`) with 2–5 s of calm between, within `run_ms`.
 pub fn schedule(seed: u64, kinds: &[FaultKind], regions: u8, nodes: u8, run_ms: u64) -> Vec<PlannedFault> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -84,7 +96,7 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], regions: u8, nodes: u8, run_ms: 
             break;
         }
         let target = match kind {
-            FaultKind::Pause => rng.random_range(1..=nodes.max(1)),
+            FaultKind::Pause | FaultKind::DiskFull => rng.random_range(1..=nodes.max(1)),
             _ => rng.random_range(1..=regions.max(1)),
         };
         faults.push(PlannedFault { kind, target, at_ms, duration_ms });

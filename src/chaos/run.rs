@@ -60,6 +60,10 @@ pub struct ChaosArgs {
     /// preferred region), so faults hit several Raft groups at once.
     #[arg(long, default_value_t = 1)]
     pub spaces_per_cluster: u64,
+    /// Size of each node's disk (a tmpfs mounted on its data directory,
+    /// which needs root) when the `disk-full` nemesis runs.
+    #[arg(long, default_value_t = 512)]
+    pub disk_mib: u64,
 }
 
 /// How long liveness may take after the last heal: a space must accept a
@@ -98,6 +102,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
         base_port: args.base_port,
         latency_ms: latency_pairs(args.regions, &args.latency_ms),
         spaces_per_cluster: args.spaces_per_cluster.max(1),
+        disk_mib: kinds.contains(&FaultKind::DiskFull).then_some(args.disk_mib),
     };
     let mut cluster = ChaosCluster::start(&spec, &cluster_dir).await?;
     eprintln!("chaos: cluster up in {}", cluster_dir.display());
@@ -169,7 +174,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
             tokio::time::sleep(wait).await;
         }
         let start_ms = recorder.now_ms();
-        let target = apply(&mut cluster, fault, args.regions as u8).await;
+        let target = apply(&mut cluster, fault, args.regions as u8).await?;
         eprintln!(
             "chaos: [{:>6.1} s] {} {} for {:.1} s",
             started.elapsed().as_secs_f64(),
@@ -178,9 +183,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
             fault.duration_ms as f64 / 1000.0
         );
         tokio::time::sleep(Duration::from_millis(fault.duration_ms)).await;
+        note_exits(&mut cluster, &recorder);
         heal(&mut cluster, fault)?;
         recorder.push(Event::Fault { kind: fault.kind.name().into(), target, start_ms, end_ms: recorder.now_ms() });
     }
+    note_exits(&mut cluster, &recorder);
     heal_everything(&mut cluster)?;
     let last_heal_ms = recorder.now_ms();
     if let Some(wait) = Duration::from_millis(run_ms).checked_sub(started.elapsed()) {
@@ -249,9 +256,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
             });
         }
     }
+    note_exits(&mut cluster, &recorder);
     for node in &cluster.nodes {
         for space in &spaces {
-            let messages = cluster.final_history(node.id, space).await?;
+            let messages = cluster
+                .final_history(node.id, space)
+                .await
+                .with_context(|| format!("reading the final history of {space} on node-{}", node.id))?;
             recorder.push(Event::Final { node: format!("node-{}", node.id), space: space.clone(), messages });
         }
     }
@@ -266,6 +277,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
     std::fs::write(args.out.join("report.md"), report::markdown(&summary))?;
     std::fs::write(args.out.join("timeline.svg"), report::timeline_svg(&events, run_ms.max(recorder.now_ms())))?;
     Ok(ChaosOutcome { report, out: args.out })
+}
+
+/// Records the processes that exited by themselves (a liveness failure).
+fn note_exits(cluster: &mut ChaosCluster, recorder: &Recorder) {
+    for (process, status) in cluster.exited_by_themselves() {
+        eprintln!("chaos: {process} exited by itself ({status})");
+        recorder.push(Event::Exited { process, status, at_ms: recorder.now_ms() });
+    }
 }
 
 fn latency_pairs(regions: usize, latency_ms: &[u64]) -> Vec<((u8, u8), u64)> {
@@ -307,10 +326,10 @@ async fn create_spaces(cluster: &ChaosCluster, spaces: &[String], users: &[Strin
 }
 
 /// Injects a fault; returns what it hit, for the record.
-async fn apply(cluster: &mut ChaosCluster, fault: &PlannedFault, regions: u8) -> String {
+async fn apply(cluster: &mut ChaosCluster, fault: &PlannedFault, regions: u8) -> anyhow::Result<String> {
     let names = cluster.region_names.clone();
     let region_name = |region: u8| names[region as usize - 1].clone();
-    match fault.kind {
+    Ok(match fault.kind {
         FaultKind::KillRegion => {
             for id in cluster.nodes_of(fault.target) {
                 cluster.kill_node(id);
@@ -344,13 +363,27 @@ async fn apply(cluster: &mut ChaosCluster, fault: &PlannedFault, regions: u8) ->
             cluster.kill_gateway(fault.target);
             format!("gateway-{}", region_name(fault.target))
         }
-    }
+        FaultKind::WipeDisk => {
+            for id in cluster.nodes_of(fault.target) {
+                cluster.wipe_node(id)?;
+            }
+            region_name(fault.target)
+        }
+        FaultKind::DiskFull => {
+            cluster.fill_disk(fault.target as u64)?;
+            format!("node-{}", fault.target)
+        }
+    })
 }
 
 fn heal(cluster: &mut ChaosCluster, fault: &PlannedFault) -> anyhow::Result<()> {
     match fault.kind {
         FaultKind::PartitionRegion => cluster.proxy.heal_all(),
         FaultKind::Pause => cluster.pause_node(fault.target as u64, false),
+        FaultKind::DiskFull => {
+            cluster.free_disk(fault.target as u64);
+            heal_everything(cluster)?
+        }
         _ => heal_everything(cluster)?,
     }
     Ok(())

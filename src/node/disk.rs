@@ -79,11 +79,20 @@ pub fn storage_failure(state: &Result<(), Fatal<TypeConfig>>) -> Option<String> 
 pub async fn storage_failed(host: Arc<Host>) -> String {
     loop {
         let failures = host.storage_failures();
-        if !failures.is_empty() && !host.disk_low() {
+        // Measured now: a disk that just filled fails the stores before the
+        // free-space watcher's next look.
+        if !failures.is_empty() && has_room(host.data_root(), host.config.storage.disk_reserve_bytes).await {
             return failures.join("; ");
         }
         tokio::time::sleep(CHECK_INTERVAL).await;
     }
+}
+
+/// Whether the disk of `root` has at least `reserve` bytes free, measured
+/// now.
+pub async fn has_room(root: std::path::PathBuf, reserve: u64) -> bool {
+    let free = crate::storage::blocking::run(move || free_bytes(&root)).await.ok().flatten();
+    free.is_some_and(|free| free >= reserve)
 }
 
 impl Host {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::NodeId;
 
 const IDENTITY_FILE: &str = "node.json";
-const FORMAT: &str = "spaceraft-data-v2";
+const FORMAT: &str = "spaceraft-data-v3";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {

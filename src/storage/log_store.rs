@@ -81,6 +81,8 @@ struct LogEngineInner {
     marker_damaged: Option<String>,
     /// Why the journal was set aside at open, if it was.
     set_aside: Option<String>,
+    /// The groups the store or its marker knew at open.
+    groups: Vec<u64>,
 }
 
 impl LogEngine {
@@ -124,6 +126,7 @@ impl LogEngine {
                 losses.push(Loss { group, durable, found });
             }
         }
+        let groups = found.keys().copied().collect();
         let marker = Marker::start(&marker_root, found)?;
         let (writer, requests) = mpsc::sync_channel(sync_batch_len_max.max(1) * 4);
         let thread_db = db.clone();
@@ -133,7 +136,8 @@ impl LogEngine {
         std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || {
             write_loop(thread_db, thread_logs, thread_meta, thread_marker, requests, sync_batch_len_max.max(1))
         })?;
-        Ok(LogEngine { inner: Arc::new(LogEngineInner { db, logs, meta, writer, losses, marker_damaged, set_aside }) })
+        let inner = LogEngineInner { db, logs, meta, writer, losses, marker_damaged, set_aside, groups };
+        Ok(LogEngine { inner: Arc::new(inner) })
     }
 
     /// The groups whose log, at open, had lost entries or a vote that were
@@ -152,6 +156,11 @@ impl LogEngine {
     /// ruled out).
     pub fn marker_damaged(&self) -> Option<&str> {
         self.inner.marker_damaged.as_deref()
+    }
+
+    /// The groups the store or its marker knew at open.
+    pub fn groups(&self) -> &[u64] {
+        &self.inner.groups
     }
 
     /// The log store of one group.
@@ -612,6 +621,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.purge_through(log_id).await
+    }
+}
+
+impl LogStore {
+    /// Forgets the group's log: its entries (lowering the marker), then its
+    /// purge point and committed id; the vote stays. For a replica whose
+    /// state can no longer be rebuilt from its log: it starts empty and is
+    /// caught up by its leader. A crash midway leaves a log that still
+    /// starts past the state, and the next start forgets it again.
+    pub async fn forget_log(&mut self) -> io::Result<()> {
+        RaftLogStorage::truncate_after(self, None).await?;
+        let writes =
+            vec![(Target::Meta, self.meta_key(TAG_PURGED), None), (Target::Meta, self.meta_key(TAG_COMMITTED), None)];
+        self.engine.write_durable(writes, Vec::new()).await
+    }
+
+    async fn purge_through(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point first, so a crash never leaves a log whose
         // head is missing without saying so.
         let value = encode_record(&log_id)?;

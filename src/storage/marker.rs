@@ -16,6 +16,12 @@
 //! write interval can go unnoticed; anything older cannot.
 //!
 //! File: magic `SRMK`, crc32 (LE) of the payload, postcard payload.
+//!
+//! The state machine has a marker of its own, `state.marker`: per group,
+//! the applied index the last successful flush of the sled state covered
+//! ([`read_applied`], [`write_applied`]). A state found behind it at open
+//! lost writes it had flushed; it is rebuilt from its snapshot and log
+//! when they reach back far enough, and otherwise the node rejoins.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -29,6 +35,9 @@ use serde::{Deserialize, Serialize};
 /// The marker file's name, in the data directory (beside `raft-log/`).
 pub const MARKER_FILE: &str = "raft-log.marker";
 const MAGIC: &[u8; 4] = b"SRMK";
+/// The state machine's marker file, in the data directory.
+pub const STATE_MARKER_FILE: &str = "state.marker";
+const STATE_MAGIC: &[u8; 4] = b"SRSM";
 /// How often the marker file is rewritten when marks moved.
 const WRITE_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -80,23 +89,31 @@ pub fn find_losses(durable: &Marks, found: &Marks) -> Vec<Loss> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MarkerError {
-    #[error("raft log marker {path}: {source}")]
+    #[error("marker file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("raft log marker {path} is damaged: {why}")]
+    #[error("marker file {path} is damaged: {why}")]
     Damaged { path: PathBuf, why: String },
 }
 
 pub fn encode(marks: &Marks) -> Vec<u8> {
-    let payload = postcard::to_stdvec(marks).expect("marks serialize");
+    seal(MAGIC, marks)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Marks, String> {
+    unseal(MAGIC, bytes)
+}
+
+fn seal<T: Serialize>(magic: &[u8; 4], value: &T) -> Vec<u8> {
+    let payload = postcard::to_stdvec(value).expect("marks serialize");
     let mut bytes = Vec::with_capacity(payload.len() + 8);
-    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(magic);
     bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
     bytes
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Marks, String> {
-    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+fn unseal<T: serde::de::DeserializeOwned>(magic: &[u8; 4], bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() < 8 || &bytes[..4] != magic {
         return Err("not a marker file".into());
     }
     let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
@@ -106,14 +123,40 @@ pub fn decode(bytes: &[u8]) -> Result<Marks, String> {
     postcard::from_bytes(&bytes[8..]).map_err(|error| error.to_string())
 }
 
-/// Reads the marker file of `root`; None when there is none.
-pub fn read(root: &Path) -> Result<Option<Marks>, MarkerError> {
-    let path = root.join(MARKER_FILE);
+fn read_file<T: serde::de::DeserializeOwned>(path: PathBuf, magic: &[u8; 4]) -> Result<Option<T>, MarkerError> {
     match std::fs::read(&path) {
-        Ok(bytes) => decode(&bytes).map(Some).map_err(|why| MarkerError::Damaged { path, why }),
+        Ok(bytes) => unseal(magic, &bytes).map(Some).map_err(|why| MarkerError::Damaged { path, why }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(MarkerError::Io { path, source }),
     }
+}
+
+/// Writes `bytes` as `root/name`: a temporary file, fsynced, renamed over
+/// the old one, the directory fsynced.
+fn write_file(root: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temp = root.join(format!("{name}.tmp"));
+    std::fs::write(&temp, bytes)?;
+    std::fs::File::open(&temp)?.sync_all()?;
+    std::fs::rename(&temp, root.join(name))?;
+    crate::storage::snapshot_file::sync_dir(root)
+}
+
+/// Reads the marker file of `root`; None when there is none.
+pub fn read(root: &Path) -> Result<Option<Marks>, MarkerError> {
+    read_file(root.join(MARKER_FILE), MAGIC)
+}
+
+/// Per group, the applied index the sled state was flushed at.
+pub type Applied = BTreeMap<u64, u64>;
+
+/// Reads the state machine's marker of `root`; None when there is none.
+pub fn read_applied(root: &Path) -> Result<Option<Applied>, MarkerError> {
+    read_file(root.join(STATE_MARKER_FILE), STATE_MAGIC)
+}
+
+/// Records what a successful flush of the sled state covered. Blocking.
+pub fn write_applied(root: &Path, applied: &Applied) -> io::Result<()> {
+    write_file(root, STATE_MARKER_FILE, &seal(STATE_MAGIC, applied))
 }
 
 /// A change to a group's marks, known durable after an fsync.
@@ -200,11 +243,7 @@ impl Marker {
     fn write_now(&self) -> io::Result<()> {
         let _writing = self.writing.lock().expect("marker write lock");
         let bytes = encode(&self.marks.lock().expect("marks lock").clone());
-        let temp = self.root.join(format!("{MARKER_FILE}.tmp"));
-        std::fs::write(&temp, &bytes)?;
-        std::fs::File::open(&temp)?.sync_all()?;
-        std::fs::rename(&temp, self.root.join(MARKER_FILE))?;
-        crate::storage::snapshot_file::sync_dir(&self.root)
+        write_file(&self.root, MARKER_FILE, &bytes)
     }
 }
 
@@ -243,6 +282,17 @@ mod tests {
         assert!(decode(&flipped).unwrap_err().contains("checksum"));
         assert!(decode(b"junk").is_err());
         assert!(decode(&good[..6]).is_err());
+    }
+
+    #[test]
+    fn the_state_marker_round_trips_and_is_told_apart_from_the_log_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_applied(dir.path()).unwrap().is_none());
+        let applied: Applied = [(0, 17), (5, 3)].into_iter().collect();
+        write_applied(dir.path(), &applied).unwrap();
+        assert_eq!(read_applied(dir.path()).unwrap().unwrap(), applied);
+        std::fs::copy(dir.path().join(STATE_MARKER_FILE), dir.path().join(MARKER_FILE)).unwrap();
+        assert!(matches!(read(dir.path()), Err(MarkerError::Damaged { .. })), "a state marker is no log marker");
     }
 
     #[test]

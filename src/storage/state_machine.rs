@@ -390,8 +390,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
 /// The dedup index as the stored messages define it: the keys of each
 /// space's newest `dedup_window_len` retained messages.
 fn rebuild_dedup_index(tree: &sled::Tree) -> io::Result<DedupIndex> {
-    crate::space::machine::rebuild_dedup_index(tree)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt space record or message block: {e}")))
+    let reads = TreeReads::new(tree);
+    let index = crate::space::machine::rebuild_dedup_index(&reads)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt space record or message block: {e}")));
+    reads.check()?;
+    index
 }
 
 /// The stored blocks of `space` from the one holding `from_seq` up to the
@@ -418,17 +421,76 @@ pub(crate) fn blocks_from<'a>(
 }
 
 impl KvRead for sled::Tree {
+    /// For queries of the meta directory, which run on a blocking task: a
+    /// failed read ends that task (its caller gets the error), never the
+    /// process. Apply reads through [`TreeReads`] instead.
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         blocking::assert_off_runtime("a sled read");
-        sled::Tree::get(self, key).expect("sled read failed: the state machine cannot go on").map(|v| v.to_vec())
+        sled::Tree::get(self, key).unwrap_or_else(|e| panic!("state machine read failed: {e}")).map(|v| v.to_vec())
     }
 
     fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
         blocking::assert_off_runtime("a sled scan");
         self.range(start..=end)
             .keys()
-            .map(|key| key.expect("sled read failed: the state machine cannot go on").to_vec())
+            .map(|key| key.unwrap_or_else(|e| panic!("state machine read failed: {e}")).to_vec())
             .collect()
+    }
+}
+
+/// The tree as apply and the dedup rebuild read it: a read that fails (a
+/// full or failing disk; sled then fails every later call too) answers as
+/// if the key were absent and is remembered, and [`TreeReads::check`] turns
+/// it into the batch's error, so the batch commits nothing and the group
+/// stops with a storage error instead of a panic.
+struct TreeReads<'a> {
+    tree: &'a sled::Tree,
+    failure: std::cell::RefCell<Option<sled::Error>>,
+}
+
+impl<'a> TreeReads<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        TreeReads { tree, failure: std::cell::RefCell::new(None) }
+    }
+
+    fn fail(&self, error: sled::Error) {
+        self.failure.borrow_mut().get_or_insert(error);
+    }
+
+    /// The first read that failed, as an error.
+    fn check(&self) -> io::Result<()> {
+        match self.failure.borrow_mut().take() {
+            Some(error) => Err(sled_error(error)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl KvRead for TreeReads<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        blocking::assert_off_runtime("a sled read");
+        match sled::Tree::get(self.tree, key) {
+            Ok(value) => value.map(|v| v.to_vec()),
+            Err(error) => {
+                self.fail(error);
+                None
+            }
+        }
+    }
+
+    fn keys_between(&self, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
+        blocking::assert_off_runtime("a sled scan");
+        let mut keys = Vec::new();
+        for key in self.tree.range(start..=end).keys() {
+            match key {
+                Ok(key) => keys.push(key.to_vec()),
+                Err(error) => {
+                    self.fail(error);
+                    break;
+                }
+            }
+        }
+        keys
     }
 }
 
@@ -521,8 +583,9 @@ fn apply_batch(
 ) -> io::Result<(AppliedState, Vec<CommandResult>)> {
     blocking::assert_off_runtime("state machine disk work");
     let mut results = Vec::with_capacity(entries.len());
+    let reads = TreeReads::new(tree);
     let writes = {
-        let mut overlay = Overlay::new(tree);
+        let mut overlay = Overlay::new(&reads);
         for entry in entries {
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
@@ -538,6 +601,9 @@ fn apply_batch(
         }
         overlay.into_writes()
     };
+    // A read that failed leaves results computed from a wrong view: none of
+    // the batch is committed or answered.
+    reads.check()?;
     record_pre_images(tree, pre_images, &writes)?;
     let mut batch = sled::Batch::default();
     for (key, value) in writes {
@@ -573,6 +639,77 @@ fn open_tree(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<(s
     };
     let restoring = tree.contains_key(RESTORING_KEY).map_err(sled_error)?;
     Ok((tree, state, restoring))
+}
+
+/// A group's state machine as found on disk before the group starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredState {
+    /// The tree's applied index (0: no tree, or nothing applied).
+    pub applied: u64,
+    /// The index of the newest snapshot file it could be restored from (0:
+    /// none).
+    pub snapshot: u64,
+}
+
+impl StoredState {
+    /// How far the state can be rebuilt here without the log.
+    pub fn rebuilt(&self) -> u64 {
+        self.applied.max(self.snapshot)
+    }
+}
+
+/// Reads group `group_id`'s stored state without changing it, but for one
+/// thing: a snapshot file the tree would be restored from (one newer than
+/// the tree) that does not read back whole is renamed `*.damaged`, so the
+/// group falls back to an older one. Blocking.
+pub fn stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<StoredState> {
+    blocking::assert_off_runtime("state machine disk work");
+    let name = format!("sm.{group_id}");
+    let mut state = StoredState::default();
+    if db.tree_names().iter().any(|tree| tree.as_ref() == name.as_bytes()) {
+        let tree = db.open_tree(&name).map_err(sled_error)?;
+        if let Some(bytes) = tree.get(APPLIED_KEY).map_err(sled_error)? {
+            let applied: AppliedState = postcard::from_bytes(&bytes).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
+            })?;
+            state.applied = applied.last_applied.map(|id| id.index).unwrap_or(0);
+        }
+    }
+    if !snapshot_dir.is_dir() {
+        return Ok(state);
+    }
+    while let Some((path, meta)) = latest_snapshot_in(snapshot_dir, group_id)? {
+        let index = meta.last_log_id.map(|id| id.index).unwrap_or(0);
+        if index <= state.applied {
+            break;
+        }
+        match snapshot_file::verify(&path) {
+            Ok(_) => {
+                state.snapshot = index;
+                break;
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "snapshot file is damaged; set aside");
+                std::fs::rename(&path, path.with_extension("damaged"))?;
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Drops group `group_id`'s tree and snapshot files, durably. Blocking.
+pub fn forget_stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<()> {
+    blocking::assert_off_runtime("state machine disk work");
+    db.drop_tree(format!("sm.{group_id}")).map_err(sled_error)?;
+    db.flush().map_err(sled_error)?;
+    if let Ok(entries) = std::fs::read_dir(snapshot_dir) {
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|ext| ext == "bin") {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The newest valid snapshot file of group `group_id` in `dir`, and its
