@@ -46,6 +46,10 @@ pub struct SimArgs {
     /// to see the stale reads that allows.
     #[arg(long)]
     pub leader_restore: bool,
+    /// Leave out the disk nemeses (wipe, corrupt, disk full, demote): a
+    /// seed then runs the schedule it ran before the sim learned disks.
+    #[arg(long)]
+    pub no_disk_faults: bool,
     /// Plant a storage bug, to see the checks catch it.
     #[arg(long, value_enum)]
     pub sabotage: Option<Sabotage>,
@@ -193,6 +197,7 @@ fn params(args: &SimArgs) -> anyhow::Result<SimParams> {
         sabotage: args.sabotage,
         transport: args.transport,
         leader_restore: args.leader_restore,
+        disk_faults: !args.no_disk_faults,
         live: args.follow,
     })
 }
@@ -333,6 +338,9 @@ fn replay_flags(args: &SimArgs) -> String {
     );
     if args.leader_restore {
         flags.push_str(" --leader-restore");
+    }
+    if args.no_disk_faults {
+        flags.push_str(" --no-disk-faults");
     }
     if let Some(sabotage) = args.sabotage {
         flags.push_str(&format!(

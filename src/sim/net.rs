@@ -41,6 +41,8 @@ pub struct End {
 
 struct Peer {
     incarnation: u64,
+    /// Its data directory's incarnation.
+    data: u64,
     raft: SimRaft,
 }
 
@@ -109,8 +111,8 @@ impl SimNet {
     }
 
     /// A process of `node` is up and reachable.
-    pub fn up(&self, node: u64, incarnation: u64, raft: SimRaft) {
-        self.lock().peers.insert(node, Peer { incarnation, raft });
+    pub fn up(&self, node: u64, incarnation: u64, data: u64, raft: SimRaft) {
+        self.lock().peers.insert(node, Peer { incarnation, data, raft });
         self.changed();
     }
 
@@ -124,6 +126,11 @@ impl SimNet {
     /// The live process of `node`.
     pub fn raft(&self, node: u64) -> Option<SimRaft> {
         self.lock().peers.get(&node).map(|peer| peer.raft.clone())
+    }
+
+    /// The data incarnation of `node`'s live process.
+    pub fn data_of(&self, node: u64) -> Option<u64> {
+        self.lock().peers.get(&node).map(|peer| peer.data)
     }
 
     /// The incarnation of `node`'s live process.
@@ -415,20 +422,61 @@ where
 pub struct SimNetwork {
     pub net: Arc<SimNet>,
     pub me: End,
+    /// The data incarnation of this node's disk.
+    pub data: u64,
 }
 
 impl RaftNetworkFactory<SimConfig> for SimNetwork {
     type Network = SimClient;
 
-    async fn new_client(&mut self, target: u64, _node: &NodeAddr) -> SimClient {
-        SimClient { net: self.net.clone(), me: self.me, target }
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> SimClient {
+        SimClient { net: self.net.clone(), me: self.me, data: self.data, target, target_data: node.incarnation }
     }
 }
 
 pub struct SimClient {
     net: Arc<SimNet>,
     me: End,
+    data: u64,
     target: u64,
+    /// The target's data incarnation as the membership records it.
+    target_data: u64,
+}
+
+/// Why `raft` refuses a vote request of `from`, whose data incarnation is
+/// `data`: its membership records another (as the node's Raft service).
+fn refused_candidate(raft: &SimRaft, from: u64, data: u64) -> Option<String> {
+    let metrics = raft.metrics().borrow_watched().clone();
+    let known = metrics.membership_config.membership().get_node(&from)?.incarnation;
+    crate::raft::network::refused_incarnation(from, known, data)
+}
+
+impl SimClient {
+    /// A vote or pre-vote: refused by the target when this node's data
+    /// incarnation is not the one its membership records, and not counted
+    /// when the target's is not the one this node's membership records (as
+    /// the node's network and Raft service do).
+    async fn ballot<F, Fut>(&self, ttl: Duration, ask: F) -> Result<VoteResponse<SimConfig>, RPCError<SimConfig>>
+    where
+        F: FnOnce(SimRaft) -> Fut,
+        Fut: Future<Output = Result<VoteResponse<SimConfig>, String>>,
+    {
+        let (from, data) = (self.me.node, self.data);
+        let reply = self
+            .net
+            .call(self.me, self.target, ttl, |raft| async move {
+                match refused_candidate(&raft, from, data) {
+                    Some(why) => Err(why),
+                    None => ask(raft).await,
+                }
+            })
+            .await?;
+        let found = self.net.data_of(self.target).unwrap_or(0);
+        match crate::raft::network::refused_incarnation(self.target, self.target_data, found) {
+            Some(why) => Err(unreachable(why)),
+            None => Ok(reply),
+        }
+    }
 }
 
 impl RaftNetworkV2<SimConfig> for SimClient {
@@ -533,7 +581,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         rpc: VoteRequest<SimConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<SimConfig>, RPCError<SimConfig>> {
-        self.net.call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.vote(rpc).await }).await
+        self.ballot(option.hard_ttl(), |raft| async move { raft.vote(rpc).await.map_err(|e| e.to_string()) }).await
     }
 
     async fn pre_vote(
@@ -541,7 +589,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         rpc: VoteRequest<SimConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<SimConfig>, RPCError<SimConfig>> {
-        self.net.call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.pre_vote(rpc).await }).await
+        self.ballot(option.hard_ttl(), |raft| async move { raft.pre_vote(rpc).await.map_err(|e| e.to_string()) }).await
     }
 
     async fn full_snapshot(

@@ -32,6 +32,14 @@ const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one client request waits before its outcome counts as unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A membership change's outcome, for the trace.
+fn outcome<T, E: std::fmt::Display>(result: &Result<T, E>) -> String {
+    match result {
+        Ok(_) => "done".into(),
+        Err(error) => format!("failed: {error}"),
+    }
+}
+
 /// What one run does.
 #[derive(Debug, Clone)]
 pub struct SimParams {
@@ -48,6 +56,10 @@ pub struct SimParams {
     /// Let a restarted leader resume in its old term (openraft's default,
     /// which the node turns off): shows the stale reads it allows.
     pub leader_restore: bool,
+    /// Disk nemeses (wipe, corrupt, full, demote) and the keeper that
+    /// re-admits a node after them. Off, a seed runs the schedule it ran
+    /// before the sim learned disks.
+    pub disk_faults: bool,
     /// Print the trace to stderr as the run goes.
     pub live: bool,
 }
@@ -61,6 +73,7 @@ impl Default for SimParams {
             sabotage: None,
             transport: Transport::Pipelined,
             leader_restore: false,
+            disk_faults: true,
             live: false,
         }
     }
@@ -148,6 +161,9 @@ struct Sim {
     ledger: Arc<Ledger>,
     trace: Arc<Trace>,
     tally: Mutex<Tally>,
+    /// A voter the nemesis made a learner for a while; the keeper promotes
+    /// every other learner back.
+    demoted: Mutex<Option<u64>>,
 }
 
 fn sub_seed(seed: u64, stream: u64) -> u64 {
@@ -156,8 +172,13 @@ fn sub_seed(seed: u64, stream: u64) -> u64 {
     hasher.finish()
 }
 
-fn node_addr(node: u64) -> NodeAddr {
-    NodeAddr { addr: format!("sim-node-{node}"), region: format!("region-{node}"), incarnation: 0 }
+fn node_addr(node: u64, data_incarnation: u64) -> NodeAddr {
+    NodeAddr { addr: format!("sim-node-{node}"), region: format!("region-{node}"), incarnation: data_incarnation }
+}
+
+/// A new data incarnation: random, never 0 (as `node.json`'s).
+fn new_data_incarnation(rng: &mut StdRng) -> u64 {
+    rng.random_range(1..=u64::MAX)
 }
 
 impl Sim {
@@ -185,10 +206,11 @@ impl Sim {
                 latency.insert((b, a), one_way);
             }
         }
+        let mut data = StdRng::seed_from_u64(sub_seed(seed, 6));
         let disks = (1..=params.nodes)
             .map(|node| {
                 let fsync = Duration::from_micros(setup.random_range(500..=5_000));
-                (node, Disk::new(fsync, params.sabotage))
+                (node, Disk::new(fsync, params.sabotage, new_data_incarnation(&mut data)))
             })
             .collect();
         let sim = Arc::new(Sim {
@@ -199,12 +221,14 @@ impl Sim {
             ledger: Arc::new(Ledger::new(start)),
             trace: Arc::new(Trace { start, lines: Mutex::new(Vec::new()), live: params.live }),
             tally: Mutex::new(Tally::default()),
+            demoted: Mutex::new(None),
             params,
         });
         for node in 1..=sim.params.nodes {
             sim.boot(node).await;
         }
-        let voters: BTreeMap<u64, NodeAddr> = (1..=sim.params.nodes).map(|node| (node, node_addr(node))).collect();
+        let voters: BTreeMap<u64, NodeAddr> =
+            (1..=sim.params.nodes).map(|node| (node, node_addr(node, sim.disks[&node].data_incarnation()))).collect();
         let first = sim.net.raft(1).expect("node 1 is up");
         first.initialize(voters).await.expect("a fresh cluster initializes");
         sim
@@ -226,11 +250,12 @@ impl Sim {
         if crate::raft::repair_log_behind_state(&mut store, &mut machine).await.expect("the disk reads") {
             self.trace.log(format!("node {node}: log behind its applied state repaired"));
         }
-        let network = SimNetwork { net: self.net.clone(), me: super::net::End { node, incarnation } };
+        let data = self.disks[&node].data_incarnation();
+        let network = SimNetwork { net: self.net.clone(), me: super::net::End { node, incarnation }, data };
         let raft =
             SimRaft::new(node, self.config.clone(), network, store, machine).await.expect("a node starts on its disk");
-        self.net.up(node, incarnation, raft.clone());
-        self.trace.log(format!("node {node} up (incarnation {incarnation})"));
+        self.net.up(node, incarnation, data, raft.clone());
+        self.trace.log(format!("node {node} up (incarnation {incarnation}, data {data:016x})"));
         let sim = self.clone();
         super::spawn(async move { sim.watch(node, incarnation, raft).await });
     }
@@ -258,7 +283,11 @@ impl Sim {
             };
             if let Some(fatal) = fatal {
                 let alive = self.net.incarnation(node) == Some(incarnation);
-                if alive {
+                if alive && self.disks[&node].failed_full() {
+                    // As a node does: it stops on the storage error and
+                    // restarts itself once its disk has room.
+                    self.trace.log(format!("node {node} stopped on its full disk: {fatal}"));
+                } else if alive {
                     self.ledger.violation("fatal", format!("node {node} stopped: {fatal}"));
                 }
                 return;
@@ -292,6 +321,10 @@ impl Sim {
             let sim = self.clone();
             super::spawn(async move { sim.reader(stop).await })
         };
+        let keeper = self.params.disk_faults.then(|| {
+            let sim = self.clone();
+            super::spawn(async move { sim.keeper(stop + SETTLE).await })
+        });
         self.clone().nemesis(stop).await;
         self.heal_all().await;
         let settle_by = Instant::now() + SETTLE;
@@ -306,6 +339,9 @@ impl Sim {
         self.probe(settle_by).await;
         let replicas = self.converge(settle_by).await;
         watchdog.abort();
+        if let Some(keeper) = keeper {
+            keeper.abort();
+        }
 
         let now_ms = self.ledger.elapsed_ms();
         let tally = std::mem::take(&mut *self.tally());
@@ -480,7 +516,8 @@ impl Sim {
             if Instant::now() + hold >= stop {
                 return;
             }
-            match rng.random_range(0..10) {
+            let kinds = if self.params.disk_faults { 14 } else { 10 };
+            match rng.random_range(0..kinds) {
                 0 => {
                     let node = *nodes.choose(&mut rng).expect("nodes");
                     self.fault("crash", format!("node {node} for {hold:?}"));
@@ -578,12 +615,145 @@ impl Sim {
                         let _ = raft.trigger().transfer_leader(*to).await;
                     }
                 }
-                _ => {
+                9 => {
                     let node = *nodes.choose(&mut rng).expect("nodes");
                     let Some(raft) = self.net.raft(node) else { continue };
                     self.fault("snapshot", format!("node {node}"));
                     let _ = raft.trigger().snapshot().await;
                 }
+                10 | 11 => {
+                    // One node at a time loses data: while another is still
+                    // to be re-admitted, a second loss could leave no quorum
+                    // of members with their data (then only an operator can
+                    // help, and the run could not end live).
+                    if !self.all_admitted() {
+                        continue;
+                    }
+                    let node = *nodes.choose(&mut rng).expect("nodes");
+                    let data = new_data_incarnation(&mut rng);
+                    let disk = &self.disks[&node];
+                    if self.net.raft(node).is_some() {
+                        self.crash(node).await;
+                    }
+                    let wipe = rng.random_bool(0.5);
+                    if wipe {
+                        self.fault("wipe", format!("node {node}'s data directory, down for {hold:?}"));
+                        disk.wipe(data);
+                    } else if let Some((first, last)) = disk.durable_span() {
+                        let index = rng.random_range(first..=last);
+                        self.fault(
+                            "corrupt",
+                            format!("node {node}'s log record {index} (of {first}..={last}), down for {hold:?}"),
+                        );
+                        disk.damage(index, data);
+                    } else {
+                        self.fault("corrupt", format!("node {node}: no log record to damage, down for {hold:?}"));
+                    }
+                    tokio::time::sleep(hold).await;
+                    self.boot(node).await;
+                }
+                12 => {
+                    let node = *nodes.choose(&mut rng).expect("nodes");
+                    self.fault("disk-full", format!("node {node} for {hold:?}"));
+                    self.disks[&node].set_full(true);
+                    tokio::time::sleep(hold).await;
+                    self.disks[&node].set_full(false);
+                    self.restart_if_failed(node).await;
+                }
+                _ => {
+                    let Some(leader) = self.leader() else { continue };
+                    let Some(raft) = self.net.raft(leader) else { continue };
+                    if !self.all_admitted() {
+                        continue;
+                    }
+                    let followers: Vec<u64> = nodes.iter().copied().filter(|node| *node != leader).collect();
+                    let node = *followers.choose(&mut rng).expect("followers");
+                    self.fault("demote", format!("node {node} to a learner for {hold:?}"));
+                    *self.demoted.lock().expect("demoted lock") = Some(node);
+                    let removed = [node].into_iter().collect();
+                    let changed = raft.change_membership(openraft::ChangeMembers::RemoveVoters(removed), true).await;
+                    self.trace.log(format!("demote node {node}: {}", outcome(&changed)));
+                    tokio::time::sleep(hold).await;
+                    *self.demoted.lock().expect("demoted lock") = None;
+                }
+            }
+        }
+    }
+
+    /// Whether every node is a voter, the membership (as the leader has
+    /// it) records every node's current data incarnation and every node has
+    /// learned that membership: then one node may lose its data or its vote
+    /// and a quorum of voters with their data that accept each other
+    /// remains. (A member that has not yet learned another's re-admission
+    /// refuses that member's ballots; losing a third node's data then
+    /// leaves no quorum without an operator.)
+    fn all_admitted(&self) -> bool {
+        let Some(raft) = self.leader().and_then(|leader| self.net.raft(leader)) else { return false };
+        let metrics = raft.metrics().borrow_watched().clone();
+        // A joint or uncommitted configuration may still need the old
+        // voters' quorum.
+        let settled = metrics.membership_config.log_id() <= &metrics.last_applied;
+        let membership = metrics.membership_config.membership();
+        let uniform = membership.get_joint_config().len() == 1;
+        let voters = membership.voter_ids().count() as u64 == self.params.nodes;
+        let learned = (1..=self.params.nodes).all(|node| {
+            self.net.raft(node).is_some_and(|member| {
+                member.metrics().borrow_watched().membership_config.log_id() == metrics.membership_config.log_id()
+            })
+        });
+        settled
+            && uniform
+            && voters
+            && learned
+            && membership.nodes().all(|(node, addr)| addr.incarnation == self.disks[node].data_incarnation())
+    }
+
+    /// A node whose Raft stopped on its full disk restarts itself once
+    /// there is room, as `spaceraft node` does.
+    async fn restart_if_failed(self: &Arc<Sim>, node: u64) {
+        let stopped = self.net.raft(node).is_some_and(|raft| raft.metrics().borrow_watched().running_state.is_err());
+        if stopped && self.disks[&node].failed_full() {
+            self.trace.log(format!("node {node} restarts: its disk has room again"));
+            self.crash(node).await;
+            self.boot(node).await;
+        }
+    }
+
+    /// Until `until`, once a second on the leader, as the nodes' incarnation
+    /// keeper ([`crate::node::rejoin`]) does: re-admits a member whose data
+    /// incarnation is not the one the membership records once it has
+    /// applied what the leader had applied, and promotes back the learners
+    /// the nemesis is no longer demoting.
+    async fn keeper(self: Arc<Sim>, until: Instant) {
+        while Instant::now() < until {
+            tokio::time::sleep(WATCHDOG_INTERVAL).await;
+            let Some((leader, raft)) = self.leader().and_then(|leader| Some((leader, self.net.raft(leader)?))) else {
+                continue;
+            };
+            let metrics = raft.metrics().borrow_watched().clone();
+            let bar = metrics.last_applied.map(|id| id.index).unwrap_or(0);
+            let membership = metrics.membership_config.membership().clone();
+            for (node, addr) in membership.nodes() {
+                let Some(data) = self.net.data_of(*node).filter(|data| *data != addr.incarnation) else { continue };
+                let Some(member) = self.net.raft(*node) else { continue };
+                let applied = member.metrics().borrow_watched().last_applied.map(|id| id.index).unwrap_or(0);
+                if *node == leader || applied < bar {
+                    continue;
+                }
+                let readmitted = NodeAddr { incarnation: data, ..addr.clone() };
+                let nodes = [(*node, readmitted)].into_iter().collect();
+                let changed = raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), false).await;
+                self.trace.log(format!(
+                    "keeper: re-admit node {node} (data {data:016x}) at {applied}: {}",
+                    outcome(&changed)
+                ));
+            }
+            let demoted = *self.demoted.lock().expect("demoted lock");
+            let learners: BTreeSet<u64> = membership.learner_ids().filter(|node| Some(*node) != demoted).collect();
+            if !learners.is_empty() {
+                let changed =
+                    raft.change_membership(openraft::ChangeMembers::AddVoterIds(learners.clone()), false).await;
+                self.trace.log(format!("keeper: promote {learners:?}: {}", outcome(&changed)));
             }
         }
     }
@@ -635,12 +805,16 @@ impl Sim {
         }
     }
 
-    /// Every node up, every link whole.
+    /// Every node up, every disk with room, every link whole.
     async fn heal_all(self: &Arc<Sim>) {
         self.net.heal();
+        *self.demoted.lock().expect("demoted lock") = None;
         for node in 1..=self.params.nodes {
+            self.disks[&node].set_full(false);
             if self.net.raft(node).is_none() {
                 self.boot(node).await;
+            } else {
+                self.restart_if_failed(node).await;
             }
         }
         self.trace.log("healed");

@@ -78,6 +78,13 @@ struct DiskState {
     waiting: Vec<IOFlushed<SimConfig>>,
     /// Written atomically and durably (write, fsync, rename).
     snapshot: Option<StoredSnapshot>,
+    /// The data directory's incarnation, as `node.json` holds it: renewed
+    /// when the disk is wiped or loses fsynced data.
+    data_incarnation: u64,
+    /// Every write fails (no space left) while set.
+    full: bool,
+    /// A write failed on a full disk since the last boot.
+    failed_full: bool,
 }
 
 /// One node's disk; it outlives the node's process incarnations.
@@ -93,7 +100,7 @@ fn fenced() -> io::Error {
 }
 
 impl Disk {
-    pub fn new(fsync: Duration, sabotage: Option<Sabotage>) -> Arc<Disk> {
+    pub fn new(fsync: Duration, sabotage: Option<Sabotage>, data_incarnation: u64) -> Arc<Disk> {
         Arc::new(Disk {
             state: Mutex::new(DiskState {
                 epoch: 0,
@@ -103,6 +110,9 @@ impl Disk {
                 durable: LogImage::default(),
                 waiting: Vec::new(),
                 snapshot: None,
+                data_incarnation,
+                full: false,
+                failed_full: false,
             }),
             flush: tokio::sync::Notify::new(),
             fsync,
@@ -114,7 +124,11 @@ impl Disk {
     /// state machine (rebuilt from the durable snapshot) and the background
     /// fsync task.
     pub fn open(self: &Arc<Disk>, node: u64, ledger: Arc<Ledger>) -> (SimLogStore, SimStateMachine) {
-        let epoch = self.lock().epoch;
+        let epoch = {
+            let mut state = self.lock();
+            state.failed_full = false;
+            state.epoch
+        };
         let disk = self.clone();
         super::spawn(async move { disk.flush_loop(epoch).await });
         let store = SimLogStore { disk: self.clone(), epoch };
@@ -133,6 +147,56 @@ impl Disk {
         self.flush.notify_one();
     }
 
+    /// The whole data directory is gone (after a crash): an empty disk with
+    /// a new incarnation.
+    pub fn wipe(&self, data_incarnation: u64) {
+        self.crash();
+        let mut state = self.lock();
+        state.current = LogImage::default();
+        state.durable = LogImage::default();
+        state.snapshot = None;
+        state.data_incarnation = data_incarnation;
+    }
+
+    /// A record at `index` is damaged (after a crash): it and the rest of
+    /// the log are dropped at open, the checksum having caught it, and the
+    /// node takes a new incarnation, as the node's log store does. Answers
+    /// whether anything was dropped.
+    pub fn damage(&self, index: u64, data_incarnation: u64) -> bool {
+        self.crash();
+        let mut state = self.lock();
+        if state.durable.entries.range(index..).next().is_none() {
+            return false;
+        }
+        state.durable.entries.split_off(&index);
+        // The committed id may lie past what remains; the node's store
+        // forgets it too and re-learns it from the leader.
+        state.durable.committed = None;
+        state.current = state.durable.clone();
+        state.data_incarnation = data_incarnation;
+        true
+    }
+
+    /// The indexes of the durable log's entries: (first, last).
+    pub fn durable_span(&self) -> Option<(u64, u64)> {
+        let state = self.lock();
+        Some((*state.durable.entries.keys().next()?, *state.durable.entries.keys().next_back()?))
+    }
+
+    pub fn data_incarnation(&self) -> u64 {
+        self.lock().data_incarnation
+    }
+
+    /// Fills the disk (every write fails) or frees it.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
+    }
+
+    /// Whether a write failed on a full disk since the last boot.
+    pub fn failed_full(&self) -> bool {
+        self.lock().failed_full
+    }
+
     /// The log the running process sees: `(index, log id)` of every entry.
     pub fn log_ids(&self) -> Vec<(u64, LogId)> {
         self.lock().current.entries.iter().map(|(index, entry)| (*index, entry.log_id)).collect()
@@ -147,6 +211,10 @@ impl Disk {
         let mut state = self.lock();
         if state.epoch != epoch {
             return Err(fenced());
+        }
+        if state.full {
+            state.failed_full = true;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
         }
         state.version += 1;
         Ok(write(&mut state))

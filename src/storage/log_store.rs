@@ -296,7 +296,14 @@ fn drop_damaged(db: &Database, logs: &Keyspace, meta: &Keyspace) -> io::Result<B
     let mut batch = db.batch();
     for (group, damage) in &damaged {
         let from = match damage {
-            Damage::Entry(index) => *index,
+            Damage::Entry(index) => {
+                // The committed id may lie past the entries that remain; a
+                // lost committed id is re-learned from the leader.
+                let mut key = group.to_be_bytes().to_vec();
+                key.push(TAG_COMMITTED);
+                batch.remove(meta, key);
+                *index
+            }
             Damage::Metadata => {
                 for tag in [TAG_VOTE, TAG_COMMITTED, TAG_PURGED] {
                     let mut key = group.to_be_bytes().to_vec();
@@ -675,6 +682,15 @@ mod tests {
                     inner.logs.insert(log_key(group, index), entry).unwrap();
                 }
             }
+            // Both groups had committed their last entry.
+            for (group, last) in [(7u64, 5u64), (8, 3)] {
+                let mut key = group.to_be_bytes().to_vec();
+                key.push(TAG_COMMITTED);
+                inner
+                    .meta
+                    .insert(key, encode_record(&Some(blank_ent::<TypeConfig>(1, 1, last).log_id)).unwrap())
+                    .unwrap();
+            }
             let mut damaged = encode_record(&blank_ent::<TypeConfig>(1, 1, 3)).unwrap();
             damaged[6] ^= 0x10;
             inner.logs.insert(log_key(7, 3), damaged).unwrap();
@@ -693,6 +709,13 @@ mod tests {
         };
         assert_eq!(indexes(7), vec![1, 2], "the damaged entry and those after it are dropped");
         assert_eq!(indexes(8), vec![1, 2, 3], "other groups are left alone");
+        let committed = |group: u64| {
+            let mut key = group.to_be_bytes().to_vec();
+            key.push(TAG_COMMITTED);
+            engine.inner.meta.get(key).unwrap().is_some()
+        };
+        assert!(!committed(7), "a committed id past the remaining entries is forgotten");
+        assert!(committed(8), "other groups keep theirs");
         assert!(decode_record::<Entry>("log entry", &[0, 0, 0, 0, 1]).unwrap_err().to_string().contains("checksum"));
     }
 
