@@ -47,13 +47,18 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Reads a record back; a record whose checksum does not match is damaged
 /// (`DeserializeBadCrc`) and is never decoded.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(verify(bytes)?)
+}
+
+/// A record's payload, if its checksum matches.
+pub fn verify(bytes: &[u8]) -> Result<&[u8], postcard::Error> {
     let Some((sum, payload)) = bytes.split_first_chunk::<4>() else {
         return Err(postcard::Error::DeserializeUnexpectedEnd);
     };
     if u32::from_le_bytes(*sum) != crc32fast::hash(payload) {
         return Err(postcard::Error::DeserializeBadCrc);
     }
-    postcard::from_bytes(payload)
+    Ok(payload)
 }
 
 #[cfg(test)]

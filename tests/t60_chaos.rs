@@ -1,7 +1,8 @@
 //! The short chaos runs of every commit: `spaceraft chaos` as a user runs
 //! it, real processes per region behind the fault proxy. One with a fixed
-//! seed (at least two region kills and a partition), one with a random seed
-//! that is printed for replay. Each must end with no anomaly and no
+//! seed (at least two region kills and a partition), one with a fixed seed
+//! and disk faults (wiped and full disks), one with a random seed that is
+//! printed for replay. Each must end with no anomaly and no
 //! liveness failure; the report files must be there.
 
 use std::process::Command;
@@ -34,11 +35,31 @@ fn keep_on_failure(out: &std::path::Path) -> String {
     keep.display().to_string()
 }
 
+/// A fixed-seed run that must pass with over 100 acknowledged posts; answers
+/// how many faults of each kind it injected.
+fn fixed_seed_run(args: &[&str]) -> impl Fn(&str) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (passed, output, summary) = chaos(args, &out);
+    let kept = if passed { String::new() } else { keep_on_failure(&out) };
+    assert!(passed, "chaos run failed (kept in {kept}):\n{output}");
+    assert_eq!(summary["valid"], true);
+    assert!(summary["stats"]["posts_ok"].as_u64().unwrap() > 100, "{summary}");
+    for file in ["history.jsonl", "report.md", "timeline.svg"] {
+        assert!(out.join(file).exists(), "{file} written");
+    }
+    let faults: Vec<String> = summary["faults"]
+        .as_array()
+        .expect("faults in summary.json")
+        .iter()
+        .map(|fault| fault["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    move |kind: &str| faults.iter().filter(|fault| *fault == kind).count()
+}
+
 #[test]
 fn a_fixed_seed_run_with_region_kills_and_a_partition_passes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let args = [
         "--secs",
         "75",
@@ -49,17 +70,8 @@ fn a_fixed_seed_run_with_region_kills_and_a_partition_passes() {
         "--base-port",
         "17100",
     ];
-    let (passed, output, summary) = chaos(&args, &out);
-    let kept = if passed { String::new() } else { keep_on_failure(&out) };
-    assert!(passed, "chaos run failed (kept in {kept}):\n{output}");
-    let faults = summary["faults"].as_array().expect("faults in summary.json");
-    let count = |kind: &str| faults.iter().filter(|fault| fault["kind"] == kind).count();
-    assert!(count("kill-region") >= 2 && count("partition-region") >= 1, "{faults:?}");
-    assert_eq!(summary["valid"], true);
-    assert!(summary["stats"]["posts_ok"].as_u64().unwrap() > 100, "{summary}");
-    for file in ["history.jsonl", "report.md", "timeline.svg"] {
-        assert!(out.join(file).exists(), "{file} written");
-    }
+    let count = fixed_seed_run(&args);
+    assert!(count("kill-region") >= 2 && count("partition-region") >= 1, "region kills and a partition happened");
 }
 
 /// Disk faults: a region's node loses its whole data directory and comes
@@ -70,8 +82,6 @@ fn a_fixed_seed_run_with_region_kills_and_a_partition_passes() {
 #[test]
 fn a_fixed_seed_run_with_wiped_and_full_disks_passes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let args = [
         "--secs",
         "70",
@@ -84,14 +94,8 @@ fn a_fixed_seed_run_with_wiped_and_full_disks_passes() {
         "--base-port",
         "17400",
     ];
-    let (passed, output, summary) = chaos(&args, &out);
-    let kept = if passed { String::new() } else { keep_on_failure(&out) };
-    assert!(passed, "chaos run failed (kept in {kept}):\n{output}");
-    let faults = summary["faults"].as_array().expect("faults in summary.json");
-    let count = |kind: &str| faults.iter().filter(|fault| fault["kind"] == kind).count();
-    assert!(count("wipe-disk") >= 2 && count("disk-full") >= 2, "{faults:?}");
-    assert_eq!(summary["valid"], true);
-    assert!(summary["stats"]["posts_ok"].as_u64().unwrap() > 100, "{summary}");
+    let count = fixed_seed_run(&args);
+    assert!(count("wipe-disk") >= 2 && count("disk-full") >= 2, "wipes and full disks happened");
 }
 
 #[test]

@@ -75,6 +75,19 @@ async fn served(cluster: &TestCluster, node: u64) -> BTreeMap<String, u64> {
     keys
 }
 
+/// Waits until node `node` serves `count` posts, within 30 s.
+async fn serves_all(cluster: &TestCluster, node: u64, count: usize, what: &str) {
+    common::wait_until(Duration::from_secs(30), what, async || {
+        let served = served(cluster, node).await.len();
+        if served == count {
+            Ok(())
+        } else {
+            Err(served)
+        }
+    })
+    .await;
+}
+
 fn wipe(cluster: &TestCluster, node: u64) {
     let dir = &cluster.node(node).data_dir;
     std::fs::remove_dir_all(dir).expect("wipe the data directory");
@@ -235,16 +248,7 @@ async fn a_wiped_voter_in_a_healthy_cluster_rejoins_by_itself() {
     cluster.start_node(wiped);
     let after = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
     assert_ne!(after[&wiped], before[&wiped], "re-admitted with its new incarnation");
-    let keys = common::wait_until(Duration::from_secs(30), "the wiped node to serve all 50 posts", async || {
-        let keys = served(&cluster, wiped).await;
-        if keys.len() == 50 {
-            Ok(keys)
-        } else {
-            Err(keys.len())
-        }
-    })
-    .await;
-    assert_eq!(keys.len(), 50);
+    serves_all(&cluster, wiped, 50, "the wiped node to serve all 50 posts").await;
     let seq = client.post(post("after")).await.expect("post after the rejoin").into_inner().seq;
     assert_eq!(seq, 51);
     let mut through = cluster.client(wiped).await;
@@ -297,18 +301,49 @@ async fn a_lost_state_machine_is_rebuilt_from_the_log_that_still_holds_it() {
     cluster.kill_node(follower);
     std::fs::remove_dir_all(cluster.node(follower).data_dir.join("state")).expect("delete the sled state");
     cluster.start_node(follower);
-    let keys = common::wait_until(Duration::from_secs(30), "the follower to serve all 40 posts again", async || {
-        let keys = served(&cluster, follower).await;
-        if keys.len() == 40 {
-            Ok(keys)
-        } else {
-            Err(keys.len())
-        }
-    })
-    .await;
-    assert_eq!(keys.len(), 40);
+    serves_all(&cluster, follower, 40, "the follower to serve all 40 posts again").await;
     let log = cluster.node_log(follower);
     assert!(log.contains("the state machine lost writes it had flushed"), "the follower says what it found");
+    assert!(!log.contains("lost state it had acknowledged"), "rebuilt in place: no rejoin");
+    let after = status(&cluster, follower).await.expect("status").incarnation;
+    assert_eq!(after, before[&follower], "the same incarnation");
+}
+
+/// A follower whose stored message block is damaged (a byte of its payload
+/// flipped; sled's own checks pass, the record's checksum does not) finds
+/// it at open: it drops its state and rebuilds it from its log, as the same
+/// incarnation, and serves every post unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_state_machine_record_is_found_at_open_and_the_state_rebuilt() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let leader = new_leader_of_both(&cluster).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    let mut client = cluster.client(leader).await;
+    for n in 0..40 {
+        client.post(post(&format!("k{n}"))).await.expect("post");
+    }
+    let applied = applied_of(&cluster, leader).await;
+    state_flushed(&cluster, follower, DEFAULT_CLUSTER_ID, applied).await;
+    cluster.kill_node(follower);
+    {
+        let db = sled::open(cluster.node(follower).data_dir.join("state")).expect("open the follower's sled state");
+        let tree = db.open_tree(format!("sm.{DEFAULT_CLUSTER_ID}")).expect("the space cluster's tree");
+        let (key, value) = tree.scan_prefix(b"m").next().expect("a message block").expect("read it");
+        let mut damaged = value.to_vec();
+        *damaged.last_mut().unwrap() ^= 0x01;
+        tree.insert(key, damaged).expect("write the damaged block");
+        db.flush().expect("flush");
+    }
+    cluster.start_node(follower);
+    serves_all(&cluster, follower, 40, "the follower to serve all 40 posts again").await;
+    let history = full_history(&cluster, follower, SPACE).await;
+    let bodies: Vec<String> = history.iter().map(|message| message.body.clone()).collect();
+    let expected: Vec<String> = (0..40).map(|n| format!("body of k{n}")).collect();
+    assert_eq!(bodies, expected, "every message as posted");
+    let log = cluster.node_log(follower);
+    assert!(log.contains("the state machine has a damaged record"), "the follower says what it found");
     assert!(!log.contains("lost state it had acknowledged"), "rebuilt in place: no rejoin");
     let after = status(&cluster, follower).await.expect("status").incarnation;
     assert_eq!(after, before[&follower], "the same incarnation");
@@ -350,16 +385,7 @@ async fn a_lost_state_machine_past_the_purged_log_is_dropped_and_the_node_rejoin
     cluster.start_node(follower);
     let after = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
     assert_ne!(after[&follower], before[&follower], "re-admitted as a new incarnation");
-    let keys = common::wait_until(Duration::from_secs(30), "the follower to serve all 400 posts", async || {
-        let keys = served(&cluster, follower).await;
-        if keys.len() == 400 {
-            Ok(keys)
-        } else {
-            Err(keys.len())
-        }
-    })
-    .await;
-    assert_eq!(keys.len(), 400);
+    serves_all(&cluster, follower, 400, "the follower to serve all 400 posts").await;
     let log = cluster.node_log(follower);
     assert!(log.contains("lost state it had acknowledged"), "the follower says it lost state");
     assert!(log.contains("its log starts after"), "and why");
@@ -481,16 +507,7 @@ async fn a_follower_whose_log_was_damaged_says_so_and_rejoins_as_a_new_incarnati
             cluster.node_log(damaged).contains("lost state it had acknowledged"),
             "round {round}: the node says what it lost"
         );
-        let keys = common::wait_until(Duration::from_secs(30), "the damaged node to serve every post", async || {
-            let keys = served(&cluster, damaged).await;
-            if keys.len() == posted {
-                Ok(keys)
-            } else {
-                Err(keys.len())
-            }
-        })
-        .await;
-        assert_eq!(keys.len(), posted);
+        serves_all(&cluster, damaged, posted, "the damaged node to serve every post").await;
     }
 }
 

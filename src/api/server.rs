@@ -363,8 +363,9 @@ fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Opti
 }
 
 /// Checks each group's state machine against its state marker and its log,
-/// before any group starts. A state behind what was flushed (sled rolled
-/// back over damage) is rebuilt from its snapshot and log when they reach
+/// before any group starts. A state with a damaged record is dropped (its
+/// snapshots kept) and counts as behind. A state behind what was flushed
+/// (sled rolled back over damage) is rebuilt from its snapshot and log when they reach
 /// back far enough: logged, nothing else to do. A state that cannot be (its
 /// log starts past it and no snapshot file bridges the gap) is forgotten,
 /// with its log (the vote stays): the group starts empty and its leader
@@ -396,6 +397,20 @@ async fn check_states(
         })
         .await?
         .with_context(|| format!("cannot read the state machine of group {group}"))?;
+        if let Some(damage) = &stored.damaged {
+            tracing::error!(
+                group_id = group,
+                %damage,
+                snapshot = stored.snapshot,
+                "the state machine has a damaged record; dropping it to rebuild it from its snapshot and log"
+            );
+            crate::storage::blocking::run({
+                let db = db.clone();
+                move || crate::storage::state_machine::drop_damaged_tree(&db, group)
+            })
+            .await?
+            .with_context(|| format!("cannot drop the damaged state machine of group {group}"))?;
+        }
         let mut log = engine.group(group);
         let purged = log.get_log_state().await?.last_purged_log_id.map(|id| id.index).unwrap_or(0);
         let flushed_at = flushed.get(&group).copied().unwrap_or(0);

@@ -439,13 +439,15 @@ impl KvRead for sled::Tree {
 }
 
 /// The tree as apply and the dedup rebuild read it: a read that fails (a
-/// full or failing disk; sled then fails every later call too) answers as
-/// if the key were absent and is remembered, and [`TreeReads::check`] turns
-/// it into the batch's error, so the batch commits nothing and the group
-/// stops with a storage error instead of a panic.
+/// full or failing disk; sled then fails every later call too) or a record
+/// whose checksum does not match answers as if the key were absent and is
+/// remembered, and [`TreeReads::check`] turns it into the batch's error, so
+/// the batch commits nothing and the group stops with a storage error
+/// instead of a panic. (The restart that follows finds the damaged record
+/// at open: [`stored_state`].)
 struct TreeReads<'a> {
     tree: &'a sled::Tree,
-    failure: std::cell::RefCell<Option<sled::Error>>,
+    failure: std::cell::RefCell<Option<io::Error>>,
 }
 
 impl<'a> TreeReads<'a> {
@@ -453,26 +455,41 @@ impl<'a> TreeReads<'a> {
         TreeReads { tree, failure: std::cell::RefCell::new(None) }
     }
 
-    fn fail(&self, error: sled::Error) {
+    fn fail(&self, error: io::Error) {
         self.failure.borrow_mut().get_or_insert(error);
     }
 
     /// The first read that failed, as an error.
     fn check(&self) -> io::Result<()> {
         match self.failure.borrow_mut().take() {
-            Some(error) => Err(sled_error(error)),
+            Some(error) => Err(error),
             None => Ok(()),
         }
     }
+}
+
+/// The error for a stored record that fails its checksum.
+fn damaged_record(key: &[u8], error: postcard::Error) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("damaged state machine record {}: {error}", String::from_utf8_lossy(key)),
+    )
 }
 
 impl KvRead for TreeReads<'_> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         blocking::assert_off_runtime("a sled read");
         match sled::Tree::get(self.tree, key) {
-            Ok(value) => value.map(|v| v.to_vec()),
+            Ok(Some(value)) => match crate::kv::verify(&value) {
+                Ok(_) => Some(value.to_vec()),
+                Err(error) => {
+                    self.fail(damaged_record(key, error));
+                    None
+                }
+            },
+            Ok(None) => None,
             Err(error) => {
-                self.fail(error);
+                self.fail(sled_error(error));
                 None
             }
         }
@@ -485,7 +502,7 @@ impl KvRead for TreeReads<'_> {
             match key {
                 Ok(key) => keys.push(key.to_vec()),
                 Err(error) => {
-                    self.fail(error);
+                    self.fail(sled_error(error));
                     break;
                 }
             }
@@ -642,10 +659,13 @@ fn open_tree(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<(s
 }
 
 /// A group's state machine as found on disk before the group starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredState {
     /// The tree's applied index (0: no tree, or nothing applied).
     pub applied: u64,
+    /// The first record of the tree that failed its checksum, if one did:
+    /// the tree cannot be trusted and must be rebuilt.
+    pub damaged: Option<String>,
     /// The index of the newest snapshot file it could be restored from (0:
     /// none).
     pub snapshot: u64,
@@ -661,7 +681,9 @@ impl StoredState {
 /// Reads group `group_id`'s stored state without changing it, but for one
 /// thing: a snapshot file the tree would be restored from (one newer than
 /// the tree) that does not read back whole is renamed `*.damaged`, so the
-/// group falls back to an older one. Blocking.
+/// group falls back to an older one. Every record's checksum is checked: a
+/// tree with a damaged record counts as applied at 0 (see
+/// [`drop_damaged_tree`]). Blocking.
 pub fn stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<StoredState> {
     blocking::assert_off_runtime("state machine disk work");
     let name = format!("sm.{group_id}");
@@ -673,6 +695,17 @@ pub fn stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Re
                 io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
             })?;
             state.applied = applied.last_applied.map(|id| id.index).unwrap_or(0);
+        }
+        for item in tree.iter() {
+            let (key, value) = item.map_err(sled_error)?;
+            if key.first() == Some(&INTERNAL_PREFIX) {
+                continue;
+            }
+            if let Err(error) = crate::kv::verify(&value) {
+                state.damaged = Some(damaged_record(&key, error).to_string());
+                state.applied = 0;
+                break;
+            }
         }
     }
     if !snapshot_dir.is_dir() {
@@ -698,6 +731,15 @@ pub fn stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Re
 }
 
 /// Drops group `group_id`'s tree and snapshot files, durably. Blocking.
+/// Drops group `group_id`'s tree, which holds a damaged record; its
+/// snapshot files stay, to rebuild it from with the log. Blocking.
+pub fn drop_damaged_tree(db: &sled::Db, group_id: u64) -> io::Result<()> {
+    blocking::assert_off_runtime("state machine disk work");
+    db.drop_tree(format!("sm.{group_id}")).map_err(sled_error)?;
+    db.flush().map_err(sled_error)?;
+    Ok(())
+}
+
 pub fn forget_stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<()> {
     blocking::assert_off_runtime("state machine disk work");
     db.drop_tree(format!("sm.{group_id}")).map_err(sled_error)?;
@@ -789,4 +831,41 @@ pub enum StorageError {
     Read(sled::Error),
     #[error("corrupt {what} in the state machine: {why}")]
     Corrupt { what: &'static str, why: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_that_fails_its_checksum_is_an_error_for_apply_and_found_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("state")).unwrap();
+        let tree = db.open_tree("sm.7").unwrap();
+        let applied = AppliedState {
+            last_applied: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 12)),
+            ..AppliedState::default()
+        };
+        tree.insert(APPLIED_KEY, postcard::to_stdvec(&applied).unwrap()).unwrap();
+        tree.insert(b"sgood", crate::kv::encode(&5u64)).unwrap();
+        let snapshots = dir.path().join("snapshots");
+        let stored = stored_state(&db, 7, &snapshots).unwrap();
+        assert_eq!((stored.applied, stored.damaged.as_deref()), (12, None));
+
+        let mut damaged = crate::kv::encode(&6u64);
+        *damaged.last_mut().unwrap() ^= 0x01;
+        tree.insert(b"sbad", damaged).unwrap();
+        let reads = TreeReads::new(&tree);
+        assert_eq!(reads.get(b"sgood"), Some(crate::kv::encode(&5u64)));
+        assert_eq!(reads.get(b"sbad"), None, "a damaged record is never a value");
+        let error = reads.check().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("damaged state machine record sbad"), "{error}");
+
+        let stored = stored_state(&db, 7, &snapshots).unwrap();
+        assert_eq!(stored.applied, 0, "a damaged tree counts for nothing");
+        assert!(stored.damaged.is_some_and(|damage| damage.contains("sbad")));
+        drop_damaged_tree(&db, 7).unwrap();
+        assert_eq!(stored_state(&db, 7, &snapshots).unwrap(), StoredState::default());
+    }
 }
