@@ -129,12 +129,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         )
     })?;
     let log_existed = data_dir.raft_log_dir().exists();
+    if !data_dir.created && !log_existed {
+        let why = format!("{} is missing", data_dir.raft_log_dir().display());
+        crate::storage::data_dir::record_loss(&data_dir.root, &why).context("cannot record the lost raft log")?;
+    }
     let engine = LogEngine::open(&data_dir.raft_log_dir(), config.storage.log_sync_batch_len_max)
         .with_context(|| format!("cannot open the raft log store in {}", data_dir.raft_log_dir().display()))?;
-    let (state_losses, state_marker) = check_states(&db, &engine, &data_dir).await?;
-    let lost = [lost_state(&data_dir, log_existed, &engine), state_losses].into_iter().flatten().collect::<Vec<_>>();
-    if !lost.is_empty() {
-        let why = lost.join("; ");
+    let state_marker = check_states(&db, &engine, &data_dir).await?;
+    // Every loss found (now or by a start cut off before it took a new
+    // incarnation) was recorded before anything repaired it.
+    if let Some(why) = data_dir.pending_loss().context("cannot read the recorded losses")? {
         let incarnation = data_dir.renew_incarnation().context("cannot take a new incarnation")?;
         tracing::error!(
             node_id = config.node_id,
@@ -344,24 +348,6 @@ async fn check_id_is_unique(
     Ok(())
 }
 
-/// Why this node's durable Raft state is not what it acknowledged: its log
-/// directory is gone while its identity says it ran before, its marker is
-/// damaged, or a group's log or vote ends before what was fsynced. None
-/// when intact (a torn tail of never-acknowledged writes is intact).
-fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Option<String> {
-    if !data_dir.created && !log_existed {
-        return Some(format!("{} is missing", data_dir.raft_log_dir().display()));
-    }
-    if let Some(set_aside) = engine.set_aside() {
-        return Some(set_aside.to_string());
-    }
-    if let Some(damaged) = engine.marker_damaged() {
-        return Some(damaged.to_string());
-    }
-    let losses: Vec<String> = engine.losses().iter().map(ToString::to_string).collect();
-    (!losses.is_empty()).then(|| losses.join("; "))
-}
-
 /// Checks each group's state machine against its state marker and its log,
 /// before any group starts. A state with a damaged record is dropped (its
 /// snapshots kept) and counts as behind. A state behind what was flushed
@@ -369,13 +355,10 @@ fn lost_state(data_dir: &DataDir, log_existed: bool, engine: &LogEngine) -> Opti
 /// back far enough: logged, nothing else to do. A state that cannot be (its
 /// log starts past it and no snapshot file bridges the gap) is forgotten,
 /// with its log (the vote stays): the group starts empty and its leader
-/// catches it up once it re-admits the node. Answers why state was lost, if
-/// it was, and the state marker the flusher goes on from.
-async fn check_states(
-    db: &sled::Db,
-    engine: &LogEngine,
-    data_dir: &DataDir,
-) -> anyhow::Result<(Option<String>, flusher::StateMarker)> {
+/// catches it up once it re-admits the node; the loss is recorded first
+/// ([`crate::storage::data_dir::record_loss`]). Answers the state marker the
+/// flusher goes on from.
+async fn check_states(db: &sled::Db, engine: &LogEngine, data_dir: &DataDir) -> anyhow::Result<flusher::StateMarker> {
     use openraft::storage::RaftLogStorage;
     let root = data_dir.root.clone();
     let flushed = match crate::storage::marker::read_applied(&root) {
@@ -387,8 +370,13 @@ async fn check_states(
     };
     let mut groups: std::collections::BTreeSet<u64> = flushed.keys().copied().collect();
     groups.extend(engine.groups().iter().copied());
+    // A tree neither marker nor log knows (its group's log was forgotten).
+    groups.extend(
+        db.tree_names()
+            .iter()
+            .filter_map(|name| std::str::from_utf8(name).ok()?.strip_prefix("sm.")?.parse::<u64>().ok()),
+    );
     let mut recorded = flushed.clone();
-    let mut losses = Vec::new();
     for group in groups {
         let snapshot_dir = data_dir.snapshot_dir(group);
         let stored = crate::storage::blocking::run({
@@ -415,11 +403,12 @@ async fn check_states(
         let purged = log.get_log_state().await?.last_purged_log_id.map(|id| id.index).unwrap_or(0);
         let flushed_at = flushed.get(&group).copied().unwrap_or(0);
         if stored.rebuilt() < purged {
-            losses.push(format!(
+            let why = format!(
                 "group {group}: its state machine is at {} (snapshot {}, {flushed_at} was flushed) but its log \
                  starts after {purged}",
                 stored.applied, stored.snapshot
-            ));
+            );
+            crate::storage::data_dir::record_loss(&root, &why).context("cannot record the lost state")?;
             crate::storage::blocking::run({
                 let db = db.clone();
                 move || crate::storage::state_machine::forget_stored_state(&db, group, &snapshot_dir)
@@ -444,8 +433,7 @@ async fn check_states(
             .await?
             .context("cannot write the state marker")?;
     }
-    let losses = (!losses.is_empty()).then(|| losses.join("; "));
-    Ok((losses, flusher::StateMarker { root, recorded }))
+    Ok(flusher::StateMarker { root, recorded })
 }
 
 /// The id of the cluster the configured peers run, if one answers: a peer

@@ -1,9 +1,12 @@
 //! A node's data directory: its layout and its identity.
 //!
 //! ```text
-//! <data-dir>/node.json     identity: format, node id, region, incarnation
-//! <data-dir>/raft-log/     fjall: Raft logs and votes of every group
-//! <data-dir>/state/        sled: space state machines of every group
+//! <data-dir>/node.json        identity: format, node id, region, incarnation
+//! <data-dir>/loss.pending     why state was lost, until a new incarnation is taken
+//! <data-dir>/raft-log/        fjall: Raft logs and votes of every group
+//! <data-dir>/raft-log.marker  per group, the last log index and vote term fsynced
+//! <data-dir>/state/           sled: space state machines of every group
+//! <data-dir>/state.marker     per group, the applied index sled last flushed
 //! <data-dir>/snapshots/g<group>/
 //! ```
 //!
@@ -26,6 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::NodeId;
 
 const IDENTITY_FILE: &str = "node.json";
+/// Why the directory lost acknowledged state, written before anything that
+/// would erase the evidence and removed once a new incarnation is taken.
+const LOSS_FILE: &str = "loss.pending";
 const FORMAT: &str = "spaceraft-data-v3";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,7 +126,17 @@ impl DataDir {
         identity.incarnation = new_incarnation();
         write_identity(&self.root, &identity)?;
         self.incarnation = identity.incarnation;
+        match std::fs::remove_file(self.root.join(LOSS_FILE)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => crate::storage::snapshot_file::sync_dir(&self.root)?,
+        }
         Ok(identity.incarnation)
+    }
+
+    /// The losses recorded by [`record_loss`] and not yet answered with a
+    /// new incarnation.
+    pub fn pending_loss(&self) -> io::Result<Option<String>> {
+        pending_loss(&self.root)
     }
 
     pub fn raft_log_dir(&self) -> PathBuf {
@@ -136,12 +152,38 @@ impl DataDir {
     }
 }
 
+/// Records, durably, that the data directory at `root` lost state it had
+/// acknowledged, and why. Called before the start that found the loss
+/// repairs or forgets anything (which erases the evidence): a start cut off
+/// before it takes a new incarnation finds the record and takes it then.
+pub fn record_loss(root: &Path, why: &str) -> io::Result<()> {
+    let recorded = pending_loss(root)?.unwrap_or_default();
+    if recorded.contains(why) {
+        return Ok(());
+    }
+    let text = if recorded.is_empty() { why.to_string() } else { format!("{recorded}; {why}") };
+    write_durably(root, LOSS_FILE, text.as_bytes())
+}
+
+fn pending_loss(root: &Path) -> io::Result<Option<String>> {
+    match std::fs::read_to_string(root.join(LOSS_FILE)) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Writes the identity file atomically and durably.
 fn write_identity(root: &Path, identity: &Identity) -> io::Result<()> {
-    let temp = root.join("node.json.tmp");
-    std::fs::write(&temp, serde_json::to_vec_pretty(identity).expect("identity serializes"))?;
+    write_durably(root, IDENTITY_FILE, &serde_json::to_vec_pretty(identity).expect("identity serializes"))
+}
+
+/// Writes `root/name` atomically and durably.
+fn write_durably(root: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temp = root.join(format!("{name}.tmp"));
+    std::fs::write(&temp, bytes)?;
     std::fs::File::open(&temp).and_then(|f| f.sync_all())?;
-    std::fs::rename(&temp, root.join(IDENTITY_FILE))?;
+    std::fs::rename(&temp, root.join(name))?;
     crate::storage::snapshot_file::sync_dir(root)
 }
 
@@ -169,6 +211,26 @@ mod tests {
         std::fs::write(dir.path().join("photo.jpg"), b"not ours").unwrap();
         assert!(matches!(DataDir::open(dir.path(), 1, "us-east"), Err(DataDirError::Foreign { .. })));
         assert!(!dir.path().join("node.json").exists());
+    }
+
+    #[test]
+    fn a_recorded_loss_outlives_a_cut_off_start_until_a_new_incarnation_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = DataDir::open(dir.path(), 1, "us-east").unwrap();
+        assert_eq!(made.pending_loss().unwrap(), None);
+        record_loss(dir.path(), "group 3: log ends at 5 but 9 were fsynced").unwrap();
+        record_loss(dir.path(), "group 3: log ends at 5 but 9 were fsynced").unwrap();
+        record_loss(dir.path(), "group 4: its log starts after 300").unwrap();
+        // The start that recorded it is cut off here; the next one finds it.
+        let mut again = DataDir::open(dir.path(), 1, "us-east").unwrap();
+        assert_eq!(again.incarnation, made.incarnation);
+        assert_eq!(
+            again.pending_loss().unwrap().as_deref(),
+            Some("group 3: log ends at 5 but 9 were fsynced; group 4: its log starts after 300")
+        );
+        let renewed = again.renew_incarnation().unwrap();
+        assert_ne!(renewed, made.incarnation);
+        assert_eq!(DataDir::open(dir.path(), 1, "us-east").unwrap().pending_loss().unwrap(), None, "answered");
     }
 
     #[test]

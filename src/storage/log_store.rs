@@ -127,6 +127,13 @@ impl LogEngine {
             }
         }
         let groups = found.keys().copied().collect();
+        // Starting the marker lowers it to what was found, erasing the
+        // evidence of a loss: the loss is recorded first.
+        let mut lost: Vec<String> = set_aside.iter().chain(&marker_damaged).cloned().collect();
+        lost.extend(losses.iter().map(ToString::to_string));
+        if !lost.is_empty() {
+            crate::storage::data_dir::record_loss(&marker_root, &lost.join("; "))?;
+        }
         let marker = Marker::start(&marker_root, found)?;
         let (writer, requests) = mpsc::sync_channel(sync_batch_len_max.max(1) * 4);
         let thread_db = db.clone();

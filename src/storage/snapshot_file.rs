@@ -177,9 +177,43 @@ fn read_frame(input: &mut impl Read) -> io::Result<Frame> {
     postcard::from_bytes(&payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad frame: {e}")))
 }
 
-/// Checks a whole file (every frame) and returns its header.
+/// Checks a whole file (every frame, and every record's own checksum: a
+/// record damaged in the tree it was built from must not spread through
+/// the snapshot) and returns its header.
 pub fn verify(path: &Path) -> io::Result<(u64, SnapshotMeta)> {
     let mut reader = SnapshotReader::open(path)?;
-    while reader.next_pairs().map_err(|e| corrupt(path, e))?.is_some() {}
+    while let Some(pairs) = reader.next_pairs().map_err(|e| corrupt(path, e))? {
+        for (key, value) in &pairs {
+            if let Err(error) = crate::kv::verify(value) {
+                return Err(corrupt(path, format!("record {}: {error}", String::from_utf8_lossy(key))));
+            }
+        }
+    }
     Ok((reader.group_id, reader.meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_whose_frames_hold_a_damaged_record_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta::default();
+        let write = |name: &str, value: Vec<u8>| {
+            let mut writer = SnapshotWriter::create(dir.path().join(name), 3, &meta).unwrap();
+            writer.push(b"sgeneral".to_vec(), crate::kv::encode(&1u64)).unwrap();
+            writer.push(b"srandom".to_vec(), value).unwrap();
+            writer.finish().unwrap();
+            dir.path().join(name)
+        };
+        let good = write("good.bin", crate::kv::encode(&2u64));
+        assert_eq!(verify(&good).unwrap().0, 3);
+        let mut damaged = crate::kv::encode(&2u64);
+        *damaged.last_mut().unwrap() ^= 0x01;
+        let bad = write("bad.bin", damaged);
+        let error = verify(&bad).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("record srandom"), "{error}");
+    }
 }

@@ -328,10 +328,16 @@ impl SpaceSnapshotBuilder {
                 Some(before) => {
                     seen.insert(key.to_vec());
                     if let Some(before) = before {
+                        crate::kv::verify(&before).map_err(|error| damaged_record(&key, error))?;
                         writer.push(key.to_vec(), before)?;
                     }
                 }
-                None => writer.push(key.to_vec(), value.to_vec())?,
+                None => {
+                    // A damaged record fails the build (a storage error)
+                    // instead of being carried into the snapshot.
+                    crate::kv::verify(&value).map_err(|error| damaged_record(&key, error))?;
+                    writer.push(key.to_vec(), value.to_vec())?
+                }
             }
         }
         // Keys removed since the snapshot point were not scanned: add them.
@@ -339,6 +345,7 @@ impl SpaceSnapshotBuilder {
         for (key, before) in pre_images {
             if let Some(before) = before {
                 if !seen.contains(&key) && key.first() != Some(&INTERNAL_PREFIX) {
+                    crate::kv::verify(&before).map_err(|error| damaged_record(&key, error))?;
                     writer.push(key, before)?;
                 }
             }
