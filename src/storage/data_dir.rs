@@ -32,7 +32,7 @@ const IDENTITY_FILE: &str = "node.json";
 /// Why the directory lost acknowledged state, written before anything that
 /// would erase the evidence and removed once a new incarnation is taken.
 const LOSS_FILE: &str = "loss.pending";
-const FORMAT: &str = "spaceraft-data-v3";
+const FORMAT: &str = "spaceraft-data-v4";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {

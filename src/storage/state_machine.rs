@@ -142,7 +142,7 @@ impl SpaceStateMachine {
         let db = self.db.clone();
         let path = path.to_path_buf();
         let state = AppliedState { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
-        let state_bytes = postcard::to_stdvec(&state).map_err(io::Error::other)?;
+        let state_bytes = crate::kv::encode(&state);
         let dedup = crate::storage::blocking::run(move || -> io::Result<DedupIndex> {
             // Check the whole file before touching the tree.
             snapshot_file::verify(&path)?;
@@ -636,7 +636,7 @@ fn apply_batch(
             None => batch.remove(key),
         }
     }
-    batch.insert(APPLIED_KEY, postcard::to_stdvec(&next_state).map_err(io::Error::other)?);
+    batch.insert(APPLIED_KEY, crate::kv::encode(&next_state));
     tree.apply_batch(batch).map_err(sled_error)?;
     Ok((next_state, results))
 }
@@ -656,7 +656,7 @@ fn open_tree(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Result<(s
     }
     let tree = db.open_tree(format!("sm.{group_id}")).map_err(sled_error)?;
     let state = match tree.get(APPLIED_KEY).map_err(sled_error)? {
-        Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+        Some(bytes) => crate::kv::decode(&bytes).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
         })?,
         None => AppliedState::default(),
@@ -698,21 +698,25 @@ pub fn stored_state(db: &sled::Db, group_id: u64, snapshot_dir: &Path) -> io::Re
     if db.tree_names().iter().any(|tree| tree.as_ref() == name.as_bytes()) {
         let tree = db.open_tree(&name).map_err(sled_error)?;
         if let Some(bytes) = tree.get(APPLIED_KEY).map_err(sled_error)? {
-            let applied: AppliedState = postcard::from_bytes(&bytes).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("state machine applied state is corrupt: {e}"))
-            })?;
-            state.applied = applied.last_applied.map(|id| id.index).unwrap_or(0);
+            match crate::kv::decode::<AppliedState>(&bytes) {
+                Ok(applied) => state.applied = applied.last_applied.map(|id| id.index).unwrap_or(0),
+                Err(error) => state.damaged = Some(damaged_record(APPLIED_KEY, error).to_string()),
+            }
         }
         for item in tree.iter() {
             let (key, value) = item.map_err(sled_error)?;
             if key.first() == Some(&INTERNAL_PREFIX) {
                 continue;
             }
-            if let Err(error) = crate::kv::verify(&value) {
-                state.damaged = Some(damaged_record(&key, error).to_string());
-                state.applied = 0;
+            if state.damaged.is_some() {
                 break;
             }
+            if let Err(error) = crate::kv::verify(&value) {
+                state.damaged = Some(damaged_record(&key, error).to_string());
+            }
+        }
+        if state.damaged.is_some() {
+            state.applied = 0;
         }
     }
     if !snapshot_dir.is_dir() {
@@ -853,7 +857,7 @@ mod tests {
             last_applied: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 12)),
             ..AppliedState::default()
         };
-        tree.insert(APPLIED_KEY, postcard::to_stdvec(&applied).unwrap()).unwrap();
+        tree.insert(APPLIED_KEY, crate::kv::encode(&applied)).unwrap();
         tree.insert(b"sgood", crate::kv::encode(&5u64)).unwrap();
         let snapshots = dir.path().join("snapshots");
         let stored = stored_state(&db, 7, &snapshots).unwrap();
@@ -874,5 +878,13 @@ mod tests {
         assert!(stored.damaged.is_some_and(|damage| damage.contains("sbad")));
         drop_damaged_tree(&db, 7).unwrap();
         assert_eq!(stored_state(&db, 7, &snapshots).unwrap(), StoredState::default());
+
+        let tree = db.open_tree("sm.7").unwrap();
+        let mut applied_bytes = crate::kv::encode(&applied);
+        applied_bytes[5] ^= 0x40;
+        tree.insert(APPLIED_KEY, applied_bytes).unwrap();
+        let stored = stored_state(&db, 7, &snapshots).unwrap();
+        assert!(stored.damaged.is_some_and(|damage| damage.contains("_applied")), "a damaged applied state too");
+        assert_eq!(stored.applied, 0);
     }
 }
