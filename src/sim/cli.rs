@@ -50,6 +50,10 @@ pub struct SimArgs {
     /// seed then runs the schedule it ran before the sim learned disks.
     #[arg(long)]
     pub no_disk_faults: bool,
+    /// Add the `amnesia` nemesis: an isolated leader meets a follower of
+    /// the next leader that lost its data (an open gap: docs/reliability.md).
+    #[arg(long)]
+    pub amnesia: bool,
     /// Plant a storage bug, to see the checks catch it.
     #[arg(long, value_enum)]
     pub sabotage: Option<Sabotage>,
@@ -198,6 +202,7 @@ fn params(args: &SimArgs) -> anyhow::Result<SimParams> {
         transport: args.transport,
         leader_restore: args.leader_restore,
         disk_faults: !args.no_disk_faults,
+        amnesia: args.amnesia,
         live: args.follow,
     })
 }
@@ -341,6 +346,9 @@ fn replay_flags(args: &SimArgs) -> String {
     }
     if args.no_disk_faults {
         flags.push_str(" --no-disk-faults");
+    }
+    if args.amnesia {
+        flags.push_str(" --amnesia");
     }
     if let Some(sabotage) = args.sabotage {
         flags.push_str(&format!(

@@ -60,6 +60,10 @@ pub struct SimParams {
     /// re-admits a node after them. Off, a seed runs the schedule it ran
     /// before the sim learned disks.
     pub disk_faults: bool,
+    /// Add the `amnesia` nemesis: the leader is isolated, the others elect
+    /// and commit, then one of them loses its data and comes back hearing
+    /// only the old leader (see docs/reliability.md, "Disks").
+    pub amnesia: bool,
     /// Print the trace to stderr as the run goes.
     pub live: bool,
 }
@@ -74,6 +78,7 @@ impl Default for SimParams {
             transport: Transport::Pipelined,
             leader_restore: false,
             disk_faults: true,
+            amnesia: false,
             live: false,
         }
     }
@@ -516,7 +521,11 @@ impl Sim {
             if Instant::now() + hold >= stop {
                 return;
             }
-            let kinds = if self.params.disk_faults { 14 } else { 10 };
+            let kinds = match (self.params.disk_faults, self.params.amnesia) {
+                (_, true) => 15,
+                (true, false) => 14,
+                (false, false) => 10,
+            };
             match rng.random_range(0..kinds) {
                 0 => {
                     let node = *nodes.choose(&mut rng).expect("nodes");
@@ -660,6 +669,13 @@ impl Sim {
                     self.disks[&node].set_full(false);
                     self.restart_if_failed(node).await;
                 }
+                14 => {
+                    let Some(old) = self.leader() else { continue };
+                    if !self.all_admitted() || nodes.len() != 3 {
+                        continue;
+                    }
+                    self.amnesia(old, hold, &mut rng).await;
+                }
                 _ => {
                     let Some(leader) = self.leader() else { continue };
                     let Some(raft) = self.net.raft(leader) else { continue };
@@ -678,6 +694,49 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The `amnesia` nemesis (three nodes): `old`, the leader, is cut off;
+    /// once another node leads and has had a second to commit, the third
+    /// loses its data and comes back able to reach only `old`, for `hold`.
+    async fn amnesia(self: &Arc<Sim>, old: u64, hold: Duration, rng: &mut StdRng) {
+        let nodes: Vec<u64> = (1..=self.params.nodes).collect();
+        for other in nodes.iter().filter(|node| **node != old) {
+            self.net.cut(old, *other);
+            self.net.cut(*other, old);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let new = loop {
+            let leading = nodes
+                .iter()
+                .copied()
+                .find(|node| *node != old && self.net.raft(*node).is_some_and(|raft| raft.is_leader()));
+            if leading.is_some() || Instant::now() >= deadline {
+                break leading;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let Some(new) = new else {
+            self.fault("amnesia", format!("node {old} cut off; no other leader within 5 s"));
+            self.net.heal();
+            return;
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let wiped = nodes.iter().copied().find(|node| *node != old && *node != new).expect("three nodes");
+        self.fault(
+            "amnesia",
+            format!("node {old} cut off, node {new} leads; node {wiped} wiped and hears only node {old} for {hold:?}"),
+        );
+        self.crash(wiped).await;
+        self.disks[&wiped].wipe(new_data_incarnation(rng));
+        self.net.heal();
+        for (a, b) in [(old, new), (new, wiped)] {
+            self.net.cut(a, b);
+            self.net.cut(b, a);
+        }
+        self.boot(wiped).await;
+        tokio::time::sleep(hold).await;
+        self.net.heal();
     }
 
     /// Whether every node is a voter, the membership (as the leader has
