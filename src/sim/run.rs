@@ -32,11 +32,14 @@ const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one client request waits before its outcome counts as unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A membership change's outcome, for the trace.
-fn outcome<T, E: std::fmt::Display>(result: &Result<T, E>) -> String {
-    match result {
-        Ok(_) => "done".into(),
-        Err(error) => format!("failed: {error}"),
+/// Makes a membership change, as an operator's client would: it gives up
+/// after [`REQUEST_TIMEOUT`] (a change can wait for good on a leader that
+/// lost its quorum). Answers its outcome, for the trace.
+async fn change_membership(raft: &SimRaft, changes: openraft::ChangeMembers<u64, NodeAddr>, retain: bool) -> String {
+    match tokio::time::timeout(REQUEST_TIMEOUT, raft.change_membership(changes, retain)).await {
+        Ok(Ok(_)) => "done".into(),
+        Ok(Err(error)) => format!("failed: {error}"),
+        Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
     }
 }
 
@@ -687,8 +690,8 @@ impl Sim {
                     self.fault("demote", format!("node {node} to a learner for {hold:?}"));
                     *self.demoted.lock().expect("demoted lock") = Some(node);
                     let removed = [node].into_iter().collect();
-                    let changed = raft.change_membership(openraft::ChangeMembers::RemoveVoters(removed), true).await;
-                    self.trace.log(format!("demote node {node}: {}", outcome(&changed)));
+                    let changed = change_membership(&raft, openraft::ChangeMembers::RemoveVoters(removed), true).await;
+                    self.trace.log(format!("demote node {node}: {changed}"));
                     tokio::time::sleep(hold).await;
                     *self.demoted.lock().expect("demoted lock") = None;
                 }
@@ -801,18 +804,15 @@ impl Sim {
                 }
                 let readmitted = NodeAddr { incarnation: data, ..addr.clone() };
                 let nodes = [(*node, readmitted)].into_iter().collect();
-                let changed = raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), false).await;
-                self.trace.log(format!(
-                    "keeper: re-admit node {node} (data {data:016x}) at {applied}: {}",
-                    outcome(&changed)
-                ));
+                let changed = change_membership(&raft, openraft::ChangeMembers::SetNodes(nodes), false).await;
+                self.trace.log(format!("keeper: re-admit node {node} (data {data:016x}) at {applied}: {}", changed));
             }
             let demoted = *self.demoted.lock().expect("demoted lock");
             let learners: BTreeSet<u64> = membership.learner_ids().filter(|node| Some(*node) != demoted).collect();
             if !learners.is_empty() {
                 let changed =
-                    raft.change_membership(openraft::ChangeMembers::AddVoterIds(learners.clone()), false).await;
-                self.trace.log(format!("keeper: promote {learners:?}: {}", outcome(&changed)));
+                    change_membership(&raft, openraft::ChangeMembers::AddVoterIds(learners.clone()), false).await;
+                self.trace.log(format!("keeper: promote {learners:?}: {}", changed));
             }
         }
     }
