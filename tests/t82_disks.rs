@@ -208,6 +208,99 @@ async fn a_wiped_voter_never_votes_before_it_is_readmitted_and_nothing_acknowled
     assert!(log.contains("re-admitting a member that lost its data"), "the leader says it re-admitted the node");
 }
 
+/// A stale leader meets a member that lost its data: leader L is paused;
+/// the others elect B, which acknowledges 50 posts with C; C is killed and
+/// wiped, B is killed, L resumes (still leading in its old term) and C
+/// restarts empty. C takes L's entries, but L must not count C's
+/// acknowledgements (the committed membership records C's old
+/// incarnation): no post is acknowledged, none of the 50 is overwritten.
+/// Once B is back, every acknowledged post is at its seq on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_leader_never_counts_a_member_that_lost_its_data() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let stale = new_leader_of_both(&cluster).await;
+    let before = incarnations_recorded(&cluster, stale, &[1, 2, 3]).await;
+
+    cluster.signal_node(stale, "STOP");
+    let others: Vec<String> = (1..=3).filter(|id| *id != stale).map(|id| cluster.node(id).addr.clone()).collect();
+    let mut acked = BTreeMap::new();
+    for n in 0..50 {
+        let key = format!("k{n}");
+        let seq =
+            common::post_until_acknowledged(&others, 0, post(&key), Duration::from_secs(60), common::any_failure).await;
+        acked.insert(key, seq);
+    }
+    let status_of = |node: u64| status(&cluster, node);
+    let mut new_leader = 0;
+    for node in (1..=3).filter(|id| *id != stale) {
+        let answer = status_of(node).await.expect("status");
+        if common::space_replica(&answer).is_some_and(|replica| replica.role == "leader") {
+            new_leader = node;
+        }
+    }
+    assert_ne!(new_leader, 0, "another node leads the space cluster while L is paused");
+    let wiped = (1..=3).find(|id| *id != stale && *id != new_leader).unwrap();
+
+    cluster.kill_node(wiped);
+    wipe(&cluster, wiped);
+    cluster.kill_node(new_leader);
+    cluster.signal_node(stale, "CONT");
+    cluster.start_node(wiped);
+    let renewed = common::wait_until(Duration::from_secs(30), "the wiped node to answer", async || {
+        status(&cluster, wiped).await.map(|status| status.incarnation)
+    })
+    .await;
+    assert_ne!(renewed, before[&wiped]);
+
+    // L still leads in its old term and C takes its entries; nothing may be
+    // acknowledged by the two of them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    while tokio::time::Instant::now() < deadline {
+        for node in [stale, wiped] {
+            attempt += 1;
+            if let Ok(channel) = common::try_connect(&cluster.node(node).addr).await {
+                let mut client = pb::client_client::ClientClient::new(channel);
+                let key = format!("stale-{attempt}");
+                let answer = tokio::time::timeout(Duration::from_secs(2), client.post(post(&key))).await;
+                assert!(!matches!(answer, Ok(Ok(_))), "node {node} acknowledged {key} with a wiped member: {answer:?}");
+            }
+        }
+    }
+
+    cluster.start_node(new_leader);
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
+    let seq = common::post_until_acknowledged(
+        &[cluster.node(leader).addr.clone()],
+        0,
+        post("after"),
+        Duration::from_secs(60),
+        common::any_failure,
+    )
+    .await;
+    assert_eq!(seq, 51, "the next post takes the next seq after the 50 acknowledged");
+    // Reads need the meta group too, which had the same faults.
+    let both = new_leader_of_both(&cluster).await;
+    for node in 1..=3 {
+        let keys =
+            common::wait_until(Duration::from_secs(30), &format!("node {node} to serve seq {seq}"), async || {
+                let keys = served(&cluster, node).await;
+                if keys.values().any(|s| *s == seq) {
+                    Ok(keys)
+                } else {
+                    Err(keys.len())
+                }
+            })
+            .await;
+        for (key, acked_seq) in &acked {
+            assert_eq!(keys.get(key), Some(acked_seq), "node {node}: acknowledged post {key} lost or moved");
+        }
+    }
+    let now = incarnations_recorded(&cluster, both, &[1, 2, 3]).await;
+    assert_eq!(now[&wiped], renewed, "the wiped node is re-admitted with its new incarnation");
+}
+
 /// The node that leads both the meta group and the first space cluster,
 /// moving the meta leader there if need be.
 async fn new_leader_of_both(cluster: &TestCluster) -> u64 {

@@ -61,12 +61,7 @@ impl RaftApi {
     /// elected by counted votes, and refusing a re-admitted leader would lock
     /// out a follower whose log has not reached the re-admission yet.)
     fn check_candidate(&self, group: &Group, request: &pb::RaftRequest) -> Result<(), Status> {
-        let metrics = group.raft.metrics().borrow_watched().clone();
-        let Some(known) = metrics.membership_config.membership().get_node(&request.from_node).cloned() else {
-            return Ok(());
-        };
-        match crate::raft::network::refused_incarnation(request.from_node, known.incarnation, request.from_incarnation)
-        {
+        match group.reader.admitted.refused(request.from_node, request.from_incarnation) {
             Some(why) => {
                 tracing::warn!(group = group.id, from_node = request.from_node, "refusing a vote request: {why}");
                 Err(Status::failed_precondition(why))

@@ -42,6 +42,7 @@ impl Host {
             self_id: self.config.node_id,
             self_addr: self.config.advertise_addr().to_string(),
             channels: self.peers.clone(),
+            admitted: reader.admitted.clone(),
         };
         let raft = Raft::new(self.config.node_id, self.raft_config.clone(), network, log, state_machine)
             .await

@@ -1,20 +1,24 @@
 //! Incarnations in membership: on every group it leads, a node records the
 //! incarnation of each member's data directory, and re-admits a member that
-//! came back with another one (it lost its data) once it has caught up.
+//! came back with another one (it lost its data).
 //!
-//! A member's votes count only from the incarnation its group's membership
-//! records ([`crate::raft::network::refused_incarnation`]). A member whose
+//! A member's replies (votes, and acknowledgements of appends, heartbeats
+//! and snapshots) count only from the incarnation its group's *committed*
+//! membership records ([`crate::raft::network::Admitted`]). A member whose
 //! directory was wiped or found damaged answers with a new incarnation: it is
-//! shown `needs-rejoin`, it is replicated to (a log that went back is caught
-//! up from where it now ends, from a snapshot if need be), and the leader
-//! records its new incarnation (`SetNodes`) only when the member itself
-//! reports, with that incarnation, that it has applied everything the
-//! leader had committed before asking. From then on it votes again.
+//! shown `needs-rejoin` and the leader records its new incarnation
+//! (`SetNodes`) at once. Until that change is committed nothing the member
+//! answers counts, so a leader cut off from the others (whose committed
+//! membership still records the old incarnation) can never commit with it;
+//! from then on it is caught up like any follower (a log that went back is
+//! caught up from where it now ends, from a snapshot if need be), and its
+//! vote counts only for candidates that have applied the change, whose logs
+//! hold everything committed before it.
 //!
 //! A member is recorded with incarnation 0 when its group is made; the
 //! leader fills in the incarnation it first hears from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,14 +28,11 @@ use tokio::sync::watch;
 
 use crate::config::NodeId;
 use crate::node::host::Host;
-use crate::pb;
 use crate::raft::group::Group;
 use crate::raft::types::NodeAddr;
 
 /// How often the leaders' memberships are compared with what members answer.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a renewed member has to answer the catch-up check.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the leader knows of one member's incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +66,8 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(CHECK_INTERVAL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let mut probes = HashMap::new();
         for group in host.groups.all() {
-            host.keep_incarnations(&group, &mut probes).await;
+            host.keep_incarnations(&group).await;
             host.watch_replication(&group, &mut progress).await;
         }
     }
@@ -75,9 +75,8 @@ pub async fn run(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
 
 impl Host {
     /// On a group this node leads: fills in unrecorded incarnations and
-    /// re-admits renewed members that have caught up, in one `SetNodes`.
-    /// `probes` caches this round's status answers of renewed members.
-    async fn keep_incarnations(&self, group: &Group, probes: &mut HashMap<NodeId, Option<pb::NodeStatusResponse>>) {
+    /// re-admits renewed members, in one `SetNodes`.
+    async fn keep_incarnations(&self, group: &Group) {
         let metrics = group.raft.metrics().borrow_watched().clone();
         if metrics.state != ServerState::Leader {
             return;
@@ -95,37 +94,20 @@ impl Host {
                     updates.insert(*id, NodeAddr { incarnation, ..node.clone() });
                 }
                 Incarnation::Renewed(incarnation) => {
-                    if !probes.contains_key(id) {
-                        let status = self.probe(&node.addr).await;
-                        probes.insert(*id, status);
-                    }
-                    let caught_up = probes.get(id).and_then(Option::as_ref).is_some_and(|status| {
-                        status.incarnation == incarnation
-                            && status
-                                .replicas
-                                .iter()
-                                .any(|replica| replica.cluster_id == group.id && replica.applied_index >= committed)
-                    });
-                    if caught_up {
-                        tracing::warn!(
-                            cluster = group.id,
-                            node = id,
-                            incarnation = format_args!("{incarnation:016x}"),
-                            "re-admitting a member that lost its data: it has caught up to {committed}"
-                        );
-                        updates.insert(*id, NodeAddr { incarnation, ..node.clone() });
-                    } else {
-                        tracing::info!(
-                            cluster = group.id,
-                            node = id,
-                            "a member lost its data (new incarnation {incarnation:016x}): \
-                             its votes do not count until it has caught up to {committed}"
-                        );
-                        // Its log may have gone back: a heartbeat lets
-                        // replication find out and send what it misses.
-                        group.wake();
-                        let _ = group.raft.trigger().heartbeat().await;
-                    }
+                    // Recorded at once: its replies count from the moment
+                    // this change is committed (never before, and never by
+                    // a stale leader, whose committed membership still
+                    // records the old incarnation), so it is caught up from
+                    // here; entries committed before the change are in the
+                    // log of every candidate that counts its vote.
+                    tracing::warn!(
+                        cluster = group.id,
+                        node = id,
+                        incarnation = format_args!("{incarnation:016x}"),
+                        "re-admitting a member that lost its data: its replies count once this is committed at \
+                         {committed} or later"
+                    );
+                    updates.insert(*id, NodeAddr { incarnation, ..node.clone() });
                 }
             }
         }
@@ -141,14 +123,6 @@ impl Host {
             }
             Err(error) => tracing::info!(cluster = group.id, %error, "cannot record incarnations yet"),
         }
-    }
-
-    /// A member's own status (its replicas and incarnation), or None.
-    async fn probe(&self, addr: &str) -> Option<pb::NodeStatusResponse> {
-        let mut admin = self.admin_stub(addr).ok()?;
-        let mut request = tonic::Request::new(pb::NodeStatusRequest { summary: false });
-        request.set_timeout(PROBE_TIMEOUT);
-        tokio::time::timeout(PROBE_TIMEOUT, admin.node_status(request)).await.ok()?.ok().map(|r| r.into_inner())
     }
 }
 

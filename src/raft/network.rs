@@ -4,7 +4,7 @@
 //! bidirectional stream per (group, follower), so the leader never waits for
 //! a reply before sending the next batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,6 +165,8 @@ pub struct RaftNetwork {
     pub self_id: NodeId,
     pub self_addr: String,
     pub channels: PeerChannels,
+    /// The group's committed membership's incarnations.
+    pub admitted: Admitted,
 }
 
 impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
@@ -187,6 +189,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetwork {
             channels: self.channels.clone(),
             target_addr: node.addr.clone(),
             target_incarnation: node.incarnation,
+            admitted: self.admitted.clone(),
         }
     }
 }
@@ -201,8 +204,10 @@ pub struct PeerClient {
     pipeline_len_max: usize,
     channels: PeerChannels,
     target_addr: String,
-    /// The target's incarnation as the membership records it (0: unknown).
+    /// The target's incarnation as the membership records it (0: unknown)
+    /// when this client was made.
     target_incarnation: u64,
+    admitted: Admitted,
 }
 
 fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -236,9 +241,14 @@ impl PeerClient {
         request(self.group_id, (self.self_id, self.channels.incarnation), &self.self_addr, self.target, payload)
     }
 
-    /// Reads a reply, noting the incarnation the target answered with.
+    /// Reads a reply, noting the incarnation the target answered with. It
+    /// counts only from the incarnation the committed membership records
+    /// ([`Admitted`]).
     fn read<T: serde::de::DeserializeOwned>(&self, reply: pb::RaftReply) -> Result<T, RPCError<TypeConfig>> {
         self.channels.saw(self.target, reply.incarnation);
+        if let Some(why) = self.admitted.refused(self.target, reply.incarnation) {
+            return Err(unreachable(why));
+        }
         decode_reply(reply)
     }
 
@@ -255,6 +265,36 @@ impl PeerClient {
 
     fn client(&self) -> Result<RaftClient<Stamped>, RPCError<TypeConfig>> {
         self.client.clone().map_err(unreachable)
+    }
+}
+
+/// The data incarnation each member of one group has in the group's
+/// *committed* membership (as its state machine last applied it), shared by
+/// the state machine, which sets it, and the group's clients and Raft
+/// service, which read it. A leader counts no reply (an append, heartbeat,
+/// snapshot or vote) from another incarnation: a member that lost its data
+/// may have lost entries it acknowledged, and a leader whose own committed
+/// membership still records the old incarnation (a stale one, cut off
+/// while the others went on) must not count it. An uncommitted re-admission
+/// does not count: a stale leader can append one too.
+#[derive(Clone, Default)]
+pub struct Admitted(Arc<std::sync::RwLock<BTreeMap<NodeId, u64>>>);
+
+impl Admitted {
+    /// Records the members' incarnations of a newly applied membership.
+    pub fn set(&self, members: impl IntoIterator<Item = (NodeId, u64)>) {
+        *self.0.write().expect("admitted lock") = members.into_iter().collect();
+    }
+
+    /// The incarnation the committed membership records for `node` (0: not
+    /// learned yet), if it is a member.
+    pub fn get(&self, node: NodeId) -> Option<u64> {
+        self.0.read().expect("admitted lock").get(&node).copied()
+    }
+
+    /// Why a message of `node` carrying incarnation `found` must not count.
+    pub fn refused(&self, node: NodeId, found: u64) -> Option<String> {
+        refused_incarnation(node, self.get(node)?, found)
     }
 }
 
@@ -332,7 +372,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             (self.group_id, (self.self_id, self.channels.incarnation), self.self_addr.clone(), self.target);
         let pipeline_len_max = self.pipeline_len_max;
         let client = self.client();
-        let (channels, target_addr) = (self.channels.clone(), self.target_addr.clone());
+        let (channels, target_addr, admitted) =
+            (self.channels.clone(), self.target_addr.clone(), self.admitted.clone());
         Box::pin(async move {
             let mut client = client?;
             channels.pace(&target_addr).await;
@@ -354,7 +395,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let results = replies.map(move |reply| match reply {
                 Ok(reply) => {
                     channels.saw(to, reply.incarnation);
-                    decode_reply::<StreamAppendResult<TypeConfig>>(reply)
+                    match admitted.refused(to, reply.incarnation) {
+                        Some(why) => Err(unreachable(why)),
+                        None => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
+                    }
                 }
                 Err(status) => Err(status_error(status)),
             });
@@ -432,5 +476,24 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let request = self.request(&req);
         let mut client = self.client()?;
         self.read(with_deadline(option.hard_ttl(), client.transfer_leader(request)).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_committed_incarnation_of_a_member_counts() {
+        let admitted = Admitted::default();
+        assert_eq!(admitted.refused(3, 9), None, "nothing applied yet: nothing to refuse");
+        admitted.set([(1, 5), (2, 0), (3, 7)]);
+        assert_eq!(admitted.refused(1, 5), None);
+        assert!(admitted.refused(1, 6).is_some_and(|why| why.contains("node 1")), "a renewed member");
+        assert_eq!(admitted.refused(2, 8), None, "not learned yet");
+        assert_eq!(admitted.refused(4, 8), None, "not a member");
+        admitted.set([(1, 6), (2, 8), (3, 7)]);
+        assert_eq!(admitted.refused(1, 6), None, "re-admitted once the change is applied");
+        assert!(admitted.refused(1, 5).is_some());
     }
 }

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{SimConfig, SimRaft, Snapshot, Vote};
+use crate::raft::network::Admitted;
 use crate::raft::types::NodeAddr;
 
 /// One end of a link: a node and its process incarnation.
@@ -43,6 +44,8 @@ struct Peer {
     incarnation: u64,
     /// Its data directory's incarnation.
     data: u64,
+    /// What its applied membership records.
+    admitted: Admitted,
     raft: SimRaft,
 }
 
@@ -111,9 +114,14 @@ impl SimNet {
     }
 
     /// A process of `node` is up and reachable.
-    pub fn up(&self, node: u64, incarnation: u64, data: u64, raft: SimRaft) {
-        self.lock().peers.insert(node, Peer { incarnation, data, raft });
+    pub fn up(&self, node: u64, incarnation: u64, data: u64, admitted: Admitted, raft: SimRaft) {
+        self.lock().peers.insert(node, Peer { incarnation, data, admitted, raft });
         self.changed();
+    }
+
+    /// What the applied membership of `node`'s live process records.
+    pub fn admitted_of(&self, node: u64) -> Option<Admitted> {
+        self.lock().peers.get(&node).map(|peer| peer.admitted.clone())
     }
 
     /// `node`'s process is gone; its connections break.
@@ -424,13 +432,22 @@ pub struct SimNetwork {
     pub me: End,
     /// The data incarnation of this node's disk.
     pub data: u64,
+    /// What this process's applied membership records.
+    pub admitted: Admitted,
 }
 
 impl RaftNetworkFactory<SimConfig> for SimNetwork {
     type Network = SimClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> SimClient {
-        SimClient { net: self.net.clone(), me: self.me, data: self.data, target, target_data: node.incarnation }
+        SimClient {
+            net: self.net.clone(),
+            me: self.me,
+            data: self.data,
+            target,
+            target_data: node.incarnation,
+            admitted: self.admitted.clone(),
+        }
     }
 }
 
@@ -441,14 +458,20 @@ pub struct SimClient {
     target: u64,
     /// The target's data incarnation as the membership records it.
     target_data: u64,
+    admitted: Admitted,
 }
 
-/// Why `raft` refuses a vote request of `from`, whose data incarnation is
-/// `data`: its membership records another (as the node's Raft service).
-fn refused_candidate(raft: &SimRaft, from: u64, data: u64) -> Option<String> {
-    let metrics = raft.metrics().borrow_watched().clone();
-    let known = metrics.membership_config.membership().get_node(&from)?.incarnation;
-    crate::raft::network::refused_incarnation(from, known, data)
+impl SimClient {
+    /// A reply of the target counts only from the data incarnation this
+    /// node's committed membership records (as the node's network).
+    fn counted<T>(&self, reply: Result<T, RPCError<SimConfig>>) -> Result<T, RPCError<SimConfig>> {
+        let reply = reply?;
+        let found = self.net.data_of(self.target).unwrap_or(0);
+        match self.admitted.refused(self.target, found) {
+            Some(why) => Err(unreachable(why)),
+            None => Ok(reply),
+        }
+    }
 }
 
 impl SimClient {
@@ -462,10 +485,11 @@ impl SimClient {
         Fut: Future<Output = Result<VoteResponse<SimConfig>, String>>,
     {
         let (from, data) = (self.me.node, self.data);
+        let voter = self.net.admitted_of(self.target).unwrap_or_default();
         let reply = self
             .net
             .call(self.me, self.target, ttl, |raft| async move {
-                match refused_candidate(&raft, from, data) {
+                match voter.refused(from, data) {
                     Some(why) => Err(why),
                     None => ask(raft).await,
                 }
@@ -474,7 +498,7 @@ impl SimClient {
         let found = self.net.data_of(self.target).unwrap_or(0);
         match crate::raft::network::refused_incarnation(self.target, self.target_data, found) {
             Some(why) => Err(unreachable(why)),
-            None => Ok(reply),
+            None => self.counted(Ok(reply)),
         }
     }
 }
@@ -487,9 +511,11 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         rpc: AppendEntriesRequest<SimConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<SimConfig>, RPCError<SimConfig>> {
-        self.net
+        let reply = self
+            .net
             .call(self.me, self.target, option.hard_ttl(), |raft| async move { raft.append_entries(rpc).await })
-            .await
+            .await;
+        self.counted(reply)
     }
 
     fn stream_append<'s, S>(
@@ -509,7 +535,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         if self.net.transport == Transport::Sequential {
             return sequential_append(self, input, option);
         }
-        let (net, me, target) = (self.net.clone(), self.me, self.target);
+        let (net, me, target, admitted) = (self.net.clone(), self.me, self.target, self.admitted.clone());
         Box::pin(async move {
             let Some(to) = net.end(target) else {
                 tokio::time::sleep(net.send(me.node, target, false).unwrap_or_default()).await;
@@ -561,7 +587,13 @@ impl RaftNetworkV2<SimConfig> for SimClient {
                         },
                         reply = replies.recv() => match reply {
                             None => return,
-                            Some(Ok(Ok(result))) => Ok(result),
+                            Some(Ok(Ok(result))) => {
+                                let found = net.data_of(target).unwrap_or(0);
+                                match admitted.refused(target, found) {
+                                    Some(why) => Err(unreachable(why)),
+                                    None => Ok(result),
+                                }
+                            }
                             Some(Ok(Err(fatal))) => Err(unreachable(fatal)),
                             Some(Err(why)) => Err(unreachable(why)),
                         },
@@ -607,7 +639,7 @@ impl RaftNetworkV2<SimConfig> for SimClient {
             biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
             reply = tokio::time::timeout(ttl, send) => match reply {
-                Ok(reply) => Ok(reply?),
+                Ok(reply) => Ok(self.counted(reply)?),
                 Err(_) => Err(StreamingError::from(unreachable(format!("snapshot not installed within {ttl:?}")))),
             },
         }

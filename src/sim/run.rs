@@ -259,10 +259,16 @@ impl Sim {
             self.trace.log(format!("node {node}: log behind its applied state repaired"));
         }
         let data = self.disks[&node].data_incarnation();
-        let network = SimNetwork { net: self.net.clone(), me: super::net::End { node, incarnation }, data };
+        let admitted = machine.admitted();
+        let network = SimNetwork {
+            net: self.net.clone(),
+            me: super::net::End { node, incarnation },
+            data,
+            admitted: admitted.clone(),
+        };
         let raft =
             SimRaft::new(node, self.config.clone(), network, store, machine).await.expect("a node starts on its disk");
-        self.net.up(node, incarnation, data, raft.clone());
+        self.net.up(node, incarnation, data, admitted, raft.clone());
         self.trace.log(format!("node {node} up (incarnation {incarnation}, data {data:016x})"));
         let sim = self.clone();
         super::spawn(async move { sim.watch(node, incarnation, raft).await });
@@ -744,10 +750,10 @@ impl Sim {
 
     /// Whether every node is a voter, the membership (as the leader has
     /// it) records every node's current data incarnation and every node has
-    /// learned that membership: then one node may lose its data or its vote
-    /// and a quorum of voters with their data that accept each other
-    /// remains. (A member that has not yet learned another's re-admission
-    /// refuses that member's ballots; losing a third node's data then
+    /// applied such a membership: then one node may lose its data or its
+    /// vote and a quorum of voters with their data that accept each other
+    /// remains. (A member that has not yet applied another's re-admission
+    /// refuses that member's replies; losing a third node's data then
     /// leaves no quorum without an operator.)
     fn all_admitted(&self) -> bool {
         let Some(raft) = self.leader().and_then(|leader| self.net.raft(leader)) else { return false };
@@ -758,9 +764,12 @@ impl Sim {
         let membership = metrics.membership_config.membership();
         let uniform = membership.get_joint_config().len() == 1;
         let voters = membership.voter_ids().count() as u64 == self.params.nodes;
+        // Every node has applied a membership that records every node's
+        // current incarnation: replies count everywhere.
         let learned = (1..=self.params.nodes).all(|node| {
-            self.net.raft(node).is_some_and(|member| {
-                member.metrics().borrow_watched().membership_config.log_id() == metrics.membership_config.log_id()
+            self.net.admitted_of(node).is_some_and(|admitted| {
+                (1..=self.params.nodes)
+                    .all(|member| admitted.get(member) == Some(self.disks[&member].data_incarnation()))
             })
         });
         settled
@@ -782,10 +791,10 @@ impl Sim {
     }
 
     /// Until `until`, once a second on the leader, as the nodes' incarnation
-    /// keeper ([`crate::node::rejoin`]) does: re-admits a member whose data
-    /// incarnation is not the one the membership records once it has
-    /// applied what the leader had applied, and promotes back the learners
-    /// the nemesis is no longer demoting.
+    /// keeper ([`crate::node::rejoin`]) does: re-admits at once a member
+    /// whose data incarnation is not the one the membership records (its
+    /// replies count once the change is committed), and promotes back the
+    /// learners the nemesis is no longer demoting.
     async fn keeper(self: Arc<Sim>, until: Instant) {
         while Instant::now() < until {
             tokio::time::sleep(WATCHDOG_INTERVAL).await;
@@ -793,15 +802,14 @@ impl Sim {
                 continue;
             };
             let metrics = raft.metrics().borrow_watched().clone();
-            let bar = metrics.last_applied.map(|id| id.index).unwrap_or(0);
             let membership = metrics.membership_config.membership().clone();
             for (node, addr) in membership.nodes() {
                 let Some(data) = self.net.data_of(*node).filter(|data| *data != addr.incarnation) else { continue };
-                let Some(member) = self.net.raft(*node) else { continue };
-                let applied = member.metrics().borrow_watched().last_applied.map(|id| id.index).unwrap_or(0);
-                if *node == leader || applied < bar {
+                if *node == leader {
                     continue;
                 }
+                let applied = self.net.raft(*node).and_then(|member| member.metrics().borrow_watched().last_applied);
+                let applied = applied.map(|id| id.index).unwrap_or(0);
                 let readmitted = NodeAddr { incarnation: data, ..addr.clone() };
                 let nodes = [(*node, readmitted)].into_iter().collect();
                 let changed = change_membership(&raft, openraft::ChangeMembers::SetNodes(nodes), false).await;

@@ -390,13 +390,22 @@ pub struct SimStateMachine {
     state: MachineState,
     dedup: DedupIndex,
     ledger: Arc<Ledger>,
+    /// The incarnations the applied membership records, as on the nodes.
+    admitted: crate::raft::network::Admitted,
 }
 
 impl SimStateMachine {
     fn open(node: u64, disk: Arc<Disk>, epoch: u64, ledger: Arc<Ledger>) -> SimStateMachine {
         let snapshot = disk.lock().snapshot.clone();
-        let mut machine =
-            SimStateMachine { node, disk, epoch, state: MachineState::default(), dedup: DedupIndex::default(), ledger };
+        let mut machine = SimStateMachine {
+            node,
+            disk,
+            epoch,
+            state: MachineState::default(),
+            dedup: DedupIndex::default(),
+            ledger,
+            admitted: Default::default(),
+        };
         if let Some(snapshot) = snapshot {
             machine.restore(&snapshot.meta, &snapshot.data).expect("snapshots are written by this module");
         }
@@ -410,7 +419,18 @@ impl SimStateMachine {
         }
         self.dedup = rebuild_dedup_index(&state.kv).map_err(io::Error::other)?;
         self.state = state;
+        self.publish_membership();
         Ok(())
+    }
+
+    /// The incarnations of the applied membership, shared with this
+    /// process's network.
+    pub fn admitted(&self) -> crate::raft::network::Admitted {
+        self.admitted.clone()
+    }
+
+    fn publish_membership(&self) {
+        self.admitted.set(self.state.membership.membership().nodes().map(|(id, node)| (*id, node.incarnation)));
     }
 
     /// The last seq of `space` in this replica's applied state.
@@ -468,7 +488,11 @@ impl RaftStateMachine<SimConfig> for SimStateMachine {
                 None => next.kv.remove(&key),
             };
         }
+        let membership_changed = self.state.membership.log_id() != next.membership.log_id();
         self.state = next;
+        if membership_changed {
+            self.publish_membership();
+        }
         for (responder, result) in answers {
             if let Some(responder) = responder {
                 responder.send(result);

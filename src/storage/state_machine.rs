@@ -51,6 +51,8 @@ pub struct SpaceReader {
     pub tree: sled::Tree,
     /// The last applied log index; changes after every applied batch.
     pub applied: watch::Receiver<u64>,
+    /// The incarnations the last applied membership records.
+    pub admitted: crate::raft::network::Admitted,
 }
 
 pub struct SpaceStateMachine {
@@ -60,6 +62,7 @@ pub struct SpaceStateMachine {
     snapshot_dir: PathBuf,
     state: AppliedState,
     applied_tx: watch::Sender<u64>,
+    admitted: crate::raft::network::Admitted,
     pre_images: PreImages,
     /// Held by a snapshot builder from creation to the end of its build, and
     /// by an install: an install never rewrites the tree under a scan, and a
@@ -89,6 +92,7 @@ impl SpaceStateMachine {
             snapshot_dir,
             state,
             applied_tx,
+            admitted: Default::default(),
             pre_images: Arc::new(Mutex::new(None)),
             snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
             dedup: DedupIndex::default(),
@@ -106,6 +110,7 @@ impl SpaceStateMachine {
                 "state machine was interrupted while restoring a snapshot, and the snapshot file is gone",
             ));
         }
+        machine.publish_membership();
         let tree = machine.tree.clone();
         machine.dedup =
             crate::storage::blocking::run(move || rebuild_dedup_index(&tree)).await.map_err(io::Error::other)??;
@@ -119,7 +124,12 @@ impl SpaceStateMachine {
     }
 
     pub fn reader(&self) -> SpaceReader {
-        SpaceReader { tree: self.tree.clone(), applied: self.applied_tx.subscribe() }
+        SpaceReader { tree: self.tree.clone(), applied: self.applied_tx.subscribe(), admitted: self.admitted.clone() }
+    }
+
+    /// Shares the incarnations of the applied (committed) membership.
+    fn publish_membership(&self) {
+        self.admitted.set(self.state.membership.membership().nodes().map(|(id, node)| (*id, node.incarnation)));
     }
 
     fn snapshot_path(&self, meta: &SnapshotMeta) -> PathBuf {
@@ -175,6 +185,7 @@ impl SpaceStateMachine {
         .map_err(io::Error::other)??;
         self.state = state;
         self.dedup = dedup;
+        self.publish_membership();
         self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
         Ok(())
     }
@@ -214,7 +225,11 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         .await
         .map_err(io::Error::other)??;
         self.dedup = dedup;
+        let membership_changed = self.state.membership.log_id() != next_state.membership.log_id();
         self.state = next_state;
+        if membership_changed {
+            self.publish_membership();
+        }
         self.applied_tx.send_replace(self.state.last_applied.map(|id| id.index).unwrap_or(0));
         debug_assert_eq!(results.len(), responders.len());
         for (responder, result) in responders.into_iter().zip(results) {
