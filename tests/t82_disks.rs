@@ -189,21 +189,7 @@ async fn a_wiped_voter_never_votes_before_it_is_readmitted_and_nothing_acknowled
     // C is re-admitted by itself: the leaders record its new incarnation.
     let now = incarnations_recorded(&cluster, new_leader_of_both(&cluster).await, &[1, 2, 3]).await;
     assert_eq!(now[&wiped], renewed);
-    for node in 1..=3 {
-        let keys =
-            common::wait_until(Duration::from_secs(30), &format!("node {node} to serve seq {seq}"), async || {
-                let keys = served(&cluster, node).await;
-                if keys.values().any(|s| *s == seq) {
-                    Ok(keys)
-                } else {
-                    Err(keys.len())
-                }
-            })
-            .await;
-        for (key, acked_seq) in &acked {
-            assert_eq!(keys.get(key), Some(acked_seq), "node {node}: acknowledged post {key} lost or moved");
-        }
-    }
+    every_node_serves(&cluster, &acked, seq).await;
     let log = cluster.node_log(new_leader) + &cluster.node_log(paused) + &cluster.node_log(leader);
     assert!(log.contains("re-admitting a member that lost its data"), "the leader says it re-admitted the node");
 }
@@ -282,23 +268,29 @@ async fn a_stale_leader_never_counts_a_member_that_lost_its_data() {
     assert_eq!(seq, 51, "the next post takes the next seq after the 50 acknowledged");
     // Reads need the meta group too, which had the same faults.
     let both = new_leader_of_both(&cluster).await;
+    every_node_serves(&cluster, &acked, seq).await;
+    let now = incarnations_recorded(&cluster, both, &[1, 2, 3]).await;
+    assert_eq!(now[&wiped], renewed, "the wiped node is re-admitted with its new incarnation");
+}
+
+/// Waits until every node serves seq `last`; then every acknowledged post
+/// must be there at its seq.
+async fn every_node_serves(cluster: &TestCluster, acked: &BTreeMap<String, u64>, last: u64) {
     for node in 1..=3 {
         let keys =
-            common::wait_until(Duration::from_secs(30), &format!("node {node} to serve seq {seq}"), async || {
-                let keys = served(&cluster, node).await;
-                if keys.values().any(|s| *s == seq) {
+            common::wait_until(Duration::from_secs(30), &format!("node {node} to serve seq {last}"), async || {
+                let keys = served(cluster, node).await;
+                if keys.values().any(|s| *s == last) {
                     Ok(keys)
                 } else {
                     Err(keys.len())
                 }
             })
             .await;
-        for (key, acked_seq) in &acked {
+        for (key, acked_seq) in acked {
             assert_eq!(keys.get(key), Some(acked_seq), "node {node}: acknowledged post {key} lost or moved");
         }
     }
-    let now = incarnations_recorded(&cluster, both, &[1, 2, 3]).await;
-    assert_eq!(now[&wiped], renewed, "the wiped node is re-admitted with its new incarnation");
 }
 
 /// The node that leads both the meta group and the first space cluster,
@@ -374,17 +366,15 @@ async fn applied_of(cluster: &TestCluster, node: u64) -> u64 {
     common::space_replica(&status).expect("a replica of the space cluster").applied_index
 }
 
-/// A follower whose sled state is deleted (it rolls back to nothing) while
-/// its log still holds every entry rebuilds it from the log: the state
-/// marker tells it the state lost flushed writes, it says so, and it serves
-/// everything again as the same incarnation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lost_state_machine_is_rebuilt_from_the_log_that_still_holds_it() {
+/// A cluster whose space cluster took 40 posts, and a follower of its
+/// leader that flushed them all and was then killed; with the follower's
+/// incarnation before.
+async fn follower_killed_after_flushing_40_posts() -> (TestCluster, u64, u64) {
     let mut cluster = TestCluster::start().await;
     common::create_space(&cluster, 1, SPACE, &["alice"]).await;
     let leader = new_leader_of_both(&cluster).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
+    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await[&follower];
     let mut client = cluster.client(leader).await;
     for n in 0..40 {
         client.post(post(&format!("k{n}"))).await.expect("post");
@@ -392,14 +382,30 @@ async fn a_lost_state_machine_is_rebuilt_from_the_log_that_still_holds_it() {
     let applied = applied_of(&cluster, leader).await;
     state_flushed(&cluster, follower, DEFAULT_CLUSTER_ID, applied).await;
     cluster.kill_node(follower);
+    (cluster, follower, before)
+}
+
+/// The follower said `found` and rebuilt its state in place, as the same
+/// incarnation (no rejoin).
+async fn rebuilt_in_place(cluster: &TestCluster, follower: u64, before: u64, found: &str) {
+    let log = cluster.node_log(follower);
+    assert!(log.contains(found), "the follower says what it found: {found}");
+    assert!(!log.contains("lost state it had acknowledged"), "rebuilt in place: no rejoin");
+    let after = status(cluster, follower).await.expect("status").incarnation;
+    assert_eq!(after, before, "the same incarnation");
+}
+
+/// A follower whose sled state is deleted (it rolls back to nothing) while
+/// its log still holds every entry rebuilds it from the log: the state
+/// marker tells it the state lost flushed writes, it says so, and it serves
+/// everything again as the same incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_state_machine_is_rebuilt_from_the_log_that_still_holds_it() {
+    let (mut cluster, follower, before) = follower_killed_after_flushing_40_posts().await;
     std::fs::remove_dir_all(cluster.node(follower).data_dir.join("state")).expect("delete the sled state");
     cluster.start_node(follower);
     serves_all(&cluster, follower, 40, "the follower to serve all 40 posts again").await;
-    let log = cluster.node_log(follower);
-    assert!(log.contains("the state machine lost writes it had flushed"), "the follower says what it found");
-    assert!(!log.contains("lost state it had acknowledged"), "rebuilt in place: no rejoin");
-    let after = status(&cluster, follower).await.expect("status").incarnation;
-    assert_eq!(after, before[&follower], "the same incarnation");
+    rebuilt_in_place(&cluster, follower, before, "the state machine lost writes it had flushed").await;
 }
 
 /// A follower whose stored message block is damaged (a byte of its payload
@@ -408,18 +414,7 @@ async fn a_lost_state_machine_is_rebuilt_from_the_log_that_still_holds_it() {
 /// incarnation, and serves every post unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_state_machine_record_is_found_at_open_and_the_state_rebuilt() {
-    let mut cluster = TestCluster::start().await;
-    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
-    let leader = new_leader_of_both(&cluster).await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let before = incarnations_recorded(&cluster, leader, &[1, 2, 3]).await;
-    let mut client = cluster.client(leader).await;
-    for n in 0..40 {
-        client.post(post(&format!("k{n}"))).await.expect("post");
-    }
-    let applied = applied_of(&cluster, leader).await;
-    state_flushed(&cluster, follower, DEFAULT_CLUSTER_ID, applied).await;
-    cluster.kill_node(follower);
+    let (mut cluster, follower, before) = follower_killed_after_flushing_40_posts().await;
     {
         let db = sled::open(cluster.node(follower).data_dir.join("state")).expect("open the follower's sled state");
         let tree = db.open_tree(format!("sm.{DEFAULT_CLUSTER_ID}")).expect("the space cluster's tree");
@@ -435,11 +430,7 @@ async fn a_damaged_state_machine_record_is_found_at_open_and_the_state_rebuilt()
     let bodies: Vec<String> = history.iter().map(|message| message.body.clone()).collect();
     let expected: Vec<String> = (0..40).map(|n| format!("body of k{n}")).collect();
     assert_eq!(bodies, expected, "every message as posted");
-    let log = cluster.node_log(follower);
-    assert!(log.contains("the state machine has a damaged record"), "the follower says what it found");
-    assert!(!log.contains("lost state it had acknowledged"), "rebuilt in place: no rejoin");
-    let after = status(&cluster, follower).await.expect("status").incarnation;
-    assert_eq!(after, before[&follower], "the same incarnation");
+    rebuilt_in_place(&cluster, follower, before, "the state machine has a damaged record").await;
 }
 
 /// A follower whose sled state and snapshots are deleted after its log was
