@@ -412,6 +412,34 @@ async fn rebuilt_in_place(cluster: &TestCluster, follower: u64, before: u64, fou
     assert_eq!(after, before, "the same incarnation");
 }
 
+/// The bootstrap node's data directory is wiped: it takes the cluster id
+/// its peers run, and keeps it. Restarted again (its directory no longer
+/// new, so it does not ask its peers), it must neither make a cluster id
+/// nor bootstrap a meta group of its own: a chaos soak saw it make a new id
+/// 31 times, and the cluster split in two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_bootstrap_node_keeps_the_cluster_id_of_its_peers_across_restarts() {
+    let mut cluster = TestCluster::start().await;
+    common::create_space(&cluster, 1, SPACE, &["alice"]).await;
+    let running = status(&cluster, 2).await.expect("status").cluster_id;
+    assert!(!running.is_empty());
+    cluster.kill_node(1);
+    wipe(&cluster, 1);
+    cluster.start_node(1);
+    for restart in 0..2 {
+        let id = common::wait_until(Duration::from_secs(30), "node 1 to answer", async || {
+            status(&cluster, 1).await.map(|status| status.cluster_id)
+        })
+        .await;
+        assert_eq!(id, running, "start {restart} after the wipe: node 1 runs its peers' cluster");
+        cluster.kill_node(1);
+        cluster.start_node(1);
+    }
+    let log = cluster.node_log(1);
+    assert_eq!(log.matches("made a new cluster id").count(), 1, "only the first start made the cluster id");
+    assert_eq!(log.matches("meta cluster initialized").count(), 1, "only the first start bootstrapped the meta group");
+}
+
 /// A follower whose sled state is deleted (it rolls back to nothing) while
 /// its log still holds every entry rebuilds it from the log: the state
 /// marker tells it the state lost flushed writes, it says so, and it serves

@@ -171,7 +171,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
              (no bootstrap; this node does not vote until its clusters' leaders re-admit it)"
         );
     }
-    let bootstrap_here = config.bootstrap && running.is_none();
+    // A directory that once took its peers' cluster never bootstraps one,
+    // even restarted before it has caught up (its meta log still empty).
+    let rejoined = data_dir.root.join(REJOINED_FILE).exists();
+    let bootstrap_here = config.bootstrap && running.is_none() && !rejoined;
     let cluster = cluster_identity(&data_dir.root, bootstrap_here, certified, running).await?;
     let gate = Gate {
         insecure: config.security.insecure,
@@ -548,6 +551,10 @@ async fn learn_cluster_id(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
+/// Written in a data directory that took the cluster id its peers run (it
+/// lost its data): the node never bootstraps a cluster again.
+const REJOINED_FILE: &str = "rejoined";
+
 /// The cluster this node belongs to: the one its certificate names (which
 /// its data directory, if it names one, must agree with); else kept in its
 /// data directory; made now by a bootstrap node that has none; unknown
@@ -574,7 +581,18 @@ async fn cluster_identity(
             }
             return Ok(ClusterId::known(&certified));
         }
-        if let Some(id) = kept.or(running) {
+        if let Some(id) = kept {
+            return Ok(ClusterId::known(&id));
+        }
+        if let Some(id) = running {
+            // Kept, so that the next start (whose directory is no longer
+            // new, so it does not ask the peers again) neither makes a
+            // cluster id nor bootstraps a cluster of its own.
+            crate::wire::write_cluster_id(&root, &id)
+                .with_context(|| format!("cannot keep the cluster id in {}", root.display()))?;
+            std::fs::write(root.join(REJOINED_FILE), format!("{id}\n"))
+                .and_then(|()| std::fs::File::open(root.join(REJOINED_FILE))?.sync_all())
+                .with_context(|| format!("cannot record the rejoin in {}", root.display()))?;
             return Ok(ClusterId::known(&id));
         }
         if !bootstrap {

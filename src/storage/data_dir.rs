@@ -3,6 +3,8 @@
 //! ```text
 //! <data-dir>/node.json        identity: format, node id, region, incarnation
 //! <data-dir>/loss.pending     why state was lost, until a new incarnation is taken
+//! <data-dir>/cluster-id       the cluster this directory belongs to
+//! <data-dir>/rejoined         this directory took its peers' cluster: never bootstrap
 //! <data-dir>/raft-log/        fjall: Raft logs and votes of every group
 //! <data-dir>/raft-log.marker  per group, the last log index and vote term fsynced
 //! <data-dir>/state/           sled: space state machines of every group
