@@ -4,7 +4,7 @@
 //! bidirectional stream per (group, follower), so the leader never waits for
 //! a reply before sending the next batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -268,47 +268,7 @@ impl PeerClient {
     }
 }
 
-/// The data incarnation each member of one group has in the group's
-/// *committed* membership (as its state machine last applied it), shared by
-/// the state machine, which sets it, and the group's clients and Raft
-/// service, which read it. A leader counts no reply (an append, heartbeat,
-/// snapshot or vote) from another incarnation: a member that lost its data
-/// may have lost entries it acknowledged, and a leader whose own committed
-/// membership still records the old incarnation (a stale one, cut off
-/// while the others went on) must not count it. An uncommitted re-admission
-/// does not count: a stale leader can append one too.
-#[derive(Clone, Default)]
-pub struct Admitted(Arc<std::sync::RwLock<BTreeMap<NodeId, u64>>>);
-
-impl Admitted {
-    /// Records the members' incarnations of a newly applied membership.
-    pub fn set(&self, members: impl IntoIterator<Item = (NodeId, u64)>) {
-        *self.0.write().expect("admitted lock") = members.into_iter().collect();
-    }
-
-    /// The incarnation the committed membership records for `node` (0: not
-    /// learned yet), if it is a member.
-    pub fn get(&self, node: NodeId) -> Option<u64> {
-        self.0.read().expect("admitted lock").get(&node).copied()
-    }
-
-    /// Why a message of `node` carrying incarnation `found` must not count.
-    pub fn refused(&self, node: NodeId, found: u64) -> Option<String> {
-        refused_incarnation(node, self.get(node)?, found)
-    }
-}
-
-/// Why a message of `node` that carries incarnation `found` must not count
-/// when the membership records `recorded` (0: not learned yet); None when
-/// it may.
-pub fn refused_incarnation(node: NodeId, recorded: u64, found: u64) -> Option<String> {
-    (recorded != 0 && found != recorded).then(|| {
-        format!(
-            "node {node} answers as incarnation {found:016x}, but the membership records {recorded:016x}: \
-             it lost its data and does not vote until it is re-admitted"
-        )
-    })
-}
+pub use crate::storage::types::{refused_incarnation, Admitted};
 
 fn request<T: serde::Serialize>(
     group_id: u64,

@@ -214,6 +214,7 @@ mod tests {
         let bad = write("bad.bin", damaged);
         let error = verify(&bad).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        assert!(error.to_string().contains("record srandom"), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("record srandom"), "{text}");
     }
 }

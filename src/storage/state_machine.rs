@@ -52,7 +52,7 @@ pub struct SpaceReader {
     /// The last applied log index; changes after every applied batch.
     pub applied: watch::Receiver<u64>,
     /// The incarnations the last applied membership records.
-    pub admitted: crate::raft::network::Admitted,
+    pub admitted: crate::storage::types::Admitted,
 }
 
 pub struct SpaceStateMachine {
@@ -62,7 +62,7 @@ pub struct SpaceStateMachine {
     snapshot_dir: PathBuf,
     state: AppliedState,
     applied_tx: watch::Sender<u64>,
-    admitted: crate::raft::network::Admitted,
+    admitted: crate::storage::types::Admitted,
     pre_images: PreImages,
     /// Held by a snapshot builder from creation to the end of its build, and
     /// by an install: an install never rewrites the tree under a scan, and a
@@ -886,7 +886,8 @@ mod tests {
         assert_eq!(reads.get(b"sbad"), None, "a damaged record is never a value");
         let error = reads.check().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        assert!(error.to_string().contains("damaged state machine record sbad"), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("damaged state machine record sbad"), "{text}");
 
         let stored = stored_state(&db, 7, &snapshots).unwrap();
         assert_eq!(stored.applied, 0, "a damaged tree counts for nothing");

@@ -3,7 +3,9 @@
 //! kept in membership, and the snapshot file. It lives with storage, which
 //! persists all of these; [`crate::raft`] re-exports it.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,3 +67,45 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;
 pub type Raft = openraft::Raft<TypeConfig, crate::storage::SpaceStateMachine>;
+
+/// The data incarnation each member of one group has in the group's
+/// *committed* membership (as its state machine last applied it), shared by
+/// the state machine, which sets it, and the group's clients and Raft
+/// service, which read it. A leader counts no reply (an append, heartbeat,
+/// snapshot or vote) from another incarnation: a member that lost its data
+/// may have lost entries it acknowledged, and a leader whose own committed
+/// membership still records the old incarnation (a stale one, cut off
+/// while the others went on) must not count it. An uncommitted re-admission
+/// does not count: a stale leader can append one too.
+#[derive(Clone, Default)]
+pub struct Admitted(Arc<std::sync::RwLock<BTreeMap<u64, u64>>>);
+
+impl Admitted {
+    /// Records the members' incarnations of a newly applied membership.
+    pub fn set(&self, members: impl IntoIterator<Item = (u64, u64)>) {
+        *self.0.write().expect("admitted lock") = members.into_iter().collect();
+    }
+
+    /// The incarnation the committed membership records for `node` (0: not
+    /// learned yet), if it is a member.
+    pub fn get(&self, node: u64) -> Option<u64> {
+        self.0.read().expect("admitted lock").get(&node).copied()
+    }
+
+    /// Why a message of `node` carrying incarnation `found` must not count.
+    pub fn refused(&self, node: u64, found: u64) -> Option<String> {
+        refused_incarnation(node, self.get(node)?, found)
+    }
+}
+
+/// Why a message of `node` that carries incarnation `found` must not count
+/// when the membership records `recorded` (0: not learned yet); None when
+/// it may.
+pub fn refused_incarnation(node: u64, recorded: u64, found: u64) -> Option<String> {
+    (recorded != 0 && found != recorded).then(|| {
+        format!(
+            "node {node} answers as incarnation {found:016x}, but the membership records {recorded:016x}: \
+             it lost its data and does not vote until it is re-admitted"
+        )
+    })
+}
