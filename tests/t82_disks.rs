@@ -286,9 +286,8 @@ async fn a_stale_leader_never_counts_a_member_that_lost_its_data() {
     let seqs: std::collections::BTreeSet<u64> = acked.values().copied().collect();
     assert_eq!(seqs, (1..=50).collect(), "the 50 posts were acknowledged at seqs 1 to 50");
     assert_eq!(seq, 51, "the next post takes the next seq after the 50 acknowledged: none was overwritten");
-    // Reading every node back needs the meta group, which can stay without
-    // a leader after this sequence (open: docs/reliability.md, "Disks"); the
-    // seq above shows the space cluster kept exactly the 50 posts.
+    acked.insert("after".to_string(), seq);
+    every_node_serves(&cluster, &acked, seq).await;
 }
 
 /// Waits until every node serves seq `last`; then every acknowledged post
@@ -436,6 +435,18 @@ async fn a_wiped_bootstrap_node_keeps_the_cluster_id_of_its_peers_across_restart
         cluster.kill_node(1);
         cluster.start_node(1);
     }
+    // Its peers lose the leader of every group node 1 led (its node answers
+    // pings, as another incarnation): they elect, and a post through node 1
+    // is acknowledged.
+    let seq = common::post_until_acknowledged(
+        &[cluster.node(1).addr.clone()],
+        0,
+        post("through-the-wiped-node"),
+        Duration::from_secs(60),
+        common::any_failure,
+    )
+    .await;
+    assert_eq!(seq, 1, "the first post of the space");
     let log = cluster.node_log(1);
     assert_eq!(log.matches("made a new cluster id").count(), 1, "only the first start made the cluster id");
     assert_eq!(log.matches("meta cluster initialized").count(), 1, "only the first start bootstrapped the meta group");

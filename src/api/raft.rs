@@ -145,6 +145,7 @@ impl pb::raft_server::Raft for RaftApi {
         let request = request.into_inner();
         let group = self.route(&principal, &metadata, &request).await?;
         let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
+        group.appended_by(request.from_node, request.from_incarnation);
         Ok(Response::new(reply(self.incarnation(), group.raft.append_entries(append).await)))
     }
 
@@ -162,6 +163,7 @@ impl pb::raft_server::Raft for RaftApi {
         };
         let group = self.route(&principal, &metadata, &first).await?;
         let first_append: AppendEntriesRequest<TypeConfig> = decode(&first.payload)?;
+        group.appended_by(first.from_node, first.from_incarnation);
         let (group_id, from_node) = (first.group_id, first.from_node);
         // Later messages must stay on the same group and sender; anything
         // else (or garbage) ends the stream.
@@ -197,6 +199,7 @@ impl pb::raft_server::Raft for RaftApi {
             first.header.clone().ok_or_else(|| Status::invalid_argument("first snapshot chunk has no header"))?;
         let group = self.route(&principal, &metadata, &header).await?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header.payload)?;
+        group.appended_by(header.from_node, header.from_incarnation);
         tokio::fs::create_dir_all(&group.snapshot_dir).await.map_err(|e| Status::internal(e.to_string()))?;
         let path = group.snapshot_dir.join(format!("incoming-{}.recv", rand::random::<u64>()));
         let bytes_max = self.host.config.security.snapshot_bytes_max;

@@ -70,6 +70,7 @@ impl Host {
             proposer,
             snapshot_dir,
             woken_at_ms: std::sync::atomic::AtomicU64::new(crate::raft::group::since_start_ms()),
+            appended_by: Default::default(),
         });
         tracing::debug!(group_id = id, "group started");
         Ok(self.groups.get(id).expect("just inserted"))

@@ -11,8 +11,9 @@
 //! - a **follower** needs no timer while its leader's node is up: the
 //!   failure detector ([`crate::node::detector`], one ping per node pair)
 //!   stands in for all the groups' election timers. When the detector takes
-//!   the leader's node as down, or the follower knows no leader, its ticker
-//!   starts and it elects as usual;
+//!   the leader's node as down, the leader's node answers with another
+//!   incarnation than the membership records (it lost its data), or the
+//!   follower knows no leader, its ticker starts and it elects as usual;
 //! - a group whose Raft core stopped while the node runs is restarted from
 //!   its stores.
 //!
@@ -111,13 +112,30 @@ fn look(host: &Host, group: &Group, seen: &mut HashMap<u64, Seen>, down: &[NodeI
             !(idle && caught_up && applied == last_log_index)
         }
         ServerState::Follower | ServerState::Learner => match current.current_leader {
-            Some(leader) if leader != me => down.contains(&leader),
+            Some(leader) if leader != me => down.contains(&leader) || lost_its_data(host, group, &current, leader),
             // No leader known: elect, unless the node has just started and is
             // still letting its peers' leaders make themselves known.
             _ => now >= host.quiet_until_ms.load(Ordering::Relaxed),
         },
     };
     Some(awake)
+}
+
+/// Whether `leader`'s node now answers with another incarnation than the
+/// one it led this group as (its last append here, or the membership's
+/// record): it lost its data, and the leadership with it. It sends no
+/// heartbeat, yet its node answers every ping, so the group would wait for
+/// it for ever: its followers elect instead.
+fn lost_its_data(
+    host: &Host,
+    group: &Group,
+    current: &openraft::RaftMetrics<crate::raft::TypeConfig>,
+    leader: NodeId,
+) -> bool {
+    let Some(found) = host.peers.seen_incarnation(leader) else { return false };
+    let recorded = current.membership_config.membership().get_node(&leader).map_or(0, |node| node.incarnation);
+    let led_as = group.leader_appended_as(leader).unwrap_or(0);
+    [recorded, led_as].into_iter().any(|was| crate::raft::network::refused_incarnation(leader, was, found).is_some())
 }
 
 /// Nodes the detector sees again: the groups led here replicate to them at

@@ -22,6 +22,9 @@ pub struct Group {
     pub snapshot_dir: PathBuf,
     /// When a write last woke this group ([`since_start_ms`]).
     pub woken_at_ms: AtomicU64,
+    /// The node and incarnation the last append or snapshot to this
+    /// replica came from: its leader, as it was then.
+    pub appended_by: std::sync::Mutex<(u64, u64)>,
 }
 
 /// Milliseconds since the first call in this process: a cheap clock for
@@ -38,6 +41,18 @@ impl Group {
     pub fn wake(&self) {
         self.woken_at_ms.store(since_start_ms(), Ordering::Relaxed);
         self.raft.runtime_config().tick(true);
+    }
+
+    /// Notes the sender of an append or snapshot to this replica.
+    pub fn appended_by(&self, node: u64, incarnation: u64) {
+        *self.appended_by.lock().expect("appended_by lock") = (node, incarnation);
+    }
+
+    /// The incarnation `leader` last sent an append or snapshot here as, if
+    /// it sent the last one.
+    pub fn leader_appended_as(&self, leader: u64) -> Option<u64> {
+        let (node, incarnation) = *self.appended_by.lock().expect("appended_by lock");
+        (node == leader && incarnation != 0).then_some(incarnation)
     }
 
     /// A write through Raft on a woken group.
