@@ -179,3 +179,18 @@ async fn acknowledged_posts_survive_leader_kill_and_full_restart() {
     let seq = post_until_acked(&endpoints, 0, "after-restart").await;
     assert_eq!(seq, total + 1);
 }
+
+/// Nodes 2 and 3 start well after node 1 (past node 1's failure detector
+/// grace, `down_after`, for peers it never heard from): node 1's bootstrap,
+/// which needs a quorum of the meta group, must still register the peers and
+/// make the first space cluster, and a post is acknowledged. The detector
+/// used to ping only the directory's nodes, which bootstrap had not written
+/// yet: it took both peers as down for good, and bootstrap waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_whose_peers_start_late_still_bootstraps() {
+    let cluster = TestCluster::start_staggered(Duration::from_millis(2_500)).await;
+    common::create_space(&cluster, 1, SPACE, &["user0"]).await;
+    let endpoints: Vec<String> = (1..=3).map(|id| cluster.node(id).addr.clone()).collect();
+    let seq = post_until_acked(&endpoints, 0, "late-peers").await;
+    assert_eq!(seq, 1);
+}

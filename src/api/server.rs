@@ -225,8 +225,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(host.detector.clone().run(
         host.peers.clone(),
         {
+            // The directory's nodes, and the configured peers: until
+            // bootstrap has registered them, the directory lists none, and a
+            // bootstrap slower than `down_after` would otherwise take every
+            // peer as down and wait for a quorum for ever.
             let host = host.clone();
-            move || Directory::nodes(&host.directory()).into_iter().map(|node| (node.id, node.addr)).collect::<Vec<_>>()
+            move || {
+                let mut nodes: std::collections::BTreeMap<crate::config::NodeId, String> =
+                    host.config.peers.iter().map(|peer| (peer.id, peer.addr.clone())).collect();
+                nodes.extend(Directory::nodes(&host.directory()).into_iter().map(|node| (node.id, node.addr)));
+                nodes.into_iter().collect::<Vec<_>>()
+            }
         },
         Duration::from_millis(config.groups.ping_interval_ms.max(1)),
         shutdown_rx.clone(),
@@ -476,6 +485,10 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
     }
 }
 
+/// How long a join waits for a peer's answer: longer than the peer's own
+/// wait for its write ([`crate::node::commands::WRITE_ANSWER_WAIT`]).
+const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(15);
+
 /// A node started after bootstrap, not among the bootstrap peers: asks the
 /// peers to register it and make it a learner of the meta cluster (a peer
 /// passes the request on to the meta leader), retrying until one does; it
@@ -488,12 +501,15 @@ async fn join(host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     loop {
         for addr in &targets {
             let Ok(mut client) = host.admin_stub(addr) else { continue };
-            let request = pb::JoinRequest {
+            let mut request = tonic::Request::new(pb::JoinRequest {
                 node_id: config.node_id,
                 region: config.region.clone(),
                 grpc_addr: me.clone(),
                 join_token: config.join_token.clone().unwrap_or_default(),
-            };
+            });
+            // A peer that takes the request and never answers must not hold
+            // the join: the next try (or the next peer) may succeed.
+            request.set_timeout(JOIN_ANSWER_WAIT);
             match client.join(request).await {
                 Ok(reply) => {
                     let cluster_id = reply.into_inner().cluster_id;

@@ -3,6 +3,7 @@
 //! only when that cannot apply them twice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, RaftError};
 
@@ -66,9 +67,25 @@ impl Host {
     }
 }
 
+/// How long a write waits for its Raft core's answer. A proposal the core
+/// never answers must not hold its caller (or a task that retries it, as
+/// bootstrap and join do) for ever: past this its outcome is unknown, and
+/// the runner sends it again only when that cannot apply it twice.
+pub const WRITE_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// Writes `command` through this replica's Raft, which must lead.
 pub async fn write_here(group: &Group, command: Command) -> Result<CommandResult, ApiError> {
-    group.woken_write(command).await.map(|response| response.data).map_err(|error| write_error(group.id, error))
+    match tokio::time::timeout(WRITE_ANSWER_WAIT, group.woken_write(command)).await {
+        Ok(answer) => answer.map(|response| response.data).map_err(|error| write_error(group.id, error)),
+        Err(_) => Err(ApiError::new(
+            ErrorKind::OutcomeUnknown,
+            format!(
+                "space cluster {}: no answer from its raft core within {} s: the write may or may not have committed",
+                group.id,
+                WRITE_ANSWER_WAIT.as_secs()
+            ),
+        )),
+    }
 }
 
 /// What a failed `client_write` means for the caller: refused before it was

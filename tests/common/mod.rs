@@ -200,7 +200,30 @@ impl TestCluster {
         Self::start_as(extra_config, Some(security_extra)).await
     }
 
+    /// Starts node 1 alone, and nodes 2 and 3 only `gap` later: node 1's
+    /// bootstrap outlasts its failure detector's grace for peers it never
+    /// heard from.
+    pub async fn start_staggered(gap: Duration) -> TestCluster {
+        let mut cluster = Self::configure("", None);
+        cluster.start_node(1);
+        tokio::time::sleep(gap).await;
+        cluster.start_node(2);
+        cluster.start_node(3);
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
     async fn start_as(extra_config: &str, security_extra: Option<&str>) -> TestCluster {
+        let mut cluster = Self::configure(extra_config, security_extra);
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// Three nodes' configs and directories, none started.
+    fn configure(extra_config: &str, security_extra: Option<&str>) -> TestCluster {
         let secured = security_extra.is_some();
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(3);
@@ -225,12 +248,7 @@ impl TestCluster {
             write_config(&config_path, *id, addr, &data_dir, &peers, &extra);
             nodes.push(TestNode { id: *id, addr: addr.clone(), config_path, data_dir, process: None });
         }
-        let mut cluster = TestCluster { dir, nodes, gateways: Vec::new(), tls };
-        for id in 1..=3 {
-            cluster.start_node(id);
-        }
-        cluster.wait_for_leader(Duration::from_secs(30)).await;
-        cluster
+        TestCluster { dir, nodes, gateways: Vec::new(), tls }
     }
 
     /// Starts one more node (not a bootstrap peer: it joins the running
@@ -275,7 +293,13 @@ impl TestCluster {
             .arg("node")
             .arg("--config")
             .arg(&node.config_path)
-            .env("SPACERAFT_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            // SPACERAFT_TEST_NODE_LOG overrides the nodes' log filter when
+            // a failure needs more.
+            .env(
+                "SPACERAFT_LOG",
+                std::env::var("SPACERAFT_TEST_NODE_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
