@@ -119,8 +119,19 @@ async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate
     assert_eq!(seqs.len() as u64, total, "two keys were acknowledged with one seq");
     assert_eq!(seqs.iter().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>(), "acknowledged seqs");
     assert!(acked.values().any(|seq| *seq > moved.sealed_seq), "no post landed after the move");
-    let mut client = cluster.client(1).await;
-    let info = client.get_space(pb::GetSpaceRequest { name: "mover".into() }).await.unwrap().into_inner();
+    // (GetSpace is served by any replica: node 1's may not have applied the
+    // last acknowledged post yet.)
+    let info = common::wait_until(WAIT, "node 1 to show every acknowledged post", async || {
+        let mut client = cluster.client(1).await;
+        let info = client.get_space(pb::GetSpaceRequest { name: "mover".into() }).await.map_err(|e| e.to_string())?;
+        let info = info.into_inner();
+        if info.last_seq >= total {
+            Ok(info)
+        } else {
+            Err(format!("last seq {}", info.last_seq))
+        }
+    })
+    .await;
     assert_eq!((info.cluster_id, info.last_seq), (to, total));
     for node in 1..=3 {
         let history = full_history(&cluster, node, "mover").await;
@@ -141,6 +152,7 @@ async fn a_space_moves_under_posts_and_subscribers_without_loss_gap_or_duplicate
         body: old_key.clone(),
         idempotency_key: old_key.clone(),
     };
+    let mut client = cluster.client(1).await;
     let response = client.post(retry).await.expect("retried post").into_inner();
     assert_eq!((response.seq, response.duplicate), (*old_seq, true));
 
