@@ -223,6 +223,13 @@ impl pb::raft_server::Raft for RaftApi {
                 return Err(Status::invalid_argument(error.to_string()));
             }
         }
+        let held = crate::raft::snapshot_already_held(&group.raft, meta.last_log_id).await;
+        if let Ok(Some(current)) = held {
+            let _ = tokio::fs::remove_file(&path).await;
+            let answer: Result<_, openraft::errors::Fatal<TypeConfig>> =
+                Ok(openraft::raft::SnapshotResponse::<TypeConfig>::new(current));
+            return Ok(Response::new(reply(self.incarnation(), answer)));
+        }
         let snapshot = Snapshot { meta, snapshot: SnapshotFile { path } };
         Ok(Response::new(reply(self.incarnation(), group.raft.install_full_snapshot(vote, snapshot).await)))
     }

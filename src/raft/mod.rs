@@ -51,3 +51,27 @@ where
     log.purge(applied).await?;
     Ok(true)
 }
+
+/// The vote to answer a leader's snapshot with, without installing it, when
+/// this replica's log already holds the snapshot's last log id: then the log
+/// matches the leader's up to there (same index and leader, same entries
+/// before it), and every entry the snapshot covers is committed, so the
+/// replica has all of it and applies it as usual. A leader that lost track of
+/// a follower sends such a snapshot; installing it would move openraft's log
+/// cursor back below entries the follower had already accepted, which
+/// openraft's debug builds assert against and which gains nothing. None: the
+/// snapshot must be installed.
+pub async fn snapshot_already_held<C, SM>(
+    raft: &openraft::Raft<C, SM>,
+    last: Option<openraft::type_config::alias::LogIdOf<C>>,
+) -> Result<Option<openraft::type_config::alias::VoteOf<C>>, openraft::errors::Fatal<C>>
+where
+    C: openraft::RaftTypeConfig,
+    SM: RaftStateMachine<C>,
+{
+    let Some(last) = last else { return Ok(None) };
+    raft.with_raft_state(move |state| {
+        (state.log_ids.get(last.index()).as_ref() == Some(&last)).then(|| state.vote_ref().clone())
+    })
+    .await
+}

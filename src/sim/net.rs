@@ -631,9 +631,12 @@ impl RaftNetworkV2<SimConfig> for SimClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<SimConfig>, StreamingError<SimConfig>> {
-        let send = self
-            .net
-            .stream_call(self.me, self.target, |raft| async move { raft.install_full_snapshot(vote, snapshot).await });
+        let send = self.net.stream_call(self.me, self.target, |raft| async move {
+            match crate::raft::snapshot_already_held(&raft, snapshot.meta.last_log_id).await? {
+                Some(current) => Ok(SnapshotResponse::new(current)),
+                None => raft.install_full_snapshot(vote, snapshot).await,
+            }
+        });
         let ttl = option.hard_ttl();
         tokio::select! {
             biased;
