@@ -1,4 +1,5 @@
-//! Compiles `proto/spaceraft/v1/*.proto` with protox (a pure-Rust protobuf
+//! Compiles `proto/spaceraft/v1/*.proto` (and `proto/etcd/kv.proto`, for
+//! the peer benchmark) with protox (a pure-Rust protobuf
 //! compiler), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,5 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let file_descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure().compile_fds(file_descriptors)?;
+    // The part of etcd's API `spaceraft bench peers` drives (client only).
+    let etcd = "proto/etcd/kv.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    let file_descriptors = protox::compile([etcd], ["proto"])?;
+    tonic_prost_build::configure().build_server(false).compile_fds(file_descriptors)?;
     Ok(())
 }

@@ -50,5 +50,6 @@ pub mod raft;
 pub mod security;
 pub mod sim;
 pub mod space;
+pub mod stages;
 pub mod storage;
 pub mod wire;

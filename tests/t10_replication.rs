@@ -194,3 +194,121 @@ async fn a_cluster_whose_peers_start_late_still_bootstraps() {
     let seq = post_until_acked(&endpoints, 0, "late-peers").await;
     assert_eq!(seq, 1);
 }
+
+/// The cluster holding `space` and the node that leads it.
+async fn space_leader(cluster: &TestCluster, space: &str) -> (u64, u64) {
+    let mut client = cluster.client(1).await;
+    let info = client.get_space(pb::GetSpaceRequest { name: space.into() }).await.unwrap().into_inner();
+    let leader = common::wait_until(Duration::from_secs(30), "a leader of the space's cluster", async || {
+        let status = cluster.admin(1).await.cluster_status(pb::ClusterStatusRequest {}).await;
+        let status = status.map_err(|status| status.to_string())?.into_inner();
+        let replicas = status.replicas.iter().filter(|r| r.cluster_id == info.cluster_id);
+        replicas.clone().find(|r| r.role == "leader").map(|r| r.node_id).ok_or_else(|| format!("{:?}", status.replicas))
+    })
+    .await;
+    (info.cluster_id, leader)
+}
+
+/// Every node reports the stages of the write path it took part in (what
+/// `spaceraft bench post --breakdown` prints): the leader its posts' stages,
+/// every replica its appends, fsyncs and applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_reports_the_stages_of_the_posts_it_took_part_in() {
+    let cluster = TestCluster::start().await;
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    common::create_space(&cluster, 1, "stages", &["alice"]).await;
+    let (_, leader) = space_leader(&cluster, "stages").await;
+    for node in 1..=3 {
+        cluster.admin(node).await.stages(pb::StagesRequest { reset: true }).await.unwrap();
+    }
+    let mut client = cluster.client(leader).await;
+    for n in 0..20 {
+        let request = pb::PostRequest {
+            space: "stages".into(),
+            author: "alice".into(),
+            body: format!("post {n}"),
+            idempotency_key: format!("k{n}"),
+        };
+        client.post(request).await.unwrap();
+    }
+    let count = |reply: &pb::StagesReply, stage: &str| {
+        reply.stages.iter().find(|f| f.stage == stage).map(|f| (f.count, f.p50)).unwrap_or_default()
+    };
+    let on_leader = cluster.admin(leader).await.stages(pb::StagesRequest { reset: false }).await.unwrap().into_inner();
+    assert_eq!(on_leader.node_id, leader);
+    for stage in ["post.handler", "post.route", "propose.queue", "post.reply"] {
+        assert_eq!(count(&on_leader, stage).0, 20, "{stage} on the leader: {on_leader:?}");
+    }
+    for stage in ["raft.write", "log.append", "log.fsync", "replicate", "apply", "batch.posts"] {
+        let (seen, p50) = count(&on_leader, stage);
+        assert!(seen >= 1 && p50 >= 1, "{stage} on the leader: {on_leader:?}");
+    }
+    let handler_p50 = count(&on_leader, "post.handler").1;
+    assert!(
+        handler_p50 >= count(&on_leader, "raft.write").1,
+        "a post's handler outlasts its Raft write: {on_leader:?}"
+    );
+    for follower in (1..=3).filter(|node| *node != leader) {
+        let figures =
+            cluster.admin(follower).await.stages(pb::StagesRequest { reset: true }).await.unwrap().into_inner();
+        for stage in ["follower.append", "log.fsync", "apply"] {
+            assert!(count(&figures, stage).0 >= 1, "{stage} on follower {follower}: {figures:?}");
+        }
+        assert_eq!(count(&figures, "post.handler").0, 0, "no post went through follower {follower}");
+        let after =
+            cluster.admin(follower).await.stages(pb::StagesRequest { reset: false }).await.unwrap().into_inner();
+        assert!(count(&after, "log.fsync").0 < count(&figures, "log.fsync").0, "a reset starts the figures over");
+    }
+}
+
+/// A leader whose followers stop answering answers a post it has in flight
+/// as of unknown outcome once its quorum has not acknowledged it for the
+/// leader lease, instead of holding it until the client gives up; the
+/// post, sent again with its key once the followers are back, is committed
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_loses_its_quorum_answers_posts_in_flight_at_once() {
+    let cluster = TestCluster::start().await;
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    common::create_space(&cluster, 1, "lost", &["alice"]).await;
+    let (_, leader) = space_leader(&cluster, "lost").await;
+    let mut client = cluster.client(leader).await;
+    let post = |body: &str, key: &str| pb::PostRequest {
+        space: "lost".into(),
+        author: "alice".into(),
+        body: body.into(),
+        idempotency_key: key.into(),
+    };
+    client.post(post("before", "before")).await.unwrap();
+    let followers: Vec<u64> = (1..=3).filter(|node| *node != leader).collect();
+    for follower in &followers {
+        cluster.signal_node(*follower, "STOP");
+    }
+    let sent = Instant::now();
+    // Without a key: an unknown outcome is final, so the node answers it
+    // rather than trying again.
+    let answer = tokio::time::timeout(Duration::from_secs(20), client.post(post("in flight", ""))).await;
+    let waited = sent.elapsed();
+    for follower in &followers {
+        cluster.signal_node(*follower, "CONT");
+    }
+    let status = answer.expect("the leader answered the post in flight").expect_err("no quorum: nothing commits");
+    let kind = spaceraft::error::ApiError::from_status(&status).kind;
+    assert!(
+        matches!(kind, spaceraft::error::ErrorKind::OutcomeUnknown | spaceraft::error::ErrorKind::NoQuorum),
+        "{status:?}"
+    );
+    // The leader lease (election_timeout_max_ms, 1 s by default) and a probe.
+    assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
+    // A keyed post is the client's to send again: committed once, however
+    // often it is sent.
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.addr.clone()).collect();
+    for _ in 0..2 {
+        let request = post("retried", "retried-key");
+        common::post_until_acknowledged(&endpoints, 0, request, Duration::from_secs(60), common::any_failure).await;
+    }
+    let history = full_history(&cluster, leader, "lost").await;
+    assert_eq!(history.iter().filter(|m| m.idempotency_key == "retried-key").count(), 1, "{history:?}");
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    assert!(seqs.windows(2).all(|pair| pair[1] == pair[0] + 1), "{seqs:?}");
+}

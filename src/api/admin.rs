@@ -78,6 +78,12 @@ impl pb::admin_server::Admin for AdminApi {
         answer(self.host.set_preferred_region(request.into_inner()).await.map(|()| pb::SetPreferredRegionResponse {}))
     }
 
+    async fn stages(&self, request: Request<pb::StagesRequest>) -> Result<Response<pb::StagesReply>, Status> {
+        admit(&request, "spaceraft.v1.Admin/Stages")?;
+        let stages = crate::stages::figures(request.get_ref().reset).into_iter().map(Into::into).collect();
+        Ok(Response::new(pb::StagesReply { node_id: self.host.config.node_id, stages }))
+    }
+
     async fn nudge(&self, request: Request<pb::NudgeRequest>) -> Result<Response<pb::NudgeReply>, Status> {
         admit(&request, "spaceraft.v1.Admin/Nudge")?;
         let groups = self.host.nudge(request.into_inner().from_node).await;

@@ -57,6 +57,7 @@ pub const RPCS: &[RpcRule] = &[
     RpcRule { path: "spaceraft.v1.Admin/SetPreferredRegion", roles: OPERATOR, also: "" },
     RpcRule { path: "spaceraft.v1.Admin/Gateways", roles: OPERATOR, also: "" },
     RpcRule { path: "spaceraft.v1.Admin/SaveSnapshot", roles: OPERATOR, also: "" },
+    RpcRule { path: "spaceraft.v1.Admin/Stages", roles: OPERATOR, also: "" },
     RpcRule { path: "spaceraft.v1.Admin/JoinToken", roles: OPERATOR, also: "" },
     RpcRule {
         path: "spaceraft.v1.Admin/Join",

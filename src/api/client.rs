@@ -83,6 +83,7 @@ impl pb::client_server::Client for ClientApi {
     }
 
     async fn post(&self, request: Request<pb::PostRequest>) -> Result<Response<pb::PostResponse>, Status> {
+        let arrived = std::time::Instant::now();
         let principal = admit(&request, "spaceraft.v1.Client/Post")?;
         let hop = Hop::of(request.metadata());
         let mut post = request.into_inner();
@@ -94,7 +95,9 @@ impl pb::client_server::Client for ClientApi {
             let why = format!("{} posts faster than security.posts_per_user_per_sec allows; slow down", post.author);
             return Err(ApiError::new(ErrorKind::ResourceExhausted, why).to_status());
         }
-        answer(self.host.post(post, hop).await)
+        let answered = answer(self.host.post(post, hop).await);
+        crate::stages::since(crate::stages::Stage::PostHandler, arrived);
+        answered
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {

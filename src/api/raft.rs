@@ -100,8 +100,10 @@ impl RaftApi {
         let group = self.host.groups.get(request.group_id).ok_or_else(|| {
             Status::not_found(format!("space cluster {} is not hosted on node {node_id}", request.group_id))
         })?;
-        let metrics = group.raft.metrics().borrow_watched().clone();
-        if let Some(known) = metrics.membership_config.membership().get_node(&request.from_node) {
+        // The membership only: cloning the whole metrics for every message
+        // cost a leader of many groups more than the message itself.
+        let membership = group.raft.server_metrics().borrow_watched().membership_config.clone();
+        if let Some(known) = membership.membership().get_node(&request.from_node) {
             if known.addr != request.from_addr {
                 tracing::warn!(from_node = request.from_node, from_addr = %request.from_addr, registered = %known.addr,
                     "refusing raft request from a node whose id is registered at another address");
@@ -171,19 +173,33 @@ impl pb::raft_server::Raft for RaftApi {
             let keep = matches!(item, Ok(next) if next.group_id == group_id && next.from_node == from_node);
             async move { keep }
         });
-        let appends = futures::stream::once(async move { first_append }).chain(rest.filter_map(|item| async move {
-            let next = item.ok()?;
-            match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&next.payload) {
-                Ok(append) => Some(append),
-                Err(error) => {
-                    tracing::warn!(%error, "dropping undecodable append on a replication stream");
-                    None
+        // When each append arrived, for the follower's stage figures.
+        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from([std::time::Instant::now()])));
+        let arrived = arrivals.clone();
+        let appends = futures::stream::once(async move { first_append }).chain(rest.filter_map(move |item| {
+            let arrived = arrived.clone();
+            async move {
+                let next = item.ok()?;
+                match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&next.payload) {
+                    Ok(append) => {
+                        arrived.lock().expect("arrival queue lock").push_back(std::time::Instant::now());
+                        Some(append)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "dropping undecodable append on a replication stream");
+                        None
+                    }
                 }
             }
         }));
         let results = group.raft.stream_append(appends);
         let incarnation = self.incarnation();
-        let replies = results.map(move |result| Ok(reply(incarnation, result)));
+        let replies = results.map(move |result| {
+            if let Some(arrived) = arrivals.lock().expect("arrival queue lock").pop_front() {
+                crate::stages::since(crate::stages::Stage::FollowerAppend, arrived);
+            }
+            Ok(reply(incarnation, result))
+        });
         Ok(Response::new(Box::pin(replies)))
     }
 

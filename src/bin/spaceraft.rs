@@ -81,6 +81,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// How long posts stop when a space cluster's leader is killed or
+    /// frozen (starts its own clusters).
+    LeaderLoss {
+        #[command(flatten)]
+        args: spaceraft::bench::leader_loss::LeaderLossBenchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One closed-loop generator against Spaceraft, etcd or NATS
+    /// JetStream (a running cluster of each): writes/s and latency.
+    Peers {
+        #[command(flatten)]
+        args: spaceraft::bench::peers::PeersBenchArgs,
+        /// Print the report as one JSON line (for `bench peers-report`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The JSON lines of `bench peers` runs as a Markdown table (printed)
+    /// and SVG plots.
+    PeersReport {
+        #[command(flatten)]
+        args: spaceraft::bench::peers::report::PeersReportArgs,
+    },
     /// Concurrent posters; throughput and commit latency.
     Post {
         #[command(flatten)]
@@ -247,6 +271,24 @@ fn main() -> ExitCode {
                 json,
                 spaceraft::bench::placement::print_placement_report,
             ),
+            Command::Bench(BenchCommand::LeaderLoss { args, json }) => print_report(
+                &spaceraft::bench::leader_loss::leader_loss(args).await?,
+                json,
+                spaceraft::bench::leader_loss::print_leader_loss_report,
+            ),
+            Command::Bench(BenchCommand::Peers { args, json }) => {
+                let report = spaceraft::bench::peers::run(args).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    spaceraft::bench::peers::print(&report);
+                }
+                Ok(())
+            }
+            Command::Bench(BenchCommand::PeersReport { args }) => {
+                print!("{}", spaceraft::bench::peers::report::run(&args)?);
+                Ok(())
+            }
             Command::Bench(BenchCommand::Post { args, json }) => {
                 print_report(&spaceraft::bench::post(args).await?, json, spaceraft::bench::print_post_report)
             }

@@ -91,6 +91,38 @@ pub struct Host {
     pub gate: Gate,
     /// Each user's post allowance on this node.
     pub post_rates: PostRates,
+    /// Placements read from the local directory, valid while the meta
+    /// replica's applied index stays what it was when they were read.
+    pub(crate) placements: Mutex<PlacementCache>,
+}
+
+/// Placements read at one applied index of the meta replica.
+#[derive(Default)]
+pub(crate) struct PlacementCache {
+    pub applied: u64,
+    pub spaces: std::collections::HashMap<String, crate::meta::directory::SpacePlacement>,
+}
+
+impl PlacementCache {
+    /// Spaces cached at most; past it the cache starts over.
+    const SPACES_MAX: usize = 100_000;
+
+    pub fn get(&mut self, applied: u64, space: &str) -> Option<crate::meta::directory::SpacePlacement> {
+        if self.applied != applied {
+            self.applied = applied;
+            self.spaces.clear();
+            return None;
+        }
+        self.spaces.get(space).cloned()
+    }
+
+    pub fn put(&mut self, applied: u64, placement: crate::meta::directory::SpacePlacement) {
+        if self.applied != applied || self.spaces.len() >= Self::SPACES_MAX {
+            self.applied = applied;
+            self.spaces.clear();
+        }
+        self.spaces.insert(placement.space.name.clone(), placement);
+    }
 }
 
 impl Host {
@@ -129,6 +161,7 @@ impl Host {
             gateways: Mutex::new(BTreeMap::new()),
             gate: security.gate,
             post_rates,
+            placements: Mutex::default(),
         }
     }
 

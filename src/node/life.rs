@@ -54,6 +54,7 @@ impl Host {
                 len_max: raft_bounds.propose_batch_len_max,
                 bytes_max: raft_bounds.propose_batch_bytes_max,
                 inflight_max: raft_bounds.propose_inflight_max,
+                lease: std::time::Duration::from_millis(raft_bounds.election_timeout_max_ms),
             },
         );
         let mut applied = reader.applied.clone();

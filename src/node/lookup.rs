@@ -14,12 +14,22 @@ use crate::raft::group::Group;
 use crate::wire::Hop;
 
 impl Host {
-    /// The placement of `space` in the local directory.
+    /// The placement of `space` in the local directory: from the cache of
+    /// placements when the meta replica applied nothing since it was read
+    /// (a post or read then takes no trip to a blocking thread).
     pub async fn placement(&self, space: &str) -> Result<Option<SpacePlacement>, ApiError> {
-        let (tree, space) = (self.directory(), space.to_string());
-        crate::storage::blocking::run(move || Directory::placement(&tree, &space))
+        let applied = *self.meta().reader.applied.borrow();
+        if let Some(hit) = self.placements.lock().expect("placement cache lock").get(applied, space) {
+            return Ok(Some(hit));
+        }
+        let (tree, name) = (self.directory(), space.to_string());
+        let found = crate::storage::blocking::run(move || Directory::placement(&tree, &name))
             .await
-            .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))
+            .map_err(|e| ApiError::internal(format!("directory read failed: {e}")))?;
+        if let Some(placement) = &found {
+            self.placements.lock().expect("placement cache lock").put(applied, placement.clone());
+        }
+        Ok(found)
     }
 
     /// The placement of `space`, reading the meta leader's commit first when

@@ -31,6 +31,7 @@ impl Host {
     /// nothing: the node the client called sends it on to where the space
     /// went.
     pub async fn post(&self, request: pb::PostRequest, hop: Hop) -> Result<pb::PostResponse, ApiError> {
+        let entered = std::time::Instant::now();
         let limits = self.config.limits.request_limits();
         let post = PostCommand {
             space: request.space.clone(),
@@ -42,7 +43,7 @@ impl Host {
         let mut cluster = self.placement_fresh(&request.space).await?.cluster;
         let mut moves_left = 2;
         loop {
-            match self.post_on(cluster, &post, &request, hop).await {
+            match self.post_on(cluster, &post, &request, hop, entered).await {
                 Err(ApiError { kind: ErrorKind::Moved { to }, .. }) if hop == Hop::Client && moves_left > 0 => {
                     moves_left -= 1;
                     cluster = to;
@@ -59,6 +60,7 @@ impl Host {
         post: &PostCommand,
         request: &pb::PostRequest,
         hop: Hop,
+        entered: std::time::Instant,
     ) -> Result<pb::PostResponse, ApiError> {
         let keyed = !post.idempotency_key.is_empty();
         self.run(
@@ -67,6 +69,7 @@ impl Host {
                 let post = post.clone();
                 async move {
                     self.check_disk_reserve()?;
+                    crate::stages::since(crate::stages::Stage::PostRoute, entered);
                     let outcome = group.proposer.propose(post).await.map_err(|error| propose_error(group.id, error))?;
                     Ok(pb::PostResponse {
                         space: request.space.clone(),

@@ -340,10 +340,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             // A bounded channel between openraft's request stream and gRPC
             // bounds the requests in flight on this stream.
             let (sender, receiver) = tokio::sync::mpsc::channel(pipeline_len_max.max(1));
+            // When each request was sent, for the replication stage figures.
+            let sent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+            let sending = sent.clone();
             tokio::spawn(async move {
                 let mut input = input;
                 while let Some(rpc) = input.next().await {
-                    if sender.send(request(group_id, from, &from_addr, to, &rpc)).await.is_err() {
+                    let message = request(group_id, from, &from_addr, to, &rpc);
+                    sending.lock().expect("send queue lock").push_back(Instant::now());
+                    if sender.send(message).await.is_err() {
                         break;
                     }
                 }
@@ -354,6 +359,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let replies = opened.map_err(status_error)?.into_inner();
             let results = replies.map(move |reply| match reply {
                 Ok(reply) => {
+                    if let Some(sent) = sent.lock().expect("send queue lock").pop_front() {
+                        crate::stages::since(crate::stages::Stage::Replicate, sent);
+                    }
                     channels.saw(to, reply.incarnation);
                     match admitted.refused(to, reply.incarnation) {
                         Some(why) => Err(unreachable(why)),

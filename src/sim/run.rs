@@ -191,8 +191,16 @@ fn new_data_incarnation(rng: &mut StdRng) -> u64 {
 
 impl Sim {
     async fn start(seed: u64, params: SimParams) -> Arc<Sim> {
-        let mut config = crate::api::server::openraft_config(&crate::config::RaftConfig::default())
-            .expect("the default raft configuration is valid");
+        // The timing the sim's seeds were recorded with (its regression
+        // seeds replay schedules that depend on it), across its 20 to 90 ms
+        // one-way links.
+        let raft = crate::config::RaftConfig {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            ..Default::default()
+        };
+        let mut config = crate::api::server::openraft_config(&raft).expect("the sim's raft configuration is valid");
         // Snapshots and purges often, so installs and restarts from a
         // snapshot happen in every run.
         config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(40);

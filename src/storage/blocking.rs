@@ -48,6 +48,18 @@ pub async fn run_in_place<T: Send + 'static>(
     }
 }
 
+/// Runs short disk work right here, on the async runtime's thread: for
+/// work on records sled keeps in its cache, whose writes go to sled's
+/// in-memory log (its own threads write that out), so it does not wait on
+/// the disk. Handing such work to another thread costs more than the work
+/// itself: `block_in_place` hands the worker's queue to another thread and
+/// back, which a state machine apply of a few posts paid per batch (see the
+/// `apply` stage of `spaceraft bench post --breakdown`).
+pub fn run_inline<T>(work: impl FnOnce() -> T) -> T {
+    let _mark = Mark::set();
+    work()
+}
+
 /// Starts `work` on a blocking thread at once; await the handle for its result.
 pub fn spawn<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
     tokio::task::spawn_blocking(move || {

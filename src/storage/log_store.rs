@@ -46,7 +46,10 @@ enum WriteOp {
         /// The marks these writes raise once fsynced.
         raises: Vec<Raise>,
         readable: tokio::sync::oneshot::Sender<io::Result<()>>,
-        durable: Completion,
+        /// Called once fsynced; None: nobody waits for these writes to be
+        /// durable, so they call for no fsync of their own and are made
+        /// durable by the next one.
+        durable: Option<Completion>,
     },
     /// Remove a key range of the logs keyspace.
     RemoveLogRange {
@@ -210,7 +213,7 @@ impl LogEngine {
         let durable: Completion = Box::new(move |result| {
             let _ = durable_tx.send(result);
         });
-        self.submit(|readable| WriteOp::Write { writes, raises, readable, durable }).await?;
+        self.submit(|readable| WriteOp::Write { writes, raises, readable, durable: Some(durable) }).await?;
         durable_rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
     }
 }
@@ -387,7 +390,7 @@ fn write_loop(
     while let Ok(first) = requests.recv() {
         let mut next = Some(first);
         while let Some(op) = next.take() {
-            let (readable, durable, result) = match op {
+            let (readable, durable, result): (_, Option<Completion>, _) = match op {
                 WriteOp::Write { writes, raises, readable, durable } => {
                     raised.extend(raises);
                     let mut batch = db.batch();
@@ -424,14 +427,15 @@ fn write_loop(
                         }
                         batch.commit().map_err(fjall_error)
                     })();
-                    (readable, durable, result)
+                    (readable, Some(durable), result)
                 }
             };
             let failed = result.as_ref().err().map(clone_io_error);
             let _ = readable.send(result);
-            match failed {
-                Some(error) => durable(Err(error)),
-                None => waiting.push(durable),
+            match (failed, durable) {
+                (_, None) => {}
+                (Some(error), Some(durable)) => durable(Err(error)),
+                (None, Some(durable)) => waiting.push(durable),
             }
             if waiting.len() < batch_len_max {
                 next = requests.try_recv().ok();
@@ -440,7 +444,10 @@ fn write_loop(
         if waiting.is_empty() {
             continue;
         }
+        let fsync_began = std::time::Instant::now();
         let synced = db.persist(PersistMode::SyncAll).map_err(fjall_error);
+        crate::stages::since(crate::stages::Stage::LogFsync, fsync_began);
+        crate::stages::count(crate::stages::Stage::FsyncWrites, waiting.len() as u64);
         if synced.is_ok() {
             marker.raise(&raised);
         }
@@ -595,9 +602,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // restarted node re-learns it from the leader.
         let value = encode_record(&committed)?;
         let writes = vec![(Target::Meta, self.meta_key(TAG_COMMITTED), Some(value))];
-        self.engine
-            .submit(|readable| WriteOp::Write { writes, raises: Vec::new(), readable, durable: Box::new(|_| {}) })
-            .await
+        self.engine.submit(|readable| WriteOp::Write { writes, raises: Vec::new(), readable, durable: None }).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -617,8 +622,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             writes.push((Target::Logs, self.log_key(entry.log_id.index), Some(value)));
         }
         let raises = last.map(|index| Raise::LastIndex(self.group_id, index)).into_iter().collect();
-        let durable: Completion = Box::new(move |result| callback.io_completed(result));
-        self.engine.submit(|readable| WriteOp::Write { writes, raises, readable, durable }).await
+        let called = std::time::Instant::now();
+        let durable: Completion = Box::new(move |result| {
+            crate::stages::since(crate::stages::Stage::LogAppend, called);
+            callback.io_completed(result)
+        });
+        self.engine.submit(|readable| WriteOp::Write { writes, raises, readable, durable: Some(durable) }).await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -218,12 +218,19 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         let pre_images = self.pre_images.clone();
         let mut dedup = std::mem::take(&mut self.dedup);
         let state = self.state.clone();
-        let (dedup, next_state, results) = crate::storage::blocking::run_in_place(move || -> io::Result<_> {
+        let began = std::time::Instant::now();
+        let apply = move || -> io::Result<_> {
             let (next_state, results) = apply_batch(&tree, &pre_images, &mut dedup, state, &batch_entries)?;
             Ok((dedup, next_state, results))
-        })
-        .await
-        .map_err(io::Error::other)??;
+        };
+        // A few entries (the commit path's usual batch) apply right here; a
+        // long run (catching up) on a thread that may block.
+        let (dedup, next_state, results) = if responders.len() <= APPLY_INLINE_ENTRIES_MAX {
+            crate::storage::blocking::run_inline(apply)?
+        } else {
+            crate::storage::blocking::run_in_place(apply).await.map_err(io::Error::other)??
+        };
+        crate::stages::since(crate::stages::Stage::Apply, began);
         self.dedup = dedup;
         let membership_changed = self.state.membership.log_id() != next_state.membership.log_id();
         self.state = next_state;
@@ -613,6 +620,10 @@ impl SpaceReader {
 /// Applies `entries` onto `tree` in one sled batch, with the applied state:
 /// a replica's state is always the result of applying a prefix of the log.
 /// Answers the new applied state and each entry's result. Blocking.
+/// Runs of committed entries up to this long are applied on the Raft
+/// state machine's own task (see [`crate::storage::blocking::run_inline`]).
+const APPLY_INLINE_ENTRIES_MAX: usize = 4;
+
 fn apply_batch(
     tree: &sled::Tree,
     pre_images: &PreImages,
