@@ -617,13 +617,13 @@ impl SpaceReader {
     }
 }
 
-/// Applies `entries` onto `tree` in one sled batch, with the applied state:
-/// a replica's state is always the result of applying a prefix of the log.
-/// Answers the new applied state and each entry's result. Blocking.
 /// Runs of committed entries up to this long are applied on the Raft
 /// state machine's own task (see [`crate::storage::blocking::run_inline`]).
 const APPLY_INLINE_ENTRIES_MAX: usize = 4;
 
+/// Applies `entries` onto `tree` in one sled batch, with the applied state:
+/// a replica's state is always the result of applying a prefix of the log.
+/// Answers the new applied state and each entry's result. Blocking.
 fn apply_batch(
     tree: &sled::Tree,
     pre_images: &PreImages,
