@@ -176,7 +176,7 @@ impl Default for GroupsConfig {
             quiesce: true,
             cluster_voters_len: 3,
             ping_interval_ms: 250,
-            down_after_ms: 1_000,
+            down_after_ms: 1_500,
             quiesce_after_ms: 3_000,
             leader_check_interval_ms: 1_000,
             leader_settle_ms: 5_000,
@@ -194,7 +194,10 @@ pub struct PeerConfig {
 }
 
 /// Raft timing and batching. The defaults suit links between regions (tens
-/// to a hundred milliseconds one way), not a LAN.
+/// to a hundred milliseconds one way), not a LAN. openraft waits one
+/// heartbeat interval for a heartbeat's reply, so the interval must stay
+/// well above the longest round trip between voters (the failure detector
+/// warns when it is not).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
@@ -223,9 +226,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1_000,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1_500,
             install_snapshot_timeout_ms: 120_000,
             append_entries_len_max: 64,
             snapshot_logs_since_last: 50_000,

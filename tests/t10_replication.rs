@@ -298,7 +298,7 @@ async fn a_leader_that_loses_its_quorum_answers_posts_in_flight_at_once() {
         matches!(kind, spaceraft::error::ErrorKind::OutcomeUnknown | spaceraft::error::ErrorKind::NoQuorum),
         "{status:?}"
     );
-    // The leader lease (election_timeout_max_ms, 1 s by default) and a probe.
+    // The leader lease (election_timeout_max_ms) and a probe.
     assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
     // A keyed post is the client's to send again: committed once, however
     // often it is sent.

@@ -30,6 +30,9 @@ use crate::wire::ClusterId;
 /// `raft.propose_batch_bytes_max` each fit below it with the defaults, and a
 /// peer cannot make a node buffer more.
 const RAFT_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
+/// Streams a peer may reset before this server accepted them, at once,
+/// before the connection is closed (h2's default is 20).
+const PENDING_ACCEPT_RESET_STREAMS_MAX: usize = 256;
 
 /// openraft's configuration from ours.
 pub fn openraft_config(raft: &crate::config::RaftConfig) -> anyhow::Result<openraft::Config> {
@@ -266,6 +269,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .initial_connection_window_size(config.network.http2_connection_window_bytes)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // A heartbeat its leader stopped waiting for is a stream reset
+        // before this server took it; past h2's default of 20 such streams
+        // it closes the whole connection, every group's replication with it.
+        .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESET_STREAMS_MAX))
         .add_service(health_service)
         .add_service(services.client)
         .add_service(services.admin)

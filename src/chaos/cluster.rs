@@ -22,6 +22,8 @@ use crate::config::{NodeConfig, PeerConfig};
 use crate::gateway::config::{GatewayConfig, NodeEndpoint, UpstreamConfig};
 use crate::pb;
 
+/// How long reading a replica's whole history of a space may take.
+const FINAL_HISTORY_WAIT: Duration = Duration::from_secs(30);
 pub struct ChaosNode {
     pub id: u64,
     pub region: u8,
@@ -412,8 +414,16 @@ impl ChaosCluster {
         )
     }
 
-    /// A replica's whole history of a space (operator read on the node).
+    /// A replica's whole history of a space (operator read on the node),
+    /// within [`FINAL_HISTORY_WAIT`]: a node that does not answer is a
+    /// finding, not a hang.
     pub async fn final_history(&self, id: u64, space: &str) -> anyhow::Result<Vec<FinalMessage>> {
+        tokio::time::timeout(FINAL_HISTORY_WAIT, self.read_history(id, space)).await.map_err(|_| {
+            anyhow::anyhow!("node-{id} did not answer its history of {space} within {FINAL_HISTORY_WAIT:?}")
+        })?
+    }
+
+    async fn read_history(&self, id: u64, space: &str) -> anyhow::Result<Vec<FinalMessage>> {
         let node = &self.nodes[id as usize - 1];
         let channel =
             crate::raft::network::endpoint(&node.listen.to_string(), &Default::default(), None)?.connect().await?;

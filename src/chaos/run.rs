@@ -214,8 +214,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosOutcome> {
                 &all_urls,
                 &mut connection,
                 space,
-                &key,
-                &format!("liveness check of {space}"),
+                (&key, &format!("liveness check of {space}")),
+                Some(deadline),
             )
             .await;
             ok = posted.is_some();

@@ -121,8 +121,8 @@ impl Publisher {
             let space = self.spaces[rng.random_range(0..self.spaces.len())].clone();
             let key = format!("{}-{n}", self.name);
             let body = format!("{} post {n}", self.name);
-            post_until_settled(&recorder, &self.name, &self.user, &self.urls, &mut connection, &space, &key, &body)
-                .await;
+            let (name, urls) = (&self.name, &self.urls);
+            post_until_settled(&recorder, name, &self.user, urls, &mut connection, &space, (&key, &body), None).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.pause) => {}
                 _ = stop.changed() => {}
@@ -132,7 +132,8 @@ impl Publisher {
 }
 
 /// Posts one logical message, retrying with the same key, until it is
-/// acknowledged or refused (or the attempts run out). Returns the seq.
+/// acknowledged or refused (or the attempts run out, or `until` has passed
+/// when an attempt ends: every attempt started is recorded). Returns the seq.
 #[allow(clippy::too_many_arguments)]
 pub async fn post_until_settled(
     recorder: &Recorder,
@@ -141,10 +142,13 @@ pub async fn post_until_settled(
     urls: &[String],
     connection: &mut Option<(Ws, usize)>,
     space: &str,
-    key: &str,
-    body: &str,
+    (key, body): (&str, &str),
+    until: Option<Instant>,
 ) -> Option<u64> {
     for attempt in 0..POST_ATTEMPTS_MAX {
+        if attempt > 0 && until.is_some_and(|until| Instant::now() >= until) {
+            return None;
+        }
         if connection.is_none() {
             let first = if attempt == 0 { 0 } else { attempt as usize };
             *connection = connect(urls, first, user, &BTreeMap::new()).await;

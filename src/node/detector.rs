@@ -27,10 +27,27 @@ struct Inner {
     last_seen: Mutex<BTreeMap<NodeId, (Instant, Instant)>>,
     /// The set of nodes taken as down, published on every change.
     down: watch::Sender<Vec<NodeId>>,
+    /// Raft's heartbeat interval, which is also how long openraft waits for
+    /// a heartbeat's reply.
+    heartbeat: Duration,
+    /// When a slow link to each node was last warned about.
+    warned: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+/// How often a slow link to one node is warned about.
+const SLOW_LINK_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a ping's round trip leaves too little of the heartbeat interval:
+/// openraft waits one interval for a heartbeat's reply, so heartbeats over a
+/// link slower than three quarters of it time out whenever it slows a little
+/// more, and a leader whose heartbeats time out holds no lease (and each
+/// abandoned one resets an HTTP/2 stream of the shared connection).
+pub fn slow_link(round_trip: Duration, heartbeat: Duration) -> bool {
+    round_trip.saturating_mul(4) > heartbeat.saturating_mul(3)
 }
 
 impl Detector {
-    pub fn new(me: NodeId, down_after: Duration) -> Detector {
+    pub fn new(me: NodeId, down_after: Duration, heartbeat: Duration) -> Detector {
         Detector {
             inner: Arc::new(Inner {
                 me,
@@ -38,6 +55,8 @@ impl Detector {
                 started: Instant::now(),
                 last_seen: Mutex::new(BTreeMap::new()),
                 down: watch::channel(Vec::new()).0,
+                heartbeat,
+                warned: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -83,6 +102,27 @@ impl Detector {
         last_seen.insert(node, (now, since));
     }
 
+    /// Warns (at most once a minute per node) when the round trip to
+    /// `node` is too long for the heartbeat interval ([`slow_link`]).
+    fn note_round_trip(&self, node: NodeId, round_trip: Duration) {
+        let heartbeat = self.inner.heartbeat;
+        if !slow_link(round_trip, heartbeat) {
+            return;
+        }
+        let mut warned = self.inner.warned.lock().expect("detector lock");
+        if warned.get(&node).is_some_and(|last| last.elapsed() < SLOW_LINK_WARN_EVERY) {
+            return;
+        }
+        warned.insert(node, Instant::now());
+        tracing::warn!(
+            node,
+            round_trip_ms = round_trip.as_millis() as u64,
+            heartbeat_interval_ms = heartbeat.as_millis() as u64,
+            "the round trip to a node is over three quarters of the raft heartbeat interval: heartbeats to it time out \
+             (openraft waits one interval for the reply); raise raft.heartbeat_interval_ms and the election timeouts"
+        );
+    }
+
     fn publish(&self, nodes: &[NodeId]) {
         let down: Vec<NodeId> = nodes.iter().copied().filter(|node| !self.is_up(*node)).collect();
         self.inner.down.send_if_modified(|current| {
@@ -126,12 +166,14 @@ impl Detector {
                     let mut client = pb::admin_client::AdminClient::new(channel);
                     let mut request = tonic::Request::new(pb::PingRequest { from_node: detector.inner.me });
                     request.set_timeout(interval.max(Duration::from_millis(200)));
+                    let sent = Instant::now();
                     if let Ok(Ok(reply)) =
                         tokio::time::timeout(interval.max(Duration::from_millis(200)), client.ping(request)).await
                     {
                         let reply = reply.into_inner();
                         if reply.node_id == id {
                             detector.seen(id);
+                            detector.note_round_trip(id, sent.elapsed());
                             peers.saw(id, reply.incarnation);
                         }
                     }
@@ -141,5 +183,19 @@ impl Detector {
             let ids: Vec<NodeId> = others.iter().map(|(id, _)| *id).collect();
             self.publish(&ids);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_slow_when_its_round_trip_is_over_half_the_heartbeat() {
+        let heartbeat = Duration::from_millis(250);
+        assert!(!slow_link(Duration::from_millis(40), heartbeat));
+        assert!(!slow_link(Duration::from_millis(187), heartbeat));
+        assert!(slow_link(Duration::from_millis(188), heartbeat));
+        assert!(slow_link(Duration::from_millis(180), Duration::from_millis(100)), "the chaos harness's slowest pair");
     }
 }

@@ -137,7 +137,11 @@ impl Host {
     ) -> Host {
         let peers = PeerChannels::new(config.network.clone(), cluster.clone(), security.dial, data_dir.incarnation);
         let post_rates = PostRates::new(config.security.posts_per_user_per_sec);
-        let detector = Detector::new(config.node_id, Duration::from_millis(config.groups.down_after_ms));
+        let detector = Detector::new(
+            config.node_id,
+            Duration::from_millis(config.groups.down_after_ms),
+            Duration::from_millis(config.raft.heartbeat_interval_ms),
+        );
         Host {
             cluster,
             config,
