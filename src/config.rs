@@ -176,7 +176,7 @@ impl Default for GroupsConfig {
             quiesce: true,
             cluster_voters_len: 3,
             ping_interval_ms: 250,
-            down_after_ms: 1_500,
+            down_after_ms: 1_000,
             quiesce_after_ms: 3_000,
             leader_check_interval_ms: 1_000,
             leader_settle_ms: 5_000,
@@ -227,8 +227,8 @@ impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
             heartbeat_interval_ms: 250,
-            election_timeout_min_ms: 750,
-            election_timeout_max_ms: 1_500,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
             install_snapshot_timeout_ms: 120_000,
             append_entries_len_max: 64,
             snapshot_logs_since_last: 50_000,
