@@ -61,6 +61,11 @@ impl BenchCluster {
         Ok(BenchCluster { _dir: dir, nodes, processes, leader, client })
     }
 
+    /// The run's directory (removed when the run ends).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn node(&self, id: u64) -> &NodeConfig {
         self.nodes.iter().find(|c| c.node_id == id).expect("node of the cluster")
     }

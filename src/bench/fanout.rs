@@ -5,8 +5,15 @@
 //!
 //! The gateway encodes each message once and shares one upstream stream for
 //! all its clients; the node's Subscribe serves each subscriber from the store
-//! on its own. Both runs use a fresh 3-region cluster of node processes.
+//! on its own. Both runs use a fresh 3-region cluster of node processes; the
+//! gateway runs as its own process, with its default configuration, as it is
+//! deployed. Clients connect from many loopback addresses (at most
+//! [`CLIENTS_PER_SOURCE`] each: a gateway admits 256 connections per address),
+//! a few hundred at a time, as a crowd of devices would.
 
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +67,75 @@ pub struct FanoutReport {
     pub runs: Vec<FanoutRun>,
 }
 
+/// Clients that connect and catch up at once.
+const CONNECTS_AT_ONCE: usize = 256;
+/// Clients per source address (a gateway admits at most
+/// `clients.connections_per_ip_max`, 256 by default, from one address).
+const CLIENTS_PER_SOURCE: usize = 200;
+
+/// The loopback address client `client` connects from: 127.1.0.1 for the
+/// first [`CLIENTS_PER_SOURCE`], then 127.1.0.2, …
+fn source_address(client: usize) -> IpAddr {
+    let n = client / CLIENTS_PER_SOURCE;
+    IpAddr::V4(Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8))
+}
+
+/// The only fields of a gateway event the readers look at, borrowed from
+/// the frame where they can be.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    body: std::borrow::Cow<'a, str>,
+}
+
+/// A gateway process of the run's cluster, with the default client bounds.
+struct GatewayProcess {
+    child: tokio::process::Child,
+    http_addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    async fn start(cluster: &BenchCluster, region: &str, base_port: u16) -> anyhow::Result<GatewayProcess> {
+        let mut config = cluster.gateway_config(region, Default::default());
+        config.http_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base_port + 1000);
+        config.grpc_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base_port + 1001);
+        let path = cluster.dir().join("gateway.toml");
+        std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+        let log = path.with_extension("log");
+        let child = crate::dev::spawn_process(&std::env::current_exe()?, "gateway", &path, &log)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(config.http_addr).await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the gateway did not listen within 30 s (log: {})",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(GatewayProcess { child, http_addr: config.http_addr })
+    }
+}
+
+/// Connects one WebSocket client from `source` and subscribes it to "fan".
+async fn connect_reader(
+    http_addr: SocketAddr,
+    source: IpAddr,
+    user: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(http_addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{http_addr}/v1/ws"), stream).await?;
+    let hello = serde_json::json!({"type": "hello", "user": user});
+    let subscribe = serde_json::json!({"type": "subscribe", "space": "fan"});
+    ws.send(Message::text(hello.to_string())).await?;
+    ws.send(Message::text(subscribe.to_string())).await?;
+    Ok(ws)
+}
+
 /// One subscriber's latencies, merged at the end.
 type Latencies = Arc<std::sync::Mutex<Histogram<u64>>>;
 
@@ -86,7 +162,12 @@ pub async fn fanout(args: FanoutBenchArgs) -> anyhow::Result<FanoutReport> {
 }
 
 async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow::Result<FanoutRun> {
-    let mut cluster = BenchCluster::start(base_port).await?;
+    // Every subscriber is a member of the one space.
+    let members_len = args.clients + 1;
+    let mut cluster = BenchCluster::start_with(base_port, |config| {
+        config.limits.members_len_max = config.limits.members_len_max.max(members_len as _);
+    })
+    .await?;
     let mut members: Vec<String> = (0..args.clients).map(|i| format!("reader{i}")).collect();
     members.push("publisher".into());
     cluster.create_space("fan", &members).await?;
@@ -95,10 +176,11 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut histograms: Vec<Latencies> = Vec::new();
     let mut readers = Vec::new();
-    let ready = Arc::new(tokio::sync::Semaphore::new(0));
-    let gateway = if path == "gateway" {
-        let config = cluster.gateway_config(&follower.region, Default::default());
-        Some(crate::gateway::server::start(config).await?)
+    let ready = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTS_AT_ONCE));
+    let mut gateway = if path == "gateway" {
+        Some(GatewayProcess::start(&cluster, &follower.region, base_port).await?)
     } else {
         None
     };
@@ -114,30 +196,32 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
     for client in 0..args.clients {
         let latencies: Latencies = Arc::new(std::sync::Mutex::new(histogram()));
         histograms.push(latencies.clone());
-        let (received, ready, user) = (received.clone(), ready.clone(), format!("reader{client}"));
+        let (received, ready, failed, user) =
+            (received.clone(), ready.clone(), failed.clone(), format!("reader{client}"));
+        let connecting = connecting.clone();
         if let Some(gateway) = &gateway {
-            let url = format!("ws://{}/v1/ws", gateway.http_addr);
+            let http_addr = gateway.http_addr;
             readers.push(tokio::spawn(async move {
-                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else { return };
-                let hello = serde_json::json!({"type": "hello", "user": user});
-                let subscribe = serde_json::json!({"type": "subscribe", "space": "fan"});
-                if ws.send(Message::text(hello.to_string())).await.is_err()
-                    || ws.send(Message::text(subscribe.to_string())).await.is_err()
-                {
-                    return;
-                }
+                let mut permit = Some(connecting.acquire_owned().await.expect("semaphore open"));
+                let mut ws = match connect_reader(http_addr, source_address(client), &user).await {
+                    Ok(ws) => ws,
+                    Err(error) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("a client could not connect: {error:#}");
+                        }
+                        return;
+                    }
+                };
                 while let Some(Ok(frame)) = ws.next().await {
                     let Message::Text(text) = frame else { continue };
-                    let Ok(event) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-                    match event["type"].as_str() {
-                        Some("caught_up") => ready.add_permits(1),
-                        Some("message") => {
-                            record(
-                                &mut latencies.lock().expect("latencies"),
-                                start,
-                                event["body"].as_str().unwrap_or(""),
-                            );
-                            received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Ok(event) = serde_json::from_str::<Event>(&text) else { continue };
+                    match &*event.kind {
+                        "caught_up" if permit.take().is_some() => {
+                            ready.fetch_add(1, Ordering::Relaxed);
+                        }
+                        "message" => {
+                            record(&mut latencies.lock().expect("latencies"), start, &event.body);
+                            received.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {}
                     }
@@ -146,27 +230,37 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
         } else {
             let mut node = pb::client_client::ClientClient::new(channels[client % channels.len()].clone());
             readers.push(tokio::spawn(async move {
+                let mut permit = Some(connecting.acquire_owned().await.expect("semaphore open"));
                 let request = pb::SubscribeRequest { space: "fan".into(), user, from_seq: 0 };
-                let Ok(response) = node.subscribe(request).await else { return };
+                let Ok(response) = node.subscribe(request).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
                 let mut stream = response.into_inner();
                 while let Some(Ok(event)) = stream.next().await {
                     match event.event {
-                        Some(pb::subscribe_event::Event::CaughtUp(_)) => ready.add_permits(1),
+                        Some(pb::subscribe_event::Event::CaughtUp(_)) if permit.take().is_some() => {
+                            ready.fetch_add(1, Ordering::Relaxed);
+                        }
                         Some(pb::subscribe_event::Event::Message(message)) => {
                             record(&mut latencies.lock().expect("latencies"), start, &message.body);
-                            received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            received.fetch_add(1, Ordering::Relaxed);
                         }
-                        None => {}
+                        _ => {}
                     }
                 }
             }));
         }
     }
-    let all_ready = ready.acquire_many(args.clients as u32);
-    tokio::time::timeout(Duration::from_secs(60), all_ready)
-        .await
-        .map_err(|_| anyhow::anyhow!("subscribers not ready"))??
-        .forget();
+    let connected = Instant::now();
+    wait_ready(args.clients as u64, &ready, &failed).await?;
+    eprintln!(
+        "{} subscribers caught up in {:.1} s; posting {} posts/s for {} s",
+        args.clients,
+        connected.elapsed().as_secs_f64(),
+        args.rate,
+        args.secs
+    );
 
     // Publish at the rate.
     let publish_start = Instant::now();
@@ -178,16 +272,16 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
     let posted = cluster.publish_at_rate("fan", "publisher", args.rate, args.secs, || Ok(()), body).await?;
     let expected = posted * args.clients as u64;
     let drain_deadline = Instant::now() + Duration::from_secs(60);
-    while received.load(std::sync::atomic::Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = publish_start.elapsed().as_secs_f64();
-    let deliveries = received.load(std::sync::atomic::Ordering::Relaxed);
+    let deliveries = received.load(Ordering::Relaxed);
     for reader in readers {
         reader.abort();
     }
-    if let Some(gateway) = gateway {
-        gateway.stop().await;
+    if let Some(gateway) = gateway.as_mut() {
+        let _ = gateway.child.kill().await;
     }
     cluster.stop().await;
     let mut merged = histogram();
@@ -206,6 +300,35 @@ async fn run_once(args: &FanoutBenchArgs, path: &str, base_port: u16) -> anyhow:
         p99_ms: ms(merged.value_at_quantile(0.99)),
         max_ms: ms(merged.max()),
     })
+}
+
+/// Waits until every client has caught up, with a progress bar on a
+/// terminal; fails when a client could not connect, or after a minute plus
+/// a second per hundred clients.
+async fn wait_ready(clients: u64, ready: &AtomicU64, failed: &AtomicU64) -> anyhow::Result<()> {
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(clients)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} subscribers caught up  {per_sec}")
+            .expect("a valid template"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60 + clients / 100);
+    loop {
+        let (caught_up, failed) = (ready.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        bar.set_position(caught_up);
+        if caught_up == clients {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        if failed > 0 || Instant::now() >= deadline {
+            bar.abandon();
+            anyhow::bail!("{caught_up} of {clients} subscribers caught up, {failed} could not connect");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub fn print_fanout_report(report: &FanoutReport) {

@@ -242,6 +242,12 @@ fn main() -> ExitCode {
         };
     }
     init_tracing();
+    // A gateway holds a socket per client, a node one per peer and client:
+    // the soft limit on open files (often 1,024) goes up to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
