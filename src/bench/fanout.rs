@@ -128,7 +128,10 @@ async fn connect_reader(
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(http_addr).await?;
     stream.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{http_addr}/v1/ws"), stream).await?;
+    // Small read buffers, as a device holds one connection, not 10,000.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{http_addr}/v1/ws"), stream, Some(config)).await?;
     let hello = serde_json::json!({"type": "hello", "user": user});
     let subscribe = serde_json::json!({"type": "subscribe", "space": "fan"});
     ws.send(Message::text(hello.to_string())).await?;
