@@ -327,3 +327,41 @@ async fn a_subscription_made_without_a_leader_starts_once_there_is_one() {
     }
     assert_eq!(bodies, ["before", "after"]);
 }
+
+/// A keyed post through a gateway whose nearest node has just frozen (no
+/// FIN, no RST: connections open and silent) goes on to the next node after
+/// `upstream.post_attempt_ms`, instead of waiting out the whole request
+/// timeout (10 s) for the frozen one; its key commits it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_post_goes_on_to_the_next_node_when_the_nearest_one_freezes() {
+    use futures::SinkExt;
+    let mut cluster = TestCluster::start().await;
+    // The gateway's probes must not take the frozen node out of its ranking
+    // first: only the post's own bound may move it on.
+    let config = TEST_UPSTREAM.replace("probe_interval_ms = 200", "probe_interval_ms = 60000")
+        + "request_timeout_ms = 10000\npost_attempt_ms = 1000\n";
+    cluster.start_gateways(&config).await;
+    create_space(&cluster, 1, "f", &["poster"]).await;
+    let (mut ws, _) = ws_hello(&cluster.gateways[0].ws_url(), "poster", &BTreeMap::new()).await.unwrap();
+    // The gateway of the first region ranks that region's node first.
+    let nearest = cluster.nodes[0].id;
+    cluster.signal_node(nearest, "STOP");
+    let sent = std::time::Instant::now();
+    let post = serde_json::json!({"type": "post", "ref": "p1", "space": "f", "body": "through", "key": "k1"});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(post.to_string())).await.unwrap();
+    let answer = loop {
+        let frame = next_json(&mut ws, Duration::from_secs(30)).await.unwrap();
+        if frame["ref"] == "p1" {
+            break frame;
+        }
+    };
+    let waited = sent.elapsed();
+    cluster.signal_node(nearest, "CONT");
+    assert_eq!(answer["type"], "posted", "{answer}");
+    // One attempt bound, and an election if the frozen node led: well under
+    // the 10 s request timeout the post used to wait out.
+    assert!(waited < Duration::from_secs(7), "answered after {waited:?}");
+    let others: Vec<u64> = cluster.nodes.iter().map(|n| n.id).filter(|id| *id != nearest).collect();
+    let history = full_history(&cluster, others[0], "f").await;
+    assert_eq!(history.iter().filter(|m| m.idempotency_key == "k1").count(), 1, "{history:?}");
+}

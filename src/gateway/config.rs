@@ -86,6 +86,11 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// Timeout of a post, history or list call forwarded to a node.
     pub request_timeout_ms: u64,
+    /// How long a post with an idempotency key waits for one node before
+    /// it is sent to the next as well (sending it again is safe: the key
+    /// commits it once). A post without a key waits `request_timeout_ms`
+    /// for the first node it reached.
+    pub post_attempt_ms: u64,
     /// The local address connections to nodes are made from (default: the
     /// system's choice).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,7 @@ impl Default for UpstreamConfig {
             failed_cooldown_ms: 2_000,
             connect_timeout_ms: 1_000,
             request_timeout_ms: 10_000,
+            post_attempt_ms: 1_500,
             source_ip: None,
         }
     }
@@ -208,6 +214,9 @@ impl GatewayConfig {
         }
         if self.clients.send_queue_len_max == 0 || self.clients.space_buffer_len_max == 0 {
             return bad("clients.send_queue_len_max", "queue and buffer bounds must be at least 1");
+        }
+        if self.upstream.post_attempt_ms == 0 {
+            return bad("upstream.post_attempt_ms", "must be above 0");
         }
         if self.upstream.silence_ms_max == 0 || self.upstream.probe_interval_ms == 0 {
             return bad("upstream.silence_ms_max", "intervals must be above 0");

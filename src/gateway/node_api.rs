@@ -4,9 +4,11 @@
 //! A call goes to the best node first and moves on to the next when that
 //! node cannot be reached; a post without an idempotency key moves on only
 //! when it surely was not delivered (connect failure), since sending it
-//! twice could commit it twice.
+//! twice could commit it twice. A keyed post also moves on when a node has
+//! not answered within `post_attempt` (a frozen node, a dead region whose
+//! connections stay open): its key commits it once wherever it lands.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 
@@ -19,6 +21,8 @@ use crate::pb;
 pub struct NodeApi {
     pub pool: NodePool,
     pub timeout: Duration,
+    /// How long a keyed post waits for one node before trying the next.
+    pub post_attempt: Duration,
 }
 
 impl NodeApi {
@@ -35,12 +39,33 @@ impl NodeApi {
 
     pub async fn post(&self, request: pb::PostRequest) -> Result<pb::PostResponse, Status> {
         let keyed = !request.idempotency_key.is_empty();
+        let deadline = Instant::now() + self.timeout;
+        let ranked = self.pool.ranked(&[]);
         let mut last_error = Status::unavailable("no node configured");
-        for index in self.pool.ranked(&[]) {
-            match self.client(index).post(self.request(request.clone())).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) if may_try_elsewhere(&status, keyed) => last_error = status,
-                Err(status) => return Err(status),
+        for (tried, &index) in ranked.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let last = tried + 1 == ranked.len();
+            let attempt = if keyed && !last { left.min(self.post_attempt) } else { left };
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(attempt);
+            match tokio::time::timeout(attempt, self.client(index).post(call)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if may_try_elsewhere(&status, keyed) => last_error = status,
+                Ok(Err(status)) => return Err(status),
+                // Only a keyed post has a bound shorter than the whole
+                // timeout before its last node: it may go on.
+                Err(_) => {
+                    let node = &self.pool.nodes[index].endpoint.addr;
+                    let why = format!("node {node} did not answer the post within {attempt:?}");
+                    let status = ApiError::new(crate::error::ErrorKind::OutcomeUnknown, why).to_status();
+                    if !keyed {
+                        return Err(status);
+                    }
+                    last_error = status;
+                }
             }
         }
         Err(last_error)

@@ -215,7 +215,11 @@ pub async fn start(mut config: GatewayConfig) -> anyhow::Result<RunningGateway> 
     let pool = NodePool::new(&config, tls.as_ref().map(TlsIdentity::client)).map_err(anyhow::Error::msg)?;
     let auth = ClientAuth::from_config(&config, pool.cluster.clone())?;
     let fanout = Fanout::new(config.clients.space_buffer_len_max);
-    let api = NodeApi { pool: pool.clone(), timeout: Duration::from_millis(config.upstream.request_timeout_ms) };
+    let api = NodeApi {
+        pool: pool.clone(),
+        timeout: Duration::from_millis(config.upstream.request_timeout_ms),
+        post_attempt: Duration::from_millis(config.upstream.post_attempt_ms),
+    };
     let shared =
         Arc::new(Shared { region: config.region.clone(), api, fanout: fanout.clone(), config: config.clone() });
     let state = Arc::new(GatewayState {
