@@ -435,6 +435,12 @@ async fn a_wiped_bootstrap_node_keeps_the_cluster_id_of_its_peers_across_restart
     common::create_space(&cluster, 1, SPACE, &["alice"]).await;
     let running = status(&cluster, 2).await.expect("status").cluster_id;
     assert!(!running.is_empty());
+    // The space cluster must have reached its other voters before node 1
+    // loses its disk: a member wiped within moments of its group's creation
+    // cannot be told apart from the original (docs/reliability.md, Disks).
+    let created = status(&cluster, 1).await.expect("status");
+    let applied = common::space_replica(&created).map(|replica| replica.applied_index).unwrap_or(1).max(1);
+    cluster.wait_applied(applied, Duration::from_secs(30)).await;
     cluster.kill_node(1);
     wipe(&cluster, 1);
     cluster.start_node(1);
