@@ -23,23 +23,31 @@ use tonic::transport::Channel;
 
 use crate::pb;
 
+/// The closed-loop load every write benchmark drives: `bench post` and
+/// each system of `bench peers`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct PostBenchArgs {
-    /// Node gRPC addresses; the bench sends to the leader.
-    #[arg(long, env = "SPACERAFT_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
-    pub endpoints: Vec<String>,
-    /// Concurrent clients, each with one request in flight.
+pub struct LoadArgs {
+    /// Concurrent clients, each with one write in flight.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Message body size.
+    /// Body bytes per write.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
-    /// How long to post.
+    /// How long to write.
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
     /// HTTP/2 connections shared by the clients.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostBenchArgs {
+    /// Node gRPC addresses; the bench sends to the leader.
+    #[arg(long, env = "SPACERAFT_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Send to any endpoint (exercising forwarding) instead of the leader.
     #[arg(long)]
     pub any_node: bool,
@@ -216,16 +224,16 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
         settled_leader(&args.endpoints, cluster, Duration::from_secs(15), tls.as_ref()).await?
     };
     let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    for _ in 0..args.load.connections.max(1) {
         let endpoint = crate::raft::network::endpoint(&target, &Default::default(), tls.as_ref())?;
         channels.push(endpoint.connect().await.with_context(|| format!("connecting to {target}"))?);
     }
-    let body: String = "x".repeat(args.size.max(1));
+    let body: String = "x".repeat(args.load.size.max(1));
     eprintln!(
         "bench post: {} clients, {} B bodies, {} s, to {} ({}), space {}",
-        args.clients,
-        args.size,
-        args.secs,
+        args.load.clients,
+        args.load.size,
+        args.load.secs,
         target,
         if args.any_node { "any node" } else { "leader" },
         space
@@ -233,11 +241,11 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
     if args.breakdown {
         node_stages(&args.endpoints, tls.as_ref(), true).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let deadline = Instant::now() + Duration::from_secs(args.load.secs);
     let started = Instant::now();
     let body = Arc::new(body);
     let mut tasks = Vec::new();
-    for client_number in 0..args.clients {
+    for client_number in 0..args.load.clients {
         let channel: Channel = channels[client_number % channels.len()].clone();
         let space = space.clone();
         let body = body.clone();
@@ -274,8 +282,8 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
     }
     let secs = started.elapsed().as_secs_f64();
     let report = PostBenchReport {
-        clients: args.clients,
-        size_bytes: args.size,
+        clients: args.load.clients,
+        size_bytes: args.load.size,
         secs,
         posts_ok: histogram.len(),
         posts_failed: failed,
@@ -291,11 +299,11 @@ pub async fn post(args: PostBenchArgs) -> anyhow::Result<PostBenchReport> {
     if args.baseline_secs == 0 {
         return Ok(report);
     }
-    eprintln!("baseline: {} clients calling GetSpace for {} s", args.clients, args.baseline_secs);
+    eprintln!("baseline: {} clients calling GetSpace for {} s", args.load.clients, args.baseline_secs);
     let deadline = Instant::now() + Duration::from_secs(args.baseline_secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for client_number in 0..args.clients {
+    for client_number in 0..args.load.clients {
         let channel: Channel = channels[client_number % channels.len()].clone();
         let space = space.clone();
         tasks.push(tokio::spawn(async move {

@@ -72,18 +72,8 @@ pub struct PeersBenchArgs {
     /// With --own-cluster: its first port.
     #[arg(long, default_value_t = 7600)]
     pub base_port: u16,
-    /// Concurrent clients, each with one write in flight.
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
-    /// Body bytes per write.
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
-    /// How long to write.
-    #[arg(long, default_value_t = 10)]
-    pub secs: u64,
-    /// Connections the clients share.
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
+    #[command(flatten)]
+    pub load: crate::bench::LoadArgs,
     /// Spaces (etcd: key prefixes, NATS: subjects) the writes are spread
     /// over, round robin per client.
     #[arg(long, default_value_t = 1)]
@@ -169,7 +159,7 @@ async fn connect(addr: &str, tls: Option<&tonic::transport::ClientTlsConfig>) ->
 
 /// Makes the writers, one per client, sharing `connections` connections.
 async fn writers(args: &PeersBenchArgs) -> anyhow::Result<Vec<Writer>> {
-    let connections = args.connections.max(1);
+    let connections = args.load.connections.max(1);
     let spaces = args.spaces.max(1);
     match args.system {
         System::Spaceraft => {
@@ -211,7 +201,7 @@ async fn writers(args: &PeersBenchArgs) -> anyhow::Result<Vec<Writer>> {
                     channels.insert(addr.clone(), pool);
                 }
             }
-            Ok((0..args.clients)
+            Ok((0..args.load.clients)
                 .map(|client| Writer::Spaceraft {
                     spaces: placed
                         .iter()
@@ -228,7 +218,7 @@ async fn writers(args: &PeersBenchArgs) -> anyhow::Result<Vec<Writer>> {
             for _ in 0..connections {
                 pool.push(connect(&args.endpoints[0], None).await?);
             }
-            Ok((0..args.clients)
+            Ok((0..args.load.clients)
                 .map(|client| Writer::Etcd(etcdserverpb::kv_client::KvClient::new(pool[client % pool.len()].clone())))
                 .collect())
         }
@@ -254,7 +244,7 @@ async fn writers(args: &PeersBenchArgs) -> anyhow::Result<Vec<Writer>> {
                 anyhow::ensure!(Instant::now() < deadline, "creating the JetStream stream: {error}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Ok((0..args.clients).map(|client| Writer::Nats(pool[client % pool.len()].clone())).collect())
+            Ok((0..args.load.clients).map(|client| Writer::Nats(pool[client % pool.len()].clone())).collect())
         }
     }
 }
@@ -292,14 +282,14 @@ async fn drive(args: &PeersBenchArgs) -> anyhow::Result<PeersReport> {
     eprintln!(
         "bench peers: {}, {} clients, {} B, {} spaces, {} s",
         args.system.name(),
-        args.clients,
-        args.size,
+        args.load.clients,
+        args.load.size,
         args.spaces.max(1),
-        args.secs
+        args.load.secs
     );
-    let body: Arc<Vec<u8>> = Arc::new(vec![b'x'; args.size.max(1)]);
+    let body: Arc<Vec<u8>> = Arc::new(vec![b'x'; args.load.size.max(1)]);
     let spaces = args.spaces.max(1);
-    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let deadline = Instant::now() + Duration::from_secs(args.load.secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (client, mut writer) in writers.into_iter().enumerate() {
@@ -337,8 +327,8 @@ async fn drive(args: &PeersBenchArgs) -> anyhow::Result<PeersReport> {
     Ok(PeersReport {
         system: args.system,
         label: args.label.clone(),
-        clients: args.clients,
-        size_bytes: args.size,
+        clients: args.load.clients,
+        size_bytes: args.load.size,
         spaces,
         secs,
         writes_ok: latencies.len(),
