@@ -339,6 +339,12 @@ pub fn answer_of<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> Result<
     reply.map(tonic::Response::into_inner).map_err(|status| ApiError::from_status(&status))
 }
 
+/// A status as the code and text it travels with inside a message (an
+/// answer in a Raft reply envelope), to become that status again there.
+pub fn status_code_and_text(status: &tonic::Status) -> (i32, String) {
+    (status.code() as i32, status.message().to_string())
+}
+
 fn insert(metadata: &mut tonic::metadata::MetadataMap, key: &'static str, value: &str) {
     if let Ok(value) = value.parse() {
         metadata.insert(key, value);

@@ -5,7 +5,7 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::StorageError;
 use spaceraft::raft::TypeConfig;
-use spaceraft::storage::{LogEngine, LogStore, SpaceStateMachine};
+use spaceraft::storage::{LogEngine, LogStore, SpaceStateMachine, StateWriter};
 
 struct Builder;
 
@@ -19,7 +19,8 @@ impl StoreBuilder<TypeConfig, LogStore, SpaceStateMachine, tempfile::TempDir> fo
             .flush_every_ms(None)
             .open()
             .map_err(|e| io(std::io::Error::other(e)))?;
-        let state_machine = SpaceStateMachine::open(db, 1, dir.path().join("snapshots")).await.map_err(io)?;
+        let state_machine =
+            SpaceStateMachine::open(db, StateWriter::default(), 1, dir.path().join("snapshots")).await.map_err(io)?;
         Ok((dir, engine.group(1), state_machine))
     }
 }

@@ -9,7 +9,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{Entry, EntryPayload};
 use spaceraft::raft::types::TypeConfig;
 use spaceraft::space::{Command, PostCommand};
-use spaceraft::storage::SpaceStateMachine;
+use spaceraft::storage::{SpaceStateMachine, StateWriter};
 
 fn entry(
     index: u64,
@@ -75,12 +75,14 @@ async fn a_reopened_machine_still_dedupes_keys_committed_before() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = open_db(&dir.path().join("state"));
-        let mut machine = SpaceStateMachine::open(db.clone(), 1, dir.path().join("snapshots")).await.unwrap();
+        let mut machine =
+            SpaceStateMachine::open(db.clone(), StateWriter::default(), 1, dir.path().join("snapshots")).await.unwrap();
         apply(&mut machine, vec![(1, create("general")), (2, posts(&["k1", "k2"]))]).await;
         db.flush().unwrap();
     }
     let db = open_db(&dir.path().join("state"));
-    let mut machine = SpaceStateMachine::open(db, 1, dir.path().join("snapshots")).await.unwrap();
+    let mut machine =
+        SpaceStateMachine::open(db, StateWriter::default(), 1, dir.path().join("snapshots")).await.unwrap();
     apply(&mut machine, vec![(3, posts(&["k1", "k3", "k2"]))]).await;
     assert_eq!(keys_of(&machine).await, ["k1", "k2", "k3"], "retried keys must not commit again after a reopen");
 }
@@ -89,7 +91,8 @@ async fn a_reopened_machine_still_dedupes_keys_committed_before() {
 async fn a_snapshot_built_during_apply_restores_its_applied_state() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(&dir.path().join("state"));
-    let mut machine = SpaceStateMachine::open(db, 1, dir.path().join("snapshots")).await.unwrap();
+    let mut machine =
+        SpaceStateMachine::open(db, StateWriter::default(), 1, dir.path().join("snapshots")).await.unwrap();
     apply(&mut machine, vec![(1, create("general")), (2, posts(&["a", "b", "c"]))]).await;
     let mut builder = machine.try_create_snapshot_builder(true).await.expect("a builder");
     // Apply goes on while the snapshot is built: it must not leak into it.
@@ -102,7 +105,8 @@ async fn a_snapshot_built_during_apply_restores_its_applied_state() {
 
     let other_dir = tempfile::tempdir().unwrap();
     let other_db = open_db(&other_dir.path().join("state"));
-    let mut restored = SpaceStateMachine::open(other_db, 1, other_dir.path().join("snapshots")).await.unwrap();
+    let mut restored =
+        SpaceStateMachine::open(other_db, StateWriter::default(), 1, other_dir.path().join("snapshots")).await.unwrap();
     let copy = other_dir.path().join("incoming.recv");
     std::fs::copy(&snapshot.snapshot.path, &copy).unwrap();
     restored.install_snapshot(&snapshot.meta, spaceraft::storage::SnapshotFile { path: copy }).await.unwrap();

@@ -149,7 +149,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
         payload: vec![1, 2, 3],
         ..Default::default()
     };
-    expect_code(raft.vote(wrong_target).await, Code::FailedPrecondition, "raft request for another node id").await;
+    expect_code(raft.vote(wrong_target.clone()).await, Code::FailedPrecondition, "raft request for another node id")
+        .await;
     let impostor = pb::RaftRequest {
         group_id: 1,
         from_node: 2,
@@ -158,7 +159,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
         payload: vec![],
         ..Default::default()
     };
-    let message = expect_code(raft.vote(impostor).await, Code::PermissionDenied, "raft request from an impostor").await;
+    let message =
+        expect_code(raft.vote(impostor.clone()).await, Code::PermissionDenied, "raft request from an impostor").await;
     assert!(message.contains("duplicate node id"), "{message}");
     let garbage = pb::RaftRequest {
         group_id: 1,
@@ -168,7 +170,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         payload: vec![0xff; 16],
         ..Default::default()
     };
-    expect_code(raft.vote(garbage).await, Code::InvalidArgument, "undecodable raft payload").await;
+    expect_code(raft.vote(garbage.clone()).await, Code::InvalidArgument, "undecodable raft payload").await;
     let unknown_group = pb::RaftRequest {
         group_id: 77,
         from_node: 2,
@@ -177,7 +179,50 @@ async fn bad_requests_are_refused_and_change_nothing() {
         payload: vec![],
         ..Default::default()
     };
-    expect_code(raft.vote(unknown_group).await, Code::NotFound, "raft request for an unknown group").await;
+    expect_code(raft.vote(unknown_group.clone()).await, Code::NotFound, "raft request for an unknown group").await;
+
+    // --- phase: the same, and worse, inside one append envelope: each
+    // exchange gets its own error, and the call goes on to the next
+    use pb::raft_envelope_item::Kind;
+    let item = |exchange, kind: i32, request: Option<&pb::RaftRequest>| pb::RaftEnvelopeItem {
+        exchange,
+        kind,
+        request: request.cloned(),
+    };
+    let envelope = pb::RaftEnvelope {
+        items: vec![
+            item(1, Kind::Append as i32, Some(&wrong_target)),
+            item(2, Kind::Open as i32, Some(&impostor)),
+            item(3, Kind::Append as i32, Some(&garbage)),
+            item(4, Kind::Open as i32, Some(&unknown_group)),
+            item(5, 42, Some(&garbage)),
+            item(6, Kind::Append as i32, None),
+            // A stream never opened, and closing it: nothing to answer.
+            item(7, Kind::Stream as i32, Some(&garbage)),
+            item(8, Kind::Close as i32, None),
+        ],
+    };
+    let call = raft.append_envelope(futures::stream::iter([envelope])).await;
+    let mut answers = call.expect("an envelope call is taken").into_inner();
+    let mut codes = std::collections::BTreeMap::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), answers.message()).await;
+        match next.expect("the envelope call ends within 10 s").expect("no error on the call itself") {
+            Some(envelope) => {
+                codes.extend(envelope.items.into_iter().map(|item| (item.exchange, Code::from(item.code))))
+            }
+            None => break,
+        }
+    }
+    let expected = [
+        (1, Code::FailedPrecondition),
+        (2, Code::PermissionDenied),
+        (3, Code::InvalidArgument),
+        (4, Code::NotFound),
+        (5, Code::InvalidArgument),
+        (6, Code::InvalidArgument),
+    ];
+    assert_eq!(codes, std::collections::BTreeMap::from(expected), "one error per bad exchange, nothing else");
 
     // --- phase: nothing changed, nothing crashed
     let mut client = cluster.client(1).await;

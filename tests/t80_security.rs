@@ -132,6 +132,10 @@ fn right_body(path: &str, node_1: &str) -> Vec<u8> {
         if path.ends_with("InstallSnapshot") {
             return pb::SnapshotChunk { header: Some(request), data: Vec::new() }.encode_to_vec();
         }
+        if path.ends_with("AppendEnvelope") {
+            let item = pb::RaftEnvelopeItem { exchange: 1, kind: 0, request: Some(request) };
+            return pb::RaftEnvelope { items: vec![item] }.encode_to_vec();
+        }
         return request.encode_to_vec();
     }
     if path.ends_with("Admin/Join") {

@@ -77,6 +77,11 @@ pub const RPCS: &[RpcRule] = &[
         also: "the sender it claims must be its certificate's",
     },
     RpcRule {
+        path: "spaceraft.v1.Raft/AppendEnvelope",
+        roles: NODE,
+        also: "the sender each request claims must be its certificate's",
+    },
+    RpcRule {
         path: "spaceraft.v1.Raft/InstallSnapshot",
         roles: NODE,
         also: "the sender's certificate; size bounded by security.snapshot_bytes_max",

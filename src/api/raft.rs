@@ -14,7 +14,10 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tonic::{Request, Response, Status, Streaming};
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use tonic::metadata::MetadataMap;
 
@@ -22,6 +25,7 @@ use crate::api::authz::principal_of;
 use crate::error::{ApiError, ErrorKind};
 use crate::node::host::Host;
 use crate::pb;
+use crate::pb::raft_envelope_item::Kind;
 use crate::raft::group::Group;
 use crate::raft::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::security::Principal;
@@ -78,18 +82,14 @@ impl RaftApi {
         metadata: &MetadataMap,
         request: &pb::RaftRequest,
     ) -> Result<Arc<Group>, Status> {
-        if let Principal::Node(certified) = principal {
-            if *certified != request.from_node {
-                tracing::warn!(
-                    certified,
-                    claimed = request.from_node,
-                    "refusing a raft message whose sender is not its certificate's"
-                );
-                let why = format!("node {certified}'s certificate cannot send for node {}", request.from_node);
-                return Err(ApiError::new(ErrorKind::PermissionDenied, why).to_status());
-            }
-        }
+        check_claim(principal, request)?;
         self.host.admit_peer(metadata).await.map_err(|error| error.to_status())?;
+        self.find(request)
+    }
+
+    /// The group a Raft message is for, if it is hosted here and the
+    /// sender is the node its membership registers at that address.
+    fn find(&self, request: &pb::RaftRequest) -> Result<Arc<Group>, Status> {
         let node_id = self.host.config.node_id;
         if request.to_node != node_id {
             return Err(Status::failed_precondition(format!(
@@ -115,9 +115,177 @@ impl RaftApi {
         }
         Ok(group)
     }
+
+    /// Serves one `AppendEnvelope` call: hands each item to its exchange
+    /// (a single append, or a replication stream fed to its group's Raft),
+    /// until the caller ends the call. Answers go to `answers`.
+    async fn demux(
+        self,
+        principal: Principal,
+        mut incoming: Streaming<pb::RaftEnvelope>,
+        answers: mpsc::UnboundedSender<pb::RaftReplyItem>,
+    ) {
+        let mut streams: HashMap<u64, OpenStream> = HashMap::new();
+        while let Ok(Some(envelope)) = incoming.message().await {
+            for item in envelope.items {
+                let exchange = item.exchange;
+                let failed = |status: Status| {
+                    let (code, message) = crate::error::status_code_and_text(&status);
+                    pb::RaftReplyItem { exchange, code, message, ..Default::default() }
+                };
+                match Kind::try_from(item.kind) {
+                    Ok(Kind::Append) => match self.open(&principal, item.request) {
+                        Err(status) => {
+                            let _ = answers.send(failed(status));
+                        }
+                        Ok((group, request, append)) => {
+                            let (answers, incarnation) = (answers.clone(), self.incarnation());
+                            tokio::spawn(async move {
+                                group.appended_by(request.from_node, request.from_incarnation);
+                                let result = group.raft.append_entries(append).await;
+                                let reply = Some(reply(incarnation, result));
+                                let _ = answers.send(pb::RaftReplyItem {
+                                    exchange,
+                                    reply,
+                                    end: true,
+                                    ..Default::default()
+                                });
+                            });
+                        }
+                    },
+                    Ok(Kind::Open) if streams.len() >= EXCHANGES_OPEN_MAX => {
+                        let why = format!("more than {EXCHANGES_OPEN_MAX} replication streams on one call");
+                        let _ = answers.send(failed(Status::resource_exhausted(why)));
+                    }
+                    Ok(Kind::Open) => match self.open(&principal, item.request) {
+                        Err(status) => {
+                            let _ = answers.send(failed(status));
+                        }
+                        Ok((group, request, append)) => {
+                            group.appended_by(request.from_node, request.from_incarnation);
+                            let stream = OpenStream::start(group, &request, exchange, self.incarnation(), &answers);
+                            stream.push(append);
+                            streams.insert(exchange, stream);
+                        }
+                    },
+                    Ok(Kind::Stream) => {
+                        let Some(stream) = streams.get(&exchange) else { continue };
+                        // Later requests must stay on the same group and sender.
+                        let next = item
+                            .request
+                            .filter(|next| next.group_id == stream.group_id && next.from_node == stream.from_node);
+                        let Some(next) = next else {
+                            streams.remove(&exchange);
+                            let why = Status::invalid_argument("a replication stream changed its group or sender");
+                            let _ = answers.send(failed(why));
+                            continue;
+                        };
+                        match decode::<AppendEntriesRequest<TypeConfig>>(&next.payload) {
+                            Ok(append) => stream.push(append),
+                            Err(status) => {
+                                tracing::warn!(%status, "ending a replication stream with an undecodable append");
+                                streams.remove(&exchange);
+                                let _ = answers.send(failed(status));
+                            }
+                        }
+                    }
+                    Ok(Kind::Close) => {
+                        streams.remove(&exchange);
+                    }
+                    Err(_) => {
+                        let _ = answers.send(failed(Status::invalid_argument("unknown envelope item kind")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks and decodes the first request of an exchange.
+    fn open(
+        &self,
+        principal: &Principal,
+        request: Option<pb::RaftRequest>,
+    ) -> Result<(Arc<Group>, pb::RaftRequest, AppendEntriesRequest<TypeConfig>), Status> {
+        let request = request.ok_or_else(|| Status::invalid_argument("an envelope item without its request"))?;
+        check_claim(principal, &request)?;
+        let group = self.find(&request)?;
+        let append = decode(&request.payload)?;
+        Ok((group, request, append))
+    }
+}
+
+/// Replication streams open on one `AppendEnvelope` call, at most.
+const EXCHANGES_OPEN_MAX: usize = 65_536;
+
+/// Reply items per reply envelope, at most.
+const REPLY_ITEMS_MAX: usize = 1024;
+
+/// A replication stream of an `AppendEnvelope` call, fed to its group's Raft.
+struct OpenStream {
+    group_id: u64,
+    from_node: u64,
+    input: mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
+    /// When each append arrived, for the follower's stage figures.
+    arrivals: Arc<std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl OpenStream {
+    /// Starts feeding the group's Raft; its answers go to `answers` in
+    /// order, and the exchange ends when its input does (the sender closed
+    /// it, or the call ended) or the Raft stops answering.
+    fn start(
+        group: Arc<Group>,
+        first: &pb::RaftRequest,
+        exchange: u64,
+        incarnation: u64,
+        answers: &mpsc::UnboundedSender<pb::RaftReplyItem>,
+    ) -> OpenStream {
+        let (input, appends) = mpsc::unbounded_channel();
+        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let (arrived, answers) = (arrivals.clone(), answers.clone());
+        tokio::spawn(async move {
+            let appends = tokio_stream::wrappers::UnboundedReceiverStream::new(appends);
+            let results = group.raft.stream_append(appends);
+            futures::pin_mut!(results);
+            while let Some(result) = results.next().await {
+                if let Some(arrived) = arrived.lock().expect("arrival queue lock").pop_front() {
+                    crate::stages::since(crate::stages::Stage::FollowerAppend, arrived);
+                }
+                let reply = Some(reply(incarnation, result));
+                if answers.send(pb::RaftReplyItem { exchange, reply, ..Default::default() }).is_err() {
+                    return;
+                }
+            }
+            let _ = answers.send(pb::RaftReplyItem { exchange, end: true, ..Default::default() });
+        });
+        OpenStream { group_id: first.group_id, from_node: first.from_node, input, arrivals }
+    }
+
+    fn push(&self, append: AppendEntriesRequest<TypeConfig>) {
+        self.arrivals.lock().expect("arrival queue lock").push_back(std::time::Instant::now());
+        let _ = self.input.send(append);
+    }
+}
+
+/// Refuses a Raft message whose claimed sender is not the node its
+/// caller's certificate names.
+fn check_claim(principal: &Principal, request: &pb::RaftRequest) -> Result<(), Status> {
+    if let Principal::Node(certified) = principal {
+        if *certified != request.from_node {
+            tracing::warn!(
+                certified,
+                claimed = request.from_node,
+                "refusing a raft message whose sender is not its certificate's"
+            );
+            let why = format!("node {certified}'s certificate cannot send for node {}", request.from_node);
+            return Err(ApiError::new(ErrorKind::PermissionDenied, why).to_status());
+        }
+    }
+    Ok(())
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Send + 'static>>;
+type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<pb::RaftReplyEnvelope, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftApi {
@@ -199,6 +367,33 @@ impl pb::raft_server::Raft for RaftApi {
                 crate::stages::since(crate::stages::Stage::FollowerAppend, arrived);
             }
             Ok(reply(incarnation, result))
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    type AppendEnvelopeStream = EnvelopeStream;
+
+    async fn append_envelope(
+        &self,
+        request: Request<Streaming<pb::RaftEnvelope>>,
+    ) -> Result<Response<Self::AppendEnvelopeStream>, Status> {
+        crate::api::admit(&request, "spaceraft.v1.Raft/AppendEnvelope")?;
+        let principal = principal_of(&request);
+        self.host.admit_peer(request.metadata()).await.map_err(|error| error.to_status())?;
+        let incoming = request.into_inner();
+        let (answers, answered) = mpsc::unbounded_channel::<pb::RaftReplyItem>();
+        tokio::spawn(RaftApi { host: self.host.clone() }.demux(principal, incoming, answers));
+        // Whatever answers are ready go in one envelope.
+        let replies = futures::stream::unfold(answered, |mut answered| async move {
+            let first = answered.recv().await?;
+            let mut items = vec![first];
+            while items.len() < REPLY_ITEMS_MAX {
+                match answered.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+            Some((Ok(pb::RaftReplyEnvelope { items }), answered))
         });
         Ok(Response::new(Box::pin(replies)))
     }

@@ -34,7 +34,7 @@ use crate::raft::network::PeerChannels;
 use crate::security::gate::Gate;
 use crate::security::rate::PostRates;
 use crate::storage::data_dir::DataDir;
-use crate::storage::LogEngine;
+use crate::storage::{LogEngine, StateWriter};
 use crate::wire::{ClusterId, Hop, Stamped};
 
 /// A client of a peer's `Client` service; its requests carry the cluster id.
@@ -58,6 +58,8 @@ pub struct Host {
     pub peers: PeerChannels,
     pub detector: Detector,
     pub(crate) db: sled::Db,
+    /// Commits the applies of this node's groups (see [`StateWriter`]).
+    pub(crate) state_writer: StateWriter,
     pub(crate) engine: LogEngine,
     pub(crate) data_dir: DataDir,
     pub(crate) raft_config: Arc<openraft::Config>,
@@ -149,6 +151,7 @@ impl Host {
             peers,
             detector,
             db,
+            state_writer: StateWriter::default(),
             engine,
             data_dir,
             raft_config,

@@ -29,9 +29,10 @@ impl Host {
             return Ok(group);
         }
         let snapshot_dir = self.data_dir.snapshot_dir(id);
-        let mut state_machine = SpaceStateMachine::open(self.db.clone(), id, snapshot_dir.clone())
-            .await
-            .with_context(|| format!("cannot open the state machine of group {id}"))?;
+        let mut state_machine =
+            SpaceStateMachine::open(self.db.clone(), self.state_writer.clone(), id, snapshot_dir.clone())
+                .await
+                .with_context(|| format!("cannot open the state machine of group {id}"))?;
         let mut log = self.engine.group(id);
         crate::raft::repair_log_behind_state(&mut log, &mut state_machine)
             .await

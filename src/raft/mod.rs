@@ -8,6 +8,7 @@
 //! is a service of the front door ([`crate::api`]).
 
 pub mod group;
+pub mod mux;
 pub mod network;
 pub mod proposer;
 

@@ -1,8 +1,10 @@
 //! The sending side of the Raft transport: openraft's `RaftNetworkV2` over
 //! tonic. Every group on a node shares one HTTP/2 connection per peer node
-//! ([`PeerChannels`]); replication streams AppendEntries over one gRPC
-//! bidirectional stream per (group, follower), so the leader never waits for
-//! a reply before sending the next batch.
+//! ([`PeerChannels`]), and one `AppendEnvelope` stream on it ([`Mux`]) for
+//! every group's appends: replication streams and single appends
+//! (heartbeats) to a peer travel together, so the leader never waits for a
+//! reply before sending the next batch and many groups' appends share a
+//! frame.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +24,8 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 use crate::config::{NetworkConfig, NodeId};
 use crate::pb;
 use crate::pb::raft_client::RaftClient;
+use crate::pb::raft_envelope_item::Kind;
+use crate::raft::mux::Mux;
 use crate::raft::types::{NodeAddr, Snapshot, TypeConfig, Vote};
 use crate::storage::SnapshotFile;
 use crate::wire::{stamped, ClusterId, Stamped};
@@ -34,6 +38,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
+    /// One append stream per peer address, shared by every group.
+    muxes: Arc<Mutex<HashMap<String, Mux>>>,
     /// Per address: consecutive failed replication calls, and when the last
     /// one failed. Shared by every group, so a dead node is retried a few
     /// times a second in all, not by each of thousands of groups at once.
@@ -63,6 +69,7 @@ impl PeerChannels {
     ) -> PeerChannels {
         PeerChannels {
             channels: Arc::new(Mutex::new(HashMap::new())),
+            muxes: Arc::default(),
             failures: Arc::default(),
             config,
             cluster,
@@ -131,6 +138,22 @@ impl PeerChannels {
             }
         };
         Ok(stamped(channel, &self.cluster))
+    }
+}
+
+impl PeerChannels {
+    /// The append stream to `addr`; a new one when the last one ended.
+    pub fn mux(&self, addr: &str) -> Result<Mux, tonic::transport::Error> {
+        let mut muxes = self.muxes.lock().expect("mux map lock");
+        if let Some(mux) = muxes.get(addr).filter(|mux| !mux.is_dead()) {
+            return Ok(mux.clone());
+        }
+        let client = RaftClient::new(self.channel(addr)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mux = Mux::start(client);
+        muxes.insert(addr.to_string(), mux.clone());
+        Ok(mux)
     }
 }
 
@@ -270,6 +293,21 @@ impl PeerClient {
 
 pub use crate::storage::types::{refused_incarnation, Admitted};
 
+/// Ends a replication stream's exchange when openraft drops its answers,
+/// and stops its forwarder.
+struct StreamClose {
+    mux: Mux,
+    exchange: u64,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Drop for StreamClose {
+    fn drop(&mut self) {
+        self.permits.close();
+        self.mux.close(self.exchange, true);
+    }
+}
+
 fn request<T: serde::Serialize>(
     group_id: u64,
     (from, incarnation): (NodeId, u64),
@@ -307,9 +345,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = self.request(&rpc);
-        let mut client = self.client()?;
         self.channels.pace(&self.target_addr).await;
-        let result = with_deadline(option.hard_ttl(), client.append(request)).await;
+        let mux = self.channels.mux(&self.target_addr).map_err(unreachable)?;
+        let (exchange, mut answers) = mux.open();
+        let ttl = option.hard_ttl();
+        let result = if !mux.send(exchange, Kind::Append, request) {
+            Err(unreachable("the append stream to the peer ended"))
+        } else {
+            match tokio::time::timeout(ttl, answers.recv()).await {
+                Ok(Some(Ok(reply))) => Ok(reply),
+                Ok(Some(Err(status))) => Err(status_error(status)),
+                Ok(None) => Err(unreachable("the append stream to the peer ended")),
+                Err(_) => {
+                    mux.close(exchange, false);
+                    Err(unreachable(format!("no reply within {ttl:?}")))
+                }
+            }
+        };
         self.channels.outcome(&self.target_addr, &result);
         self.read(result?)
     }
@@ -331,44 +383,49 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let (group_id, from, from_addr, to) =
             (self.group_id, (self.self_id, self.channels.incarnation), self.self_addr.clone(), self.target);
         let pipeline_len_max = self.pipeline_len_max;
-        let client = self.client();
         let (channels, target_addr, admitted) =
             (self.channels.clone(), self.target_addr.clone(), self.admitted.clone());
         Box::pin(async move {
-            let mut client = client?;
             channels.pace(&target_addr).await;
-            // A bounded channel between openraft's request stream and gRPC
-            // bounds the requests in flight on this stream.
-            let (sender, receiver) = tokio::sync::mpsc::channel(pipeline_len_max.max(1));
+            let mux = channels.mux(&target_addr).map_err(unreachable)?;
+            let (exchange, answers) = mux.open();
+            // Permits bound the requests in flight on this stream: one is
+            // taken per request sent and given back per answer.
+            let permits = Arc::new(tokio::sync::Semaphore::new(pipeline_len_max.max(1)));
             // When each request was sent, for the replication stage figures.
             let sent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
-            let sending = sent.clone();
+            let (sending, forwarding, taking) = (sent.clone(), mux.clone(), permits.clone());
             tokio::spawn(async move {
                 let mut input = input;
+                let mut kind = Kind::Open;
                 while let Some(rpc) = input.next().await {
+                    let Ok(permit) = taking.acquire().await else { return };
+                    permit.forget();
                     let message = request(group_id, from, &from_addr, to, &rpc);
                     sending.lock().expect("send queue lock").push_back(Instant::now());
-                    if sender.send(message).await.is_err() {
-                        break;
+                    if !forwarding.send(exchange, kind, message) {
+                        return;
                     }
+                    kind = Kind::Stream;
                 }
+                // openraft ended the stream: the peer answers what it has, then ends it.
+                forwarding.finish(exchange);
             });
-            let outbound = tokio_stream::wrappers::ReceiverStream::new(receiver);
-            let opened = client.append_stream(outbound).await;
-            channels.outcome(&target_addr, &opened);
-            let replies = opened.map_err(status_error)?.into_inner();
-            let results = replies.map(move |reply| match reply {
-                Ok(reply) => {
-                    if let Some(sent) = sent.lock().expect("send queue lock").pop_front() {
-                        crate::stages::since(crate::stages::Stage::Replicate, sent);
-                    }
-                    channels.saw(to, reply.incarnation);
-                    match admitted.refused(to, reply.incarnation) {
-                        Some(why) => Err(unreachable(why)),
-                        None => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
-                    }
+            let closing = StreamClose { mux, exchange, permits: permits.clone() };
+            let answers = tokio_stream::wrappers::UnboundedReceiverStream::new(answers);
+            let results = answers.map(move |answer| {
+                let _open = &closing;
+                channels.outcome(&target_addr, &answer);
+                let reply = answer.map_err(status_error)?;
+                permits.add_permits(1);
+                if let Some(sent) = sent.lock().expect("send queue lock").pop_front() {
+                    crate::stages::since(crate::stages::Stage::Replicate, sent);
                 }
-                Err(status) => Err(status_error(status)),
+                channels.saw(to, reply.incarnation);
+                match admitted.refused(to, reply.incarnation) {
+                    Some(why) => Err(unreachable(why)),
+                    None => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
+                }
             });
             Ok(Box::pin(results) as openraft::base::BoxStream<'s, _>)
         })

@@ -5,6 +5,7 @@
 //! - [`state_machine`]: every group's space state in a tree of the process's
 //!   single sled `Db`; consistent snapshots while apply goes on.
 //! - [`snapshot_file`]: the checksummed snapshot file format.
+//! - [`state_writer`]: one sled write for the applies of many groups.
 //! - [`flusher`]: the one task that writes sled out, off the async runtime.
 //! - [`marker`]: what the log knows fsynced, kept apart from the journal, to
 //!   tell a torn tail from lost data.
@@ -24,8 +25,10 @@ pub mod log_store;
 pub mod marker;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod state_writer;
 pub mod types;
 
 pub use log_store::{LogEngine, LogStore};
 pub use snapshot_file::SnapshotFile;
 pub use state_machine::{SpaceReader, SpaceStateMachine, StorageError};
+pub use state_writer::StateWriter;

@@ -1,8 +1,10 @@
 //! The space state machine of one group, in a sled tree of the process's
 //! single sled `Db`.
 //!
-//! Apply commits each batch of entries as one sled batch together with the
-//! applied log id, so the tree always holds the result of a log prefix. sled
+//! Apply commits each batch of entries as one atomic sled write together
+//! with the applied log id, so the tree always holds the result of a log
+//! prefix; the groups' [`StateWriter`] commits the writes of groups applying
+//! at the same time together. sled
 //! is not fsynced here: the process-wide flusher writes it out, and after a
 //! crash openraft re-applies from the applied id, which the log still holds
 //! because the log is purged only behind a durable snapshot.
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 
 use super::blocking;
 use super::snapshot_file::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
+use super::state_writer::{StateWriter, Writes};
 use crate::space::record::SeqMessage;
 use crate::space::{record, CommandResult, DedupIndex, KvRead, Overlay, SpaceMachine};
 use crate::storage::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -70,6 +73,7 @@ pub struct SpaceStateMachine {
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     /// Which idempotency keys committed; derived from the stored messages.
     dedup: DedupIndex,
+    writer: StateWriter,
 }
 
 fn sled_error(error: sled::Error) -> io::Error {
@@ -79,7 +83,13 @@ fn sled_error(error: sled::Error) -> io::Error {
 impl SpaceStateMachine {
     /// Opens group `group_id`'s tree in `db`; restores from the latest
     /// snapshot when the tree is behind it (lost pages) or was mid-restore.
-    pub async fn open(db: sled::Db, group_id: u64, snapshot_dir: PathBuf) -> io::Result<SpaceStateMachine> {
+    /// `writer` is shared by every group of `db`.
+    pub async fn open(
+        db: sled::Db,
+        writer: StateWriter,
+        group_id: u64,
+        snapshot_dir: PathBuf,
+    ) -> io::Result<SpaceStateMachine> {
         let (opened_db, dir) = (db.clone(), snapshot_dir.clone());
         let (tree, state, restoring) = crate::storage::blocking::run(move || open_tree(&opened_db, group_id, &dir))
             .await
@@ -96,6 +106,7 @@ impl SpaceStateMachine {
             pre_images: Arc::new(Mutex::new(None)),
             snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
             dedup: DedupIndex::default(),
+            writer,
         };
         if let Some(latest) = machine.latest_snapshot().await? {
             let behind = latest.1.last_log_id > machine.state.last_applied;
@@ -220,16 +231,17 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         let state = self.state.clone();
         let began = std::time::Instant::now();
         let apply = move || -> io::Result<_> {
-            let (next_state, results) = apply_batch(&tree, &pre_images, &mut dedup, state, &batch_entries)?;
-            Ok((dedup, next_state, results))
+            let (next_state, results, writes) = apply_batch(&tree, &pre_images, &mut dedup, state, &batch_entries)?;
+            Ok((dedup, next_state, results, writes))
         };
         // A few entries (the commit path's usual batch) apply right here; a
         // long run (catching up) on a thread that may block.
-        let (dedup, next_state, results) = if responders.len() <= APPLY_INLINE_ENTRIES_MAX {
+        let (dedup, next_state, results, writes) = if responders.len() <= APPLY_INLINE_ENTRIES_MAX {
             crate::storage::blocking::run_inline(apply)?
         } else {
             crate::storage::blocking::run_in_place(apply).await.map_err(io::Error::other)??
         };
+        self.writer.write(self.tree.clone(), writes).await?;
         crate::stages::since(crate::stages::Stage::Apply, began);
         self.dedup = dedup;
         let membership_changed = self.state.membership.log_id() != next_state.membership.log_id();
@@ -621,20 +633,21 @@ impl SpaceReader {
 /// state machine's own task (see [`crate::storage::blocking::run_inline`]).
 const APPLY_INLINE_ENTRIES_MAX: usize = 4;
 
-/// Applies `entries` onto `tree` in one sled batch, with the applied state:
-/// a replica's state is always the result of applying a prefix of the log.
-/// Answers the new applied state and each entry's result. Blocking.
+/// Applies `entries` as seen from `tree`: answers the new applied state,
+/// each entry's result, and the writes (the applied state's among them) to
+/// commit in one atomic write, so a replica's state is always the result of
+/// applying a prefix of the log. Blocking.
 fn apply_batch(
     tree: &sled::Tree,
     pre_images: &PreImages,
     dedup: &mut DedupIndex,
     mut next_state: AppliedState,
     entries: &[Entry],
-) -> io::Result<(AppliedState, Vec<CommandResult>)> {
+) -> io::Result<(AppliedState, Vec<CommandResult>, Writes)> {
     blocking::assert_off_runtime("state machine disk work");
     let mut results = Vec::with_capacity(entries.len());
     let reads = TreeReads::new(tree);
-    let writes = {
+    let mut writes = {
         let mut overlay = Overlay::new(&reads);
         for entry in entries {
             let result = match &entry.payload {
@@ -655,16 +668,8 @@ fn apply_batch(
     // the batch is committed or answered.
     reads.check()?;
     record_pre_images(tree, pre_images, &writes)?;
-    let mut batch = sled::Batch::default();
-    for (key, value) in writes {
-        match value {
-            Some(value) => batch.insert(key, value),
-            None => batch.remove(key),
-        }
-    }
-    batch.insert(APPLIED_KEY, crate::kv::encode(&next_state));
-    tree.apply_batch(batch).map_err(sled_error)?;
-    Ok((next_state, results))
+    writes.insert(APPLIED_KEY.to_vec(), Some(crate::kv::encode(&next_state)));
+    Ok((next_state, results, writes))
 }
 
 /// Opens group `group_id`'s tree and reads its applied state, after removing
