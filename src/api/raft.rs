@@ -116,90 +116,6 @@ impl RaftApi {
         Ok(group)
     }
 
-    /// Serves one `AppendEnvelope` call: hands each item to its exchange
-    /// (a single append, or a replication stream fed to its group's Raft),
-    /// until the caller ends the call. Answers go to `answers`.
-    async fn demux(
-        self,
-        principal: Principal,
-        mut incoming: Streaming<pb::RaftEnvelope>,
-        answers: mpsc::UnboundedSender<pb::RaftReplyItem>,
-    ) {
-        let mut streams: HashMap<u64, OpenStream> = HashMap::new();
-        while let Ok(Some(envelope)) = incoming.message().await {
-            for item in envelope.items {
-                let exchange = item.exchange;
-                let failed = |status: Status| {
-                    let (code, message) = crate::error::status_code_and_text(&status);
-                    pb::RaftReplyItem { exchange, code, message, ..Default::default() }
-                };
-                match Kind::try_from(item.kind) {
-                    Ok(Kind::Append) => match self.open(&principal, item.request) {
-                        Err(status) => {
-                            let _ = answers.send(failed(status));
-                        }
-                        Ok((group, request, append)) => {
-                            let (answers, incarnation) = (answers.clone(), self.incarnation());
-                            tokio::spawn(async move {
-                                group.appended_by(request.from_node, request.from_incarnation);
-                                let result = group.raft.append_entries(append).await;
-                                let reply = Some(reply(incarnation, result));
-                                let _ = answers.send(pb::RaftReplyItem {
-                                    exchange,
-                                    reply,
-                                    end: true,
-                                    ..Default::default()
-                                });
-                            });
-                        }
-                    },
-                    Ok(Kind::Open) if streams.len() >= EXCHANGES_OPEN_MAX => {
-                        let why = format!("more than {EXCHANGES_OPEN_MAX} replication streams on one call");
-                        let _ = answers.send(failed(Status::resource_exhausted(why)));
-                    }
-                    Ok(Kind::Open) => match self.open(&principal, item.request) {
-                        Err(status) => {
-                            let _ = answers.send(failed(status));
-                        }
-                        Ok((group, request, append)) => {
-                            group.appended_by(request.from_node, request.from_incarnation);
-                            let stream = OpenStream::start(group, &request, exchange, self.incarnation(), &answers);
-                            stream.push(append);
-                            streams.insert(exchange, stream);
-                        }
-                    },
-                    Ok(Kind::Stream) => {
-                        let Some(stream) = streams.get(&exchange) else { continue };
-                        // Later requests must stay on the same group and sender.
-                        let next = item
-                            .request
-                            .filter(|next| next.group_id == stream.group_id && next.from_node == stream.from_node);
-                        let Some(next) = next else {
-                            streams.remove(&exchange);
-                            let why = Status::invalid_argument("a replication stream changed its group or sender");
-                            let _ = answers.send(failed(why));
-                            continue;
-                        };
-                        match decode::<AppendEntriesRequest<TypeConfig>>(&next.payload) {
-                            Ok(append) => stream.push(append),
-                            Err(status) => {
-                                tracing::warn!(%status, "ending a replication stream with an undecodable append");
-                                streams.remove(&exchange);
-                                let _ = answers.send(failed(status));
-                            }
-                        }
-                    }
-                    Ok(Kind::Close) => {
-                        streams.remove(&exchange);
-                    }
-                    Err(_) => {
-                        let _ = answers.send(failed(Status::invalid_argument("unknown envelope item kind")));
-                    }
-                }
-            }
-        }
-    }
-
     /// Checks and decodes the first request of an exchange.
     fn open(
         &self,
@@ -220,6 +136,25 @@ const EXCHANGES_OPEN_MAX: usize = 65_536;
 /// Reply items per reply envelope, at most.
 const REPLY_ITEMS_MAX: usize = 1024;
 
+/// One `AppendEnvelope` call, driven by its reply stream: reading the
+/// caller's envelopes, feeding each replication stream to its group's Raft
+/// and collecting the answers all happen where the answers are sent, with
+/// no task in between (each hand-over between tasks costs a wake-up).
+struct Envelopes {
+    api: RaftApi,
+    principal: Principal,
+    /// None once the caller ended the call.
+    incoming: Option<Streaming<pb::RaftEnvelope>>,
+    /// The replication streams open on this call.
+    streams: HashMap<u64, OpenStream>,
+    /// The answers of every replication stream, in order per stream.
+    answers: futures::stream::SelectAll<futures::stream::BoxStream<'static, pb::RaftReplyItem>>,
+    /// The single appends under way.
+    singles: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, pb::RaftReplyItem>>,
+    /// Answers ready to send.
+    ready: Vec<pb::RaftReplyItem>,
+}
+
 /// A replication stream of an `AppendEnvelope` call, fed to its group's Raft.
 struct OpenStream {
     group_id: u64,
@@ -230,40 +165,137 @@ struct OpenStream {
 }
 
 impl OpenStream {
-    /// Starts feeding the group's Raft; its answers go to `answers` in
-    /// order, and the exchange ends when its input does (the sender closed
-    /// it, or the call ended) or the Raft stops answering.
-    fn start(
-        group: Arc<Group>,
-        first: &pb::RaftRequest,
-        exchange: u64,
-        incarnation: u64,
-        answers: &mpsc::UnboundedSender<pb::RaftReplyItem>,
-    ) -> OpenStream {
-        let (input, appends) = mpsc::unbounded_channel();
-        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
-        let (arrived, answers) = (arrivals.clone(), answers.clone());
-        tokio::spawn(async move {
-            let appends = tokio_stream::wrappers::UnboundedReceiverStream::new(appends);
-            let results = group.raft.stream_append(appends);
-            futures::pin_mut!(results);
-            while let Some(result) = results.next().await {
-                if let Some(arrived) = arrived.lock().expect("arrival queue lock").pop_front() {
-                    crate::stages::since(crate::stages::Stage::FollowerAppend, arrived);
-                }
-                let reply = Some(reply(incarnation, result));
-                if answers.send(pb::RaftReplyItem { exchange, reply, ..Default::default() }).is_err() {
-                    return;
-                }
-            }
-            let _ = answers.send(pb::RaftReplyItem { exchange, end: true, ..Default::default() });
-        });
-        OpenStream { group_id: first.group_id, from_node: first.from_node, input, arrivals }
-    }
-
     fn push(&self, append: AppendEntriesRequest<TypeConfig>) {
         self.arrivals.lock().expect("arrival queue lock").push_back(std::time::Instant::now());
         let _ = self.input.send(append);
+    }
+}
+
+impl Envelopes {
+    /// Hands each item of an envelope to its exchange.
+    fn take(&mut self, envelope: pb::RaftEnvelope) {
+        for item in envelope.items {
+            let exchange = item.exchange;
+            let failed = |status: Status| {
+                let (code, message) = crate::error::status_code_and_text(&status);
+                pb::RaftReplyItem { exchange, code, message, ..Default::default() }
+            };
+            match Kind::try_from(item.kind) {
+                Ok(Kind::Append) => match self.api.open(&self.principal, item.request) {
+                    Err(status) => self.ready.push(failed(status)),
+                    Ok((group, request, append)) => {
+                        let incarnation = self.api.incarnation();
+                        self.singles.push(Box::pin(async move {
+                            group.appended_by(request.from_node, request.from_incarnation);
+                            let reply = Some(reply(incarnation, group.raft.append_entries(append).await));
+                            pb::RaftReplyItem { exchange, reply, end: true, ..Default::default() }
+                        }));
+                    }
+                },
+                Ok(Kind::Open) if self.streams.len() >= EXCHANGES_OPEN_MAX => {
+                    let why = format!("more than {EXCHANGES_OPEN_MAX} replication streams on one call");
+                    self.ready.push(failed(Status::resource_exhausted(why)));
+                }
+                Ok(Kind::Open) => match self.api.open(&self.principal, item.request) {
+                    Err(status) => self.ready.push(failed(status)),
+                    Ok((group, request, append)) => {
+                        group.appended_by(request.from_node, request.from_incarnation);
+                        let stream = self.start(group, &request, exchange);
+                        stream.push(append);
+                        self.streams.insert(exchange, stream);
+                    }
+                },
+                Ok(Kind::Stream) => {
+                    let Some(stream) = self.streams.get(&exchange) else { continue };
+                    // Later requests must stay on the same group and sender.
+                    let next = item
+                        .request
+                        .filter(|next| next.group_id == stream.group_id && next.from_node == stream.from_node);
+                    let Some(next) = next else {
+                        self.streams.remove(&exchange);
+                        let why = Status::invalid_argument("a replication stream changed its group or sender");
+                        self.ready.push(failed(why));
+                        continue;
+                    };
+                    match decode::<AppendEntriesRequest<TypeConfig>>(&next.payload) {
+                        Ok(append) => stream.push(append),
+                        Err(status) => {
+                            tracing::warn!(%status, "ending a replication stream with an undecodable append");
+                            self.streams.remove(&exchange);
+                            self.ready.push(failed(status));
+                        }
+                    }
+                }
+                Ok(Kind::Close) => {
+                    self.streams.remove(&exchange);
+                }
+                Err(_) => self.ready.push(failed(Status::invalid_argument("unknown envelope item kind"))),
+            }
+        }
+    }
+
+    /// Opens a replication stream into the group's Raft. Its answers join
+    /// the others in order, and its exchange ends when its input does (the
+    /// sender closed it, or the call ended) or the Raft stops answering.
+    fn start(&mut self, group: Arc<Group>, first: &pb::RaftRequest, exchange: u64) -> OpenStream {
+        let (input, appends) = mpsc::unbounded_channel();
+        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let (arrived, incarnation) = (arrivals.clone(), self.api.incarnation());
+        let appends = tokio_stream::wrappers::UnboundedReceiverStream::new(appends);
+        let answers = group
+            .raft
+            .stream_append(appends)
+            .map(move |result| {
+                if let Some(arrived) = arrived.lock().expect("arrival queue lock").pop_front() {
+                    crate::stages::since(crate::stages::Stage::FollowerAppend, arrived);
+                }
+                pb::RaftReplyItem { exchange, reply: Some(reply(incarnation, result)), ..Default::default() }
+            })
+            .chain(futures::stream::once(
+                async move { pb::RaftReplyItem { exchange, end: true, ..Default::default() } },
+            ));
+        self.answers.push(Box::pin(answers));
+        OpenStream { group_id: first.group_id, from_node: first.from_node, input, arrivals }
+    }
+}
+
+impl Stream for Envelopes {
+    type Item = Result<pb::RaftReplyEnvelope, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        while let Some(incoming) = this.incoming.as_mut() {
+            match Pin::new(incoming).poll_next(cx) {
+                Poll::Ready(Some(Ok(envelope))) => this.take(envelope),
+                // The caller ended the call (or it broke): every stream's
+                // input ends, and their answers drain.
+                Poll::Ready(Some(Err(_)) | None) => {
+                    this.incoming = None;
+                    this.streams.clear();
+                }
+                Poll::Pending => break,
+            }
+        }
+        while this.ready.len() < REPLY_ITEMS_MAX {
+            match this.singles.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => this.ready.push(item),
+                _ => break,
+            }
+        }
+        while this.ready.len() < REPLY_ITEMS_MAX {
+            match this.answers.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => this.ready.push(item),
+                _ => break,
+            }
+        }
+        if !this.ready.is_empty() {
+            return Poll::Ready(Some(Ok(pb::RaftReplyEnvelope { items: std::mem::take(&mut this.ready) })));
+        }
+        if this.incoming.is_none() && this.singles.is_empty() && this.answers.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 
@@ -380,21 +412,16 @@ impl pb::raft_server::Raft for RaftApi {
         crate::api::admit(&request, "spaceraft.v1.Raft/AppendEnvelope")?;
         let principal = principal_of(&request);
         self.host.admit_peer(request.metadata()).await.map_err(|error| error.to_status())?;
-        let incoming = request.into_inner();
-        let (answers, answered) = mpsc::unbounded_channel::<pb::RaftReplyItem>();
-        tokio::spawn(RaftApi { host: self.host.clone() }.demux(principal, incoming, answers));
-        // Whatever answers are ready go in one envelope.
-        let replies = futures::stream::unfold(answered, |mut answered| async move {
-            let first = answered.recv().await?;
-            let mut items = vec![first];
-            while items.len() < REPLY_ITEMS_MAX {
-                match answered.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
-                }
-            }
-            Some((Ok(pb::RaftReplyEnvelope { items }), answered))
-        });
+        let envelopes = Envelopes {
+            api: RaftApi { host: self.host.clone() },
+            principal,
+            incoming: Some(request.into_inner()),
+            streams: HashMap::new(),
+            answers: futures::stream::SelectAll::new(),
+            singles: futures::stream::FuturesUnordered::new(),
+            ready: Vec::new(),
+        };
+        let replies = envelopes;
         Ok(Response::new(Box::pin(replies)))
     }
 

@@ -4,9 +4,9 @@
 //! follower) and send each AppendEntries as its own HTTP/2 frame, and each
 //! heartbeat as its own call: a hundred groups with a post each paid a
 //! hundred frames, writes and wake-ups of the connection per round. A [`Mux`]
-//! holds one `AppendEnvelope` call per peer: a sender task packs whatever
-//! the groups queued since its last send into one envelope, and a receiver
-//! task hands each answer in the reply envelopes to its exchange.
+//! holds one `AppendEnvelope` call per peer: each envelope it sends packs
+//! whatever the groups queued since the last one, and a receiver task hands
+//! each answer in the reply envelopes to its exchange.
 //!
 //! An exchange is one single append (one answer) or one replication stream
 //! (answers in order until either side ends it). When the call fails, every
@@ -48,39 +48,34 @@ struct Inner {
 impl Mux {
     /// Starts the call (lazily: the first envelope opens it).
     pub fn start(mut client: RaftClient<Stamped>) -> Mux {
-        let (queue, mut queued) = mpsc::unbounded_channel::<pb::RaftEnvelopeItem>();
+        let (queue, queued) = mpsc::unbounded_channel::<pb::RaftEnvelopeItem>();
         let inner = Arc::new(Inner {
             queue,
             routes: Mutex::default(),
             next_exchange: AtomicU64::new(1),
             dead: AtomicBool::new(false),
         });
-        // One envelope waits while the connection is busy: what queues
-        // meanwhile goes in the next one.
-        let (envelopes, outbound) = mpsc::channel::<pb::RaftEnvelope>(1);
-        tokio::spawn(async move {
-            while let Some(first) = queued.recv().await {
-                let mut bytes = first.encoded_len();
-                let mut items = vec![first];
-                while items.len() < ENVELOPE_ITEMS_MAX && bytes < ENVELOPE_BYTES_MAX {
-                    match queued.try_recv() {
-                        Ok(item) => {
-                            bytes += item.encoded_len();
-                            items.push(item);
-                        }
-                        Err(_) => break,
+        // The call's request stream packs whatever queued since it was last
+        // polled: while the connection is busy, the next envelope grows.
+        let outbound = futures::stream::unfold(queued, |mut queued| async move {
+            let first = queued.recv().await?;
+            let mut bytes = first.encoded_len();
+            let mut items = vec![first];
+            while items.len() < ENVELOPE_ITEMS_MAX && bytes < ENVELOPE_BYTES_MAX {
+                match queued.try_recv() {
+                    Ok(item) => {
+                        bytes += item.encoded_len();
+                        items.push(item);
                     }
-                }
-                if envelopes.send(pb::RaftEnvelope { items }).await.is_err() {
-                    return;
+                    Err(_) => break,
                 }
             }
+            Some((pb::RaftEnvelope { items }, queued))
         });
-        // The receiver holds the mux weakly: once no group holds it, the
-        // sender task ends, which ends the call.
+        // The receiver holds the mux weakly: once no group holds it, its
+        // queue closes, which ends the call.
         let receiving = Arc::downgrade(&inner);
         tokio::spawn(async move {
-            let outbound = tokio_stream::wrappers::ReceiverStream::new(outbound);
             let why = match client.append_envelope(outbound).await {
                 Err(status) => status,
                 Ok(response) => {
