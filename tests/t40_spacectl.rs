@@ -263,6 +263,34 @@ async fn spacectl_outputs_and_exit_codes() {
     assert_eq!(history.lines().count(), 4);
 }
 
+/// A node frozen (no FIN, no RST: its port still accepts) before a post:
+/// spacectl leaves it when its health check goes unanswered within the dial
+/// timeout and posts through the next endpoint; that node gives up on a
+/// forward to the frozen node once its failure detector takes it as down,
+/// and posts to the leader elected after it. All well within the command
+/// timeout; the key commits the post once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_goes_on_to_the_next_endpoint_when_the_first_node_is_frozen() {
+    let cluster = TestCluster::start().await;
+    let endpoints = format!("{},{}", cluster.node(1).addr, cluster.node(2).addr);
+    ok(spacectl(&endpoints, &["space", "create", "frozen", "--members", "alice"]));
+    cluster.signal_node(1, "STOP");
+    let sent = Instant::now();
+    let args = ["post", "frozen", "through", "--as", "alice", "--idempotency-key", "k-1"];
+    let timeouts = ["--dial-timeout", "1s", "--command-timeout", "30s"];
+    let posted = spacectl(&endpoints, &[&args[..], &timeouts[..]].concat());
+    let waited = sent.elapsed();
+    let again = spacectl(&endpoints, &[&args[..], &timeouts[..], &["-o", "json"]].concat());
+    cluster.signal_node(1, "CONT");
+    assert_eq!(ok(posted).trim(), "1");
+    // One dial timeout, the detector's down_after and an election if the
+    // frozen node led: far under the 12 s it took when a forward to the
+    // frozen node waited out raft.leader_wait_ms.
+    assert!(waited < Duration::from_secs(7), "answered after {waited:?}");
+    let again: Value = serde_json::from_str(&ok(again)).unwrap();
+    assert_eq!((again["seq"].as_u64(), again["duplicate"].as_bool()), (Some(1), Some(true)), "{again}");
+}
+
 /// Runs spacectl with its stdout a pipe whose reader has gone already, as
 /// `spacectl … | head` after head has read its lines.
 fn spacectl_into_closed_pipe(endpoints: &str, args: &[&str]) -> Output {

@@ -71,6 +71,14 @@ impl Detector {
         seen.unwrap_or(self.inner.started).elapsed() < self.inner.down_after
     }
 
+    /// Whether `node` answered before and has not within `down_after`: it
+    /// was up and stopped answering (a node never heard from is not known
+    /// down: it may just be no peer of this one).
+    pub fn known_down(&self, node: NodeId) -> bool {
+        let seen = self.inner.last_seen.lock().expect("detector lock").get(&node).map(|(last, _)| *last);
+        node != self.inner.me && seen.is_some_and(|last| last.elapsed() >= self.inner.down_after)
+    }
+
     /// How long `node` has been up without interruption (None: down, or
     /// never heard from).
     pub fn up_for(&self, node: NodeId) -> Option<Duration> {

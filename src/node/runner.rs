@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::node::host::Host;
-use crate::node::router::{decide, Next, Peer, RequestKind, Role, Situation};
+use crate::node::router::{decide, Next, Peer, RequestKind, Role, Situation, LEADER_POLL_MS};
 use crate::raft::Group;
 use crate::wire::Hop;
 
@@ -66,7 +66,21 @@ impl Host {
                     group.wake();
                     local(group).await
                 }
-                Next::Forward { to, hop } => remote(to, hop).await,
+                Next::Forward { to, .. } if self.detector.known_down(to.node_id) => {
+                    // The leader it names stopped answering: wait for the
+                    // election rather than send the request to it.
+                    let wait = Duration::from_millis(LEADER_POLL_MS).min(time_left);
+                    match &group {
+                        Some(group) => {
+                            let mut metrics = group.raft.metrics();
+                            let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                        }
+                        None => tokio::time::sleep(wait).await,
+                    }
+                    paused = true;
+                    continue;
+                }
+                Next::Forward { to, hop } => self.forward_while_up(to, hop, &mut remote).await,
                 Next::Wait { after_ms } => {
                     let wait = Duration::from_millis(after_ms).min(time_left);
                     match &group {
@@ -88,6 +102,32 @@ impl Host {
                 Err(error) => {
                     tracing::debug!(cluster = route.cluster, kind = %error.kind, %error, "attempt failed");
                     last_error = Some(error);
+                }
+            }
+        }
+    }
+
+    /// Sends a request on to `to`, and gives up on it as of unknown outcome
+    /// once the failure detector takes `to` as down (frozen, cut off):
+    /// waiting out the request's whole deadline on it told the client
+    /// nothing, and a request safe to resend goes on to the next leader.
+    async fn forward_while_up<T, R, RF>(&self, to: Peer, hop: Hop, remote: &mut R) -> Result<T, ApiError>
+    where
+        R: FnMut(Peer, Hop) -> RF,
+        RF: Future<Output = Result<T, ApiError>>,
+    {
+        let target = to.node_id;
+        let forward = remote(to, hop);
+        tokio::pin!(forward);
+        let mut check = tokio::time::interval(Duration::from_millis(LEADER_POLL_MS));
+        loop {
+            tokio::select! {
+                result = &mut forward => return result,
+                _ = check.tick() => {
+                    if self.detector.known_down(target) {
+                        let why = format!("node {target} stopped answering with the request in flight");
+                        return Err(ApiError::new(ErrorKind::OutcomeUnknown, why));
+                    }
                 }
             }
         }
