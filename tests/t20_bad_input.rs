@@ -246,6 +246,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .await;
     }
     assert!(!cluster.node_log(1).contains("panicked"), "node 1 panicked:\n{}", cluster.node_log(1));
+    // A log file is plain text: colour codes only go to a terminal.
+    assert!(cluster.node_log(1).contains("INFO"), "node 1 logged nothing:\n{}", cluster.node_log(1));
+    assert!(!cluster.node_log(1).contains('\u{1b}'), "ANSI escape codes in node 1's log file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,10 @@ fn print_report<T: serde::Serialize>(report: &T, json: bool, print: fn(&T)) -> a
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPACERAFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal: log files and collectors get
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn main() -> ExitCode {
